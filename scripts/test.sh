@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean clone: installs and starts what the tests need,
+# then runs unit, integration and doc tests against the real PostgreSQL and broker, and
+# the fault-injection harness's short profile (scripts/torture.sh short).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+export OUTBOXD_TEST_BROKERS=${OUTBOXD_TEST_BROKERS:-127.0.0.1:9092}
+# Databases left by interrupted earlier runs.
+psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'outboxd_t_%'" |
+    while read -r db; do psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null; done
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
+cargo build --all-targets
+cargo nextest run --all-targets --no-fail-fast
+cargo test --doc
+scripts/torture.sh short

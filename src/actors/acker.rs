@@ -1,0 +1,153 @@
+//! Acker: marks acknowledged rows published — deletes them (default) or sets
+//! `published_at` — in batches, in the order the acknowledgements arrived.
+//!
+//! In: `Delivered(ids)` from the poller, `Flush` (RPC) before a rescan or at shutdown.
+//! Out: one fenced statement per batch on the `synchronous_commit = off` pool: ids gather
+//! for a few milliseconds, and those that arrive while a statement runs go together in
+//! the next one.
+//! Failure: a database error keeps the ids and retries with back-off (the rows are sent
+//! again only if the process dies first — the bounded duplicates of design.md §2.3). A
+//! fenced write means another instance owns the lease: the ids are dropped (that instance
+//! re-sends the rows) and the supervisor is told.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::supervisor::SupervisorMsg;
+use crate::outbox::store::{self, StoreError};
+
+/// Rows per statement, at most.
+const MAX_BATCH: usize = 10_000;
+
+/// How long acknowledgements may gather before a statement goes out. At low rates this
+/// turns one statement per event into one per few milliseconds; at high rates the batches
+/// are large anyway. A mark that waits only delays the row's deletion, never its delivery.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// The acker behaviour.
+pub struct Acker;
+
+/// Messages the acker takes.
+pub enum AckerMsg {
+    /// These rows were acknowledged by the broker.
+    Delivered(Vec<i64>),
+    /// Write out what is buffered now (internal).
+    FlushNow,
+    /// Write out everything received so far; replies whether nothing is left buffered.
+    Flush(RpcReplyPort<bool>),
+}
+
+/// What the acker owns.
+pub struct AckerState {
+    shared: Arc<Shared>,
+    buffer: Vec<i64>,
+    flush_queued: bool,
+    failures: u32,
+}
+
+impl Actor for Acker {
+    type Msg = AckerMsg;
+    type State = AckerState;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        shared: Arc<Shared>,
+    ) -> Result<AckerState, ActorProcessingErr> {
+        Ok(AckerState {
+            shared,
+            buffer: Vec::new(),
+            flush_queued: false,
+            failures: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: AckerMsg,
+        state: &mut AckerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AckerMsg::Delivered(ids) => {
+                state.buffer.extend(ids);
+                // Everything that arrives meanwhile joins the same statement.
+                if !state.flush_queued {
+                    state.flush_queued = true;
+                    myself.send_after(GATHER, || AckerMsg::FlushNow);
+                }
+            }
+            AckerMsg::FlushNow => {
+                state.flush_queued = false;
+                if !flush(state).await && !state.buffer.is_empty() {
+                    state.flush_queued = true;
+                    let delay = super::exponential(
+                        Duration::from_millis(50),
+                        Duration::from_secs(5),
+                        state.failures,
+                    );
+                    myself.send_after(delay, || AckerMsg::FlushNow);
+                }
+            }
+            AckerMsg::Flush(reply) => {
+                let ok = flush(state).await;
+                let _ = reply.send(ok && state.buffer.is_empty());
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut AckerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A clean stop (shutdown, pipeline restart) writes what it still holds.
+        flush(state).await;
+        Ok(())
+    }
+}
+
+/// Writes the buffer; true when it is empty afterwards.
+async fn flush(state: &mut AckerState) -> bool {
+    while !state.buffer.is_empty() {
+        let n = state.buffer.len().min(MAX_BATCH);
+        let shared = &state.shared;
+        let result = store::mark_published(
+            &shared.ack_pool,
+            &shared.fence,
+            &state.buffer[..n],
+            shared.config.relay.on_publish,
+        )
+        .await;
+        match result {
+            Ok(marked) => {
+                state.buffer.drain(..n);
+                state.failures = 0;
+                shared.health.set_db_up(true);
+                metrics::counter!("outboxd_rows_marked_total").increment(marked);
+                debug!(rows = n, marked, "Marked published.");
+            }
+            Err(StoreError::Fenced(lease)) => {
+                warn!(rows = state.buffer.len(), %lease, "Lease lost; leaving rows to the new owner.");
+                state.buffer.clear();
+                let _ = shared
+                    .supervisor
+                    .send_message(SupervisorMsg::LeaseLost("acker write was fenced".into()));
+                return true;
+            }
+            Err(StoreError::Db(e)) => {
+                state.failures += 1;
+                shared.health.set_db_up(false);
+                warn!(rows = state.buffer.len(), error = %e, "Cannot mark rows published; will retry.");
+                return false;
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,122 @@
+//! Cleanup: every `cleanup.interval_secs`, deletes rows published more than
+//! `cleanup.published_retention_secs` ago (with `relay.on_publish = "mark"`) and dead
+//! letters resolved more than `cleanup.dead_letter_retention_secs` ago. Open dead letters
+//! are never deleted: that would lose the event.
+//!
+//! Deletes go in statements of at most `cleanup.batch_size` rows, each its own short
+//! transaction, so no lock is held for long. Also publishes the oldest pending row's age.
+//! Failure: an error is logged and the next run tries again; nothing depends on this actor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use crate::config::OnPublish;
+use crate::outbox::store::{self, StoreError};
+
+/// The cleanup behaviour.
+pub struct Cleanup;
+
+/// Messages the cleanup actor takes.
+pub enum CleanupMsg {
+    /// Time for a run.
+    Tick,
+    /// Run now and reply with what was deleted (for tests and operators).
+    RunNow(RpcReplyPort<CleanupReport>),
+}
+
+/// What one run deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Published rows deleted.
+    pub published: u64,
+    /// Resolved dead letters deleted.
+    pub dead_letters: u64,
+}
+
+impl Actor for Cleanup {
+    type Msg = CleanupMsg;
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        shared: Arc<Shared>,
+    ) -> Result<Arc<Shared>, ActorProcessingErr> {
+        let every = Duration::from_secs(shared.config.cleanup.interval_secs);
+        myself.send_interval(every, || CleanupMsg::Tick);
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: CleanupMsg,
+        shared: &mut Arc<Shared>,
+    ) -> Result<(), ActorProcessingErr> {
+        let report = run(shared).await;
+        match report {
+            Ok(r) => {
+                if r.published + r.dead_letters > 0 {
+                    info!(
+                        published = r.published,
+                        dead_letters = r.dead_letters,
+                        "Cleaned up."
+                    );
+                }
+                if let CleanupMsg::RunNow(reply) = msg {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => warn!(error = %e, "Cleanup failed; next run will try again."),
+        }
+        match store::oldest_pending_age_secs(&shared.pool).await {
+            Ok(age) => {
+                metrics::gauge!("outboxd_oldest_pending_age_seconds").set(age.unwrap_or(0.0))
+            }
+            Err(e) => debug!(error = %e, "Cannot read the oldest pending row."),
+        }
+        Ok(())
+    }
+}
+
+async fn run(shared: &Shared) -> Result<CleanupReport, StoreError> {
+    let cfg = &shared.config.cleanup;
+    let limit = i64::from(cfg.batch_size);
+    let mut report = CleanupReport::default();
+    if shared.config.relay.on_publish == OnPublish::Mark {
+        loop {
+            let n = store::delete_published(
+                &shared.pool,
+                &shared.fence,
+                cfg.published_retention_secs as i64,
+                limit,
+            )
+            .await?;
+            report.published += n;
+            if (n as i64) < limit {
+                break;
+            }
+        }
+    }
+    loop {
+        let n = store::delete_resolved_dead_letters(
+            &shared.pool,
+            &shared.fence,
+            cfg.dead_letter_retention_secs as i64,
+            limit,
+        )
+        .await?;
+        report.dead_letters += n;
+        if (n as i64) < limit {
+            break;
+        }
+    }
+    metrics::counter!("outboxd_cleanup_deleted_total")
+        .increment(report.published + report.dead_letters);
+    Ok(report)
+}

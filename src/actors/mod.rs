@@ -1,0 +1,277 @@
+//! The relay's actors (ractor on tokio), one per file:
+//!
+//! - [`supervisor`] — holds the lease, starts the others, restarts crashed ones with
+//!   back-off, stops the relay past a restart budget, drives graceful shutdown;
+//! - [`poller`] — reads pending rows (NOTIFY-woken), keeps per-aggregate order, hands rows
+//!   to publishers, applies back-pressure and rate limits;
+//! - [`publisher`] — `relay.partitions` of them; turn rows into records and send them
+//!   through the shared idempotent producer;
+//! - [`acker`] — marks acknowledged rows published (delete or mark), in batches;
+//! - [`retry`] — classifies failures: back-off and retry, or dead-letter;
+//! - [`cleanup`] — deletes old published rows and resolved dead letters.
+
+pub mod acker;
+pub mod cleanup;
+pub mod poller;
+pub mod publisher;
+pub mod retry;
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::kafka::RelayProducer;
+use crate::outbox::store::{Fence, OutboxRow};
+use crate::ratelimit::RateLimits;
+
+/// A row as it travels between actors.
+pub type Row = Arc<OutboxRow>;
+
+/// Actor names (suffixed with the relay's instance tag, so several relays can share a
+/// process in tests).
+pub mod names {
+    /// The supervisor.
+    pub const SUPERVISOR: &str = "outboxd-supervisor";
+    /// The poller.
+    pub const POLLER: &str = "outboxd-poller";
+    /// Publisher `i` is `outboxd-publisher-{i}`.
+    pub const PUBLISHER: &str = "outboxd-publisher";
+    /// The acker.
+    pub const ACKER: &str = "outboxd-acker";
+    /// The retry / dead-letter actor.
+    pub const RETRY: &str = "outboxd-retry";
+    /// The cleanup actor.
+    pub const CLEANUP: &str = "outboxd-cleanup";
+}
+
+/// A row the broker acknowledged, and when.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The row.
+    pub row: Row,
+    /// When the acknowledgement reached the relay.
+    pub acked_at: Instant,
+}
+
+/// Called with every batch of acknowledged rows.
+pub type DeliveredHook = Arc<dyn Fn(&[Delivered]) + Send + Sync>;
+
+/// Callbacks for embedding applications (the demo and the benchmark measure with them).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called with every batch of acknowledged rows, before they are marked.
+    pub on_delivered: Option<DeliveredHook>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("on_delivered", &self.on_delivered.is_some())
+            .finish()
+    }
+}
+
+/// Faults for tests, never set in production: `OUTBOXD_TEST_PANIC_PUBLISHER_EVERY=N` makes
+/// a publisher panic while handling every N-th batch (after sending half of it);
+/// `OUTBOXD_TEST_PANIC_POLLER_EVERY=N` makes the poller panic on every N-th batch report.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Panic in a publisher every this many batches; 0 = never.
+    pub panic_publisher_every: u64,
+    /// Panic in the poller every this many batch reports; 0 = never.
+    pub panic_poller_every: u64,
+}
+
+impl Faults {
+    /// Reads the test-only fault variables.
+    pub fn from_env() -> Self {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Self {
+            panic_publisher_every: var("OUTBOXD_TEST_PANIC_PUBLISHER_EVERY"),
+            panic_poller_every: var("OUTBOXD_TEST_PANIC_POLLER_EVERY"),
+        }
+    }
+}
+
+/// What every actor of one pipeline incarnation shares. Rebuilt when the lease or the
+/// producer changes.
+pub struct Shared {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Pool for reads and relay bookkeeping.
+    pub pool: sqlx::PgPool,
+    /// Pool for marking published rows (`synchronous_commit = off`: a mark lost in a
+    /// Postgres crash only means the row is sent again).
+    pub ack_pool: sqlx::PgPool,
+    /// The shared idempotent producer.
+    pub producer: RelayProducer,
+    /// Readiness facts.
+    pub health: Arc<Health>,
+    /// The lease every write is checked against.
+    pub fence: Fence,
+    /// Publish rate limits.
+    pub limits: RateLimits,
+    /// Embedding callbacks.
+    pub hooks: Hooks,
+    /// Test faults.
+    pub faults: Faults,
+    /// The supervisor, told about lost leases and fatal producer errors.
+    pub supervisor: ActorRef<supervisor::SupervisorMsg>,
+    /// Time base for the atomics below.
+    pub epoch: Instant,
+    /// Until when (ms after `epoch`) the lease is known to be ours.
+    lease_valid_until_ms: AtomicU64,
+    /// When (ms after `epoch`) the broker last acknowledged anything.
+    last_delivery_ms: AtomicU64,
+    /// When (ms after `epoch`) a send last timed out.
+    last_timeout_ms: AtomicU64,
+    /// Rows with the producer now (set by the poller).
+    in_flight: AtomicUsize,
+}
+
+impl Shared {
+    /// Builds the shared context of one pipeline incarnation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        pool: sqlx::PgPool,
+        ack_pool: sqlx::PgPool,
+        producer: RelayProducer,
+        health: Arc<Health>,
+        fence: Fence,
+        hooks: Hooks,
+        faults: Faults,
+        supervisor: ActorRef<supervisor::SupervisorMsg>,
+    ) -> Self {
+        let limits = RateLimits::new(&config.rate_limit);
+        let epoch = Instant::now();
+        Self {
+            config,
+            pool,
+            ack_pool,
+            producer,
+            health,
+            fence,
+            limits,
+            hooks,
+            faults,
+            supervisor,
+            epoch,
+            lease_valid_until_ms: AtomicU64::new(0),
+            last_delivery_ms: AtomicU64::new(0),
+            last_timeout_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// Records that the lease is ours until `until`.
+    pub fn extend_lease(&self, until: Instant) {
+        self.lease_valid_until_ms
+            .store(self.ms(until), Ordering::Release);
+    }
+
+    /// Whether the lease is known to be ours now (monotonic clock: a process paused longer
+    /// than the lease finds it expired and does not publish).
+    pub fn lease_valid(&self) -> bool {
+        self.ms(Instant::now()) < self.lease_valid_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Records a successful delivery.
+    pub fn note_delivery(&self, at: Instant) {
+        self.last_delivery_ms
+            .fetch_max(self.ms(at) + 1, Ordering::Relaxed);
+        let _ = self.health.set_broker_up(true);
+    }
+
+    /// Whether anything was delivered after `since`: if so, a failure of a row sent at
+    /// `since` is the row's own; if not, the broker was out for everyone.
+    pub fn delivered_since(&self, since: Instant) -> bool {
+        self.last_delivery_ms.load(Ordering::Relaxed) > self.ms(since) + 1
+    }
+
+    /// Records that a send timed out.
+    pub fn note_timeout(&self, at: Instant) {
+        self.last_timeout_ms
+            .fetch_max(self.ms(at) + 1, Ordering::Relaxed);
+    }
+
+    /// Records how many rows are with the producer.
+    pub fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n, Ordering::Relaxed);
+    }
+
+    /// How long the producer has had work (rows in flight, or sends timing out) without
+    /// acknowledging anything; `None` when it is not waiting on anything.
+    pub fn stalled_for(&self, now: Instant) -> Option<Duration> {
+        let delivered = self.last_delivery_ms.load(Ordering::Relaxed);
+        let timed_out = self.last_timeout_ms.load(Ordering::Relaxed);
+        let waiting = self.in_flight.load(Ordering::Relaxed) > 0 || timed_out > delivered;
+        waiting.then(|| Duration::from_millis(self.ms(now).saturating_sub(delivered)))
+    }
+
+    /// The relay's partition count.
+    pub fn partitions(&self) -> usize {
+        self.config.relay.partitions as usize
+    }
+}
+
+/// The publisher partition of an aggregate: FNV-1a of the id, modulo the partition count.
+/// Stable across restarts and versions (the `status` command computes the same).
+pub fn partition_of(aggregate_id: &str, partitions: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in aggregate_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % partitions.max(1) as u64) as usize
+}
+
+/// Exponential back-off: `initial × 2^(n-1)`, capped at `max` (n ≥ 1).
+pub fn exponential(initial: Duration, max: Duration, n: u32) -> Duration {
+    let factor = 1u64 << n.saturating_sub(1).min(30);
+    initial
+        .saturating_mul(factor.min(u32::MAX as u64) as u32)
+        .min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_stable_and_spread() {
+        assert_eq!(partition_of("o-42", 8), partition_of("o-42", 8));
+        // Fixed values: changing the hash would reorder rows across an upgrade.
+        assert_eq!(partition_of("", 8), (0xcbf2_9ce4_8422_2325u64 % 8) as usize);
+        let mut counts = [0usize; 8];
+        for i in 0..8000 {
+            counts[partition_of(&format!("agg-{i}"), 8)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_the_cap() {
+        let i = Duration::from_millis(100);
+        let m = Duration::from_secs(60);
+        assert_eq!(exponential(i, m, 1), Duration::from_millis(100));
+        assert_eq!(exponential(i, m, 2), Duration::from_millis(200));
+        assert_eq!(exponential(i, m, 5), Duration::from_millis(1600));
+        assert_eq!(exponential(i, m, 12), m);
+        assert_eq!(exponential(i, m, 200), m);
+    }
+}

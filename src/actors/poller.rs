@@ -1,0 +1,909 @@
+//! Poller: finds pending rows and hands them out, one row per aggregate at a time.
+//!
+//! In: `Wake` (a NOTIFY from the insert trigger), `Tick` (`poller.interval_ms` fallback),
+//! `Completed` (a publisher's batch outcome), `RetryAt` / `DeadLettered` (the retry
+//! actor's decision), `Rescan` (`dead-letters replay|discard`, or every
+//! `poller.rescan_interval_ms`).
+//! Out: `Publish(rows)` to publisher `hash(aggregate_id) % partitions`; acknowledged ids to
+//! the acker; failures to the retry actor.
+//!
+//! How rows are found. The poller reads `id > cursor` (oldest first) and never skips a row
+//! that commits late: every id missing between two rows it read is remembered as a *gap*
+//! and looked up again on every cycle. A gap is forgotten only when no transaction that
+//! could still fill it can be running: after `poller.gap_grace_ms` the poller notes the
+//! snapshot's `xmax`, and once the snapshot `xmin` has passed it, one last look-up settles
+//! the gap (the row committed, or it never will: rolled back). A periodic full rescan is a
+//! second safety net.
+//!
+//! Order. An aggregate has at most one row in flight, failing or waiting for a retry;
+//! its next row goes only after the broker acknowledged the previous one (or it was
+//! dead-lettered with `dead_letter_policy = "continue"`). Other aggregates never wait for
+//! it. Rows in memory are bounded by `relay.max_in_flight` (back-pressure).
+//!
+//! Failure: database errors are retried with back-off (readiness goes down); a crash loses
+//! only in-memory state, which the supervisor rebuilds from the table.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rustc_hash::FxHashMap as HashMap;
+use sqlx::postgres::PgListener;
+use tracing::{debug, info, warn};
+
+use super::acker::AckerMsg;
+use super::publisher::PublisherMsg;
+use super::retry::RetryMsg;
+use super::{Delivered, Row, Shared, partition_of};
+use crate::config::DeadLetterPolicy;
+use crate::kafka::PublishFailure;
+use crate::outbox::store::{self, OutboxRow};
+use crate::outbox::{NOTIFY_CHANNEL, NOTIFY_RESCAN};
+use crate::ratelimit::Throttled;
+
+/// The poller behaviour.
+pub struct Poller;
+
+/// The other actors the poller talks to.
+pub struct Wiring {
+    /// One per partition.
+    pub publishers: Vec<ActorRef<PublisherMsg>>,
+    /// Marks acknowledged rows.
+    pub acker: ActorRef<AckerMsg>,
+    /// Decides about failures.
+    pub retry: ActorRef<RetryMsg>,
+}
+
+/// A publisher's report on one batch.
+pub struct Completion {
+    /// Which publisher.
+    pub partition: usize,
+    /// Which incarnation of it.
+    pub generation: u64,
+    /// Rows the broker acknowledged.
+    pub delivered: Vec<Delivered>,
+    /// Rows that failed, with the classified failure.
+    pub failed: Vec<(Row, PublishFailure)>,
+    /// When the batch was handed to the producer.
+    pub sent_at: Instant,
+}
+
+/// Messages the poller takes.
+pub enum PollerMsg {
+    /// Connects the poller to the other actors; it starts reading then.
+    Wire(Wiring),
+    /// Rows were inserted (NOTIFY).
+    Wake,
+    /// Fallback poll.
+    Tick,
+    /// Hand out what is ready (a retry came due, a rate limit allows more).
+    Dispatch,
+    /// Re-read everything pending (dead letters replayed or discarded).
+    Rescan,
+    /// A publisher's batch outcome.
+    Completed(Completion),
+    /// The retry actor's decision: try the row again at `at`.
+    RetryAt {
+        /// The row, with its attempts updated.
+        row: Row,
+        /// When.
+        at: Instant,
+    },
+    /// The retry actor's decision: the row is in the dead-letter table.
+    DeadLettered {
+        /// The row.
+        row: Row,
+    },
+    /// Publisher `partition` was restarted: rows it held are sent again to the new one.
+    PublisherRestarted {
+        /// Partition index.
+        partition: usize,
+        /// The new incarnation.
+        generation: u64,
+        /// Its reference.
+        publisher: ActorRef<PublisherMsg>,
+    },
+    /// Stop reading and handing out rows (graceful shutdown); in-flight rows finish.
+    StopClaiming(RpcReplyPort<()>),
+    /// How many rows are with the producer now.
+    InFlight(RpcReplyPort<usize>),
+    /// Run one read cycle now; replies with the rows loaded (for tests).
+    PollNow(RpcReplyPort<usize>),
+}
+
+/// An id range nobody has seen a row for yet.
+#[derive(Debug, Clone, PartialEq)]
+struct Gap {
+    lo: i64,
+    hi: i64,
+    seen: Instant,
+    /// The snapshot `xmax` noted after the grace period: once `xmin` passes it, every
+    /// transaction that could fill the gap has ended.
+    horizon: Option<i64>,
+    /// `xmin` passed the horizon: one more look-up and the gap is settled.
+    closing: bool,
+}
+
+/// The gaps below the cursor, by range.
+#[derive(Debug, Default)]
+pub(crate) struct Gaps(Vec<Gap>);
+
+impl Gaps {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Remembers the ids strictly between `prev` and `next`.
+    fn record_between(&mut self, prev: i64, next: i64, now: Instant) {
+        if next > prev + 1 {
+            self.0.push(Gap {
+                lo: prev + 1,
+                hi: next - 1,
+                seen: now,
+                horizon: None,
+                closing: false,
+            });
+        }
+    }
+
+    /// A row with this id was found: the gap around it splits.
+    fn remove_id(&mut self, id: i64) {
+        if let Some(i) = self.0.iter().position(|g| g.lo <= id && id <= g.hi) {
+            let g = self.0.swap_remove(i);
+            if g.lo < id {
+                self.0.push(Gap {
+                    hi: id - 1,
+                    ..g.clone()
+                });
+            }
+            if id < g.hi {
+                self.0.push(Gap { lo: id + 1, ..g });
+            }
+        }
+    }
+
+    fn ranges(&self) -> Vec<(i64, i64)> {
+        self.0.iter().map(|g| (g.lo, g.hi)).collect()
+    }
+
+    fn needs_snapshot(&self, now: Instant, grace: Duration) -> bool {
+        self.0
+            .iter()
+            .any(|g| g.horizon.is_some() || now.duration_since(g.seen) >= grace)
+    }
+
+    fn apply_snapshot(&mut self, xmin: i64, xmax: i64, now: Instant, grace: Duration) {
+        for g in &mut self.0 {
+            match g.horizon {
+                Some(h) if xmin >= h => g.closing = true,
+                None if now.duration_since(g.seen) >= grace => g.horizon = Some(xmax),
+                _ => {}
+            }
+        }
+    }
+
+    fn drop_closing(&mut self) -> usize {
+        let before = self.0.len();
+        self.0.retain(|g| !g.closing);
+        before - self.0.len()
+    }
+
+    fn contains(&self, id: i64) -> bool {
+        self.0.iter().any(|g| g.lo <= id && id <= g.hi)
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An aggregate's rows in memory.
+struct Agg {
+    /// Not yet handed out, ascending ids.
+    queue: VecDeque<Row>,
+    /// A row of this aggregate is in flight, failing, or waiting for a retry.
+    busy: bool,
+    /// The row with the producer now, if any.
+    in_flight: Option<Row>,
+    /// Its publisher, computed once.
+    partition: usize,
+}
+
+impl Agg {
+    fn new(aggregate_id: &str, partitions: usize) -> Agg {
+        Agg {
+            queue: VecDeque::new(),
+            busy: false,
+            in_flight: None,
+            partition: partition_of(aggregate_id, partitions),
+        }
+    }
+
+    /// Takes the in-flight row if it is the one with this id.
+    fn take_in_flight(&mut self, id: i64) -> Option<Row> {
+        if self.in_flight.as_ref().is_some_and(|r| r.id == id) {
+            self.in_flight.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// What the poller owns.
+pub struct PollerState {
+    shared: Arc<Shared>,
+    wiring: Option<Wiring>,
+    generations: Vec<u64>,
+    cursor: i64,
+    aggs: HashMap<String, Agg>,
+    /// Aggregates (by one of their rows) that may have a row to hand out.
+    runnable: VecDeque<Row>,
+    in_memory: usize,
+    /// Rows with the producer now (each also in its aggregate's `in_flight`).
+    in_flight: usize,
+    /// Reused per dispatch: one batch per publisher.
+    batches: Vec<Vec<Row>>,
+    deciding: HashSet<i64>,
+    waiting: HashMap<i64, Row>,
+    timers: BinaryHeap<Reverse<(Instant, i64)>>,
+    gaps: Gaps,
+    held: HashSet<String>,
+    held_loaded: bool,
+    claiming: bool,
+    more: bool,
+    wake_flag: Arc<AtomicBool>,
+    dispatch_armed: bool,
+    /// The LISTEN task; it holds a pool connection, so it must die with the poller, also
+    /// when the poller panics (then `post_stop` does not run, but the state is dropped).
+    _listener: AbortOnDrop,
+    next_rescan: Instant,
+    rescan_requested: bool,
+    db_failures: u32,
+    db_retry_at: Option<Instant>,
+    reports: u64,
+}
+
+impl Actor for Poller {
+    type Msg = PollerMsg;
+    type State = PollerState;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        shared: Arc<Shared>,
+    ) -> Result<PollerState, ActorProcessingErr> {
+        let wake_flag = Arc::new(AtomicBool::new(false));
+        let listener = tokio::spawn(listen(
+            shared.pool.clone(),
+            myself.clone(),
+            wake_flag.clone(),
+        ));
+        let interval = Duration::from_millis(shared.config.poller.interval_ms);
+        myself.send_interval(interval, || PollerMsg::Tick);
+        let partitions = shared.partitions();
+        let rescan = Duration::from_millis(shared.config.poller.rescan_interval_ms);
+        Ok(PollerState {
+            shared,
+            wiring: None,
+            generations: vec![0; partitions],
+            cursor: 0,
+            aggs: HashMap::default(),
+            runnable: VecDeque::new(),
+            in_memory: 0,
+            in_flight: 0,
+            batches: vec![Vec::new(); partitions],
+            deciding: HashSet::new(),
+            waiting: HashMap::default(),
+            timers: BinaryHeap::new(),
+            gaps: Gaps::default(),
+            held: HashSet::new(),
+            held_loaded: false,
+            claiming: true,
+            more: true,
+            wake_flag,
+            dispatch_armed: false,
+            _listener: AbortOnDrop(listener),
+            next_rescan: Instant::now() + rescan,
+            rescan_requested: false,
+            db_failures: 0,
+            db_retry_at: None,
+            reports: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: PollerMsg,
+        st: &mut PollerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PollerMsg::Wire(w) => {
+                st.wiring = Some(w);
+                st.cycle(&myself).await;
+            }
+            PollerMsg::Wake => {
+                st.wake_flag.store(false, Ordering::Release);
+                st.cycle(&myself).await;
+            }
+            PollerMsg::Tick => {
+                st.cycle(&myself).await;
+            }
+            PollerMsg::Dispatch => {
+                st.dispatch_armed = false;
+                st.dispatch(&myself);
+            }
+            PollerMsg::Rescan => {
+                st.rescan_requested = true;
+                st.cycle(&myself).await;
+            }
+            PollerMsg::Completed(c) => {
+                st.reports += 1;
+                let every = st.shared.faults.panic_poller_every;
+                if every > 0 && st.reports.is_multiple_of(every) {
+                    panic!("test fault: poller crashes (OUTBOXD_TEST_PANIC_POLLER_EVERY)");
+                }
+                st.completed(c);
+                st.dispatch(&myself);
+                let batch = st.shared.config.poller.batch_size as usize;
+                if st.more && st.room() >= batch.min(st.max_in_memory() / 2).max(1) {
+                    st.cycle(&myself).await;
+                }
+            }
+            PollerMsg::RetryAt { row, at } => {
+                st.deciding.remove(&row.id);
+                st.timers.push(Reverse((at, row.id)));
+                st.waiting.insert(row.id, row);
+                let delay = at.saturating_duration_since(Instant::now());
+                myself.send_after(delay, || PollerMsg::Dispatch);
+            }
+            PollerMsg::DeadLettered { row } => {
+                st.dead_lettered(row);
+                st.dispatch(&myself);
+            }
+            PollerMsg::PublisherRestarted {
+                partition,
+                generation,
+                publisher,
+            } => st.publisher_restarted(partition, generation, publisher),
+            PollerMsg::StopClaiming(reply) => {
+                st.claiming = false;
+                info!(in_flight = st.in_flight, "Stopped claiming rows.");
+                let _ = reply.send(());
+            }
+            PollerMsg::InFlight(reply) => {
+                let _ = reply.send(st.in_flight);
+            }
+            PollerMsg::PollNow(reply) => {
+                let n = st.cycle(&myself).await;
+                let _ = reply.send(n);
+            }
+        }
+        st.shared.set_in_flight(st.in_flight);
+        metrics::gauge!("outboxd_rows_in_flight").set(st.in_flight as f64);
+        metrics::gauge!("outboxd_rows_in_memory").set(st.in_memory as f64);
+        Ok(())
+    }
+}
+
+impl PollerState {
+    fn max_in_memory(&self) -> usize {
+        self.shared.config.relay.max_in_flight as usize
+    }
+
+    fn room(&self) -> usize {
+        self.max_in_memory().saturating_sub(self.in_memory)
+    }
+
+    /// Reads what there is to read (if allowed), then hands out what is ready.
+    async fn cycle(&mut self, myself: &ActorRef<PollerMsg>) -> usize {
+        if !self.claiming || self.wiring.is_none() {
+            return 0;
+        }
+        let mut loaded = 0;
+        let db_ready = self.db_retry_at.is_none_or(|t| Instant::now() >= t);
+        if db_ready && self.shared.lease_valid() {
+            match self.read(myself).await {
+                Ok(n) => {
+                    loaded = n;
+                    if self.db_failures > 0 {
+                        info!(
+                            after_failures = self.db_failures,
+                            "Reading the outbox again."
+                        );
+                    }
+                    self.db_failures = 0;
+                    self.db_retry_at = None;
+                    self.shared.health.set_db_up(true);
+                }
+                Err(e) => {
+                    self.db_failures += 1;
+                    self.shared.health.set_db_up(false);
+                    let pause = super::exponential(
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                        self.db_failures,
+                    );
+                    if self.db_failures == 1 || self.db_failures.is_multiple_of(20) {
+                        warn!(error = %e, failures = self.db_failures, "Cannot read the outbox; retrying.");
+                    }
+                    self.db_retry_at = Some(Instant::now() + pause);
+                    myself.send_after(pause, || PollerMsg::Tick);
+                }
+            }
+        }
+        self.dispatch(myself);
+        loaded
+    }
+
+    /// One read: late rows in gaps, new rows after the cursor, and the rescan when due.
+    async fn read(&mut self, myself: &ActorRef<PollerMsg>) -> Result<usize, sqlx::Error> {
+        let pool = self.shared.pool.clone();
+        let cfg = self.shared.config.clone();
+        let batch = cfg.poller.batch_size as i64;
+        let grace = Duration::from_millis(cfg.poller.gap_grace_ms);
+        let mut loaded = 0;
+
+        if cfg.relay.dead_letter_policy == DeadLetterPolicy::Hold && !self.held_loaded {
+            self.held = store::held_aggregates(&pool).await?.into_iter().collect();
+            self.held_loaded = true;
+        }
+
+        let room = self.room() as i64;
+        if room > 0 {
+            let now = Instant::now();
+            if !self.gaps.is_empty() && self.gaps.needs_snapshot(now, grace) {
+                let (xmin, xmax) = store::snapshot_bounds(&pool).await?;
+                self.gaps.apply_snapshot(xmin, xmax, now, grace);
+            }
+            let limit = batch.min(room);
+            let rows =
+                store::fetch_after_and_in_ranges(&pool, self.cursor, &self.gaps.ranges(), limit)
+                    .await?;
+            let full = rows.len() as i64 == limit;
+            let old_cursor = self.cursor;
+            let mut prev = old_cursor;
+            let mut late = 0;
+            for row in rows {
+                if row.id > old_cursor {
+                    self.gaps.record_between(prev, row.id, now);
+                    prev = row.id;
+                    loaded += self.load(row, false);
+                } else {
+                    late += 1;
+                    self.gaps.remove_id(row.id);
+                    loaded += self.load(row, true);
+                }
+            }
+            // Every gap row was returned unless the limit cut the gap rows themselves
+            // (then no row above the old cursor came back): only then may closing gaps go.
+            if !full || prev > old_cursor {
+                self.gaps.drop_closing();
+            }
+            if late > 0 {
+                debug!(rows = late, "Found late-committed rows in id gaps.");
+                metrics::counter!("outboxd_late_rows_total").increment(late as u64);
+            }
+            self.cursor = prev;
+            self.more = full;
+            if self.more {
+                // More is waiting: read again right after handing these out.
+                if !self.wake_flag.swap(true, Ordering::AcqRel) {
+                    let _ = myself.send_message(PollerMsg::Wake);
+                }
+            }
+        } else {
+            self.more = true;
+        }
+
+        if self.rescan_requested || Instant::now() >= self.next_rescan {
+            loaded += self.rescan().await?;
+        }
+        metrics::counter!("outboxd_rows_read_total").increment(loaded as u64);
+        Ok(loaded)
+    }
+
+    /// Re-reads every pending row below the cursor and loads those the poller does not
+    /// hold: rows of aggregates released by an operator, and anything a gap missed.
+    async fn rescan(&mut self) -> Result<usize, sqlx::Error> {
+        let pool = self.shared.pool.clone();
+        self.rescan_requested = false;
+        self.next_rescan =
+            Instant::now() + Duration::from_millis(self.shared.config.poller.rescan_interval_ms);
+        if self.shared.config.relay.dead_letter_policy == DeadLetterPolicy::Hold {
+            self.held = store::held_aggregates(&pool).await?.into_iter().collect();
+        }
+        // Acknowledged rows the acker has not marked yet look pending: have it write them.
+        let Some(wiring) = &self.wiring else {
+            return Ok(0);
+        };
+        match ractor::call_t!(wiring.acker, AckerMsg::Flush, 10_000) {
+            Ok(true) => {}
+            _ => {
+                debug!("Acker could not flush; rescan postponed.");
+                self.rescan_requested = true;
+                return Ok(0);
+            }
+        }
+        let pending = store::pending_ids_upto(&pool, self.cursor).await?;
+        let mut known: HashSet<i64> = self
+            .aggs
+            .values()
+            .filter_map(|a| a.in_flight.as_ref().map(|r| r.id))
+            .collect();
+        known.extend(self.deciding.iter().copied());
+        known.extend(self.waiting.keys().copied());
+        known.extend(
+            self.aggs
+                .values()
+                .flat_map(|a| a.queue.iter().map(|r| r.id)),
+        );
+        let missing: Vec<i64> = pending
+            .into_iter()
+            .filter(|(id, agg)| !known.contains(id) && !self.held.contains(agg))
+            .map(|(id, _)| id)
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let rows = store::fetch_ids(&pool, &missing).await?;
+        let gap_rows = rows.iter().filter(|r| self.gaps.contains(r.id)).count();
+        info!(
+            rows = rows.len(),
+            in_gaps = gap_rows,
+            "Rescan found pending rows to publish."
+        );
+        let mut loaded = 0;
+        for row in rows {
+            self.gaps.remove_id(row.id);
+            loaded += self.load(row, true);
+        }
+        Ok(loaded)
+    }
+
+    /// Adds a row to its aggregate's queue (in id order when `sorted`).
+    fn load(&mut self, row: OutboxRow, sorted: bool) -> usize {
+        if self.held.contains(&row.aggregate_id) {
+            return 0;
+        }
+        if !self.aggs.contains_key(&row.aggregate_id) {
+            let agg = Agg::new(&row.aggregate_id, self.shared.partitions());
+            self.aggs.insert(row.aggregate_id.clone(), agg);
+        }
+        let agg = self
+            .aggs
+            .get_mut(&row.aggregate_id)
+            .expect("inserted above");
+        let was_idle = !agg.busy && agg.queue.is_empty();
+        let row = Arc::new(row);
+        if sorted {
+            let pos = agg.queue.partition_point(|r| r.id < row.id);
+            if agg.queue.get(pos).is_some_and(|r| r.id == row.id) {
+                return 0;
+            }
+            agg.queue.insert(pos, row.clone());
+        } else {
+            agg.queue.push_back(row.clone());
+        }
+        if was_idle {
+            self.runnable.push_back(row);
+        }
+        self.in_memory += 1;
+        1
+    }
+
+    /// Hands the head row of every ready aggregate to its publisher.
+    fn dispatch(&mut self, myself: &ActorRef<PollerMsg>) {
+        self.fire_timers();
+        if !self.claiming {
+            return;
+        }
+        let Some(wiring) = &self.wiring else {
+            return;
+        };
+        if !self.shared.lease_valid() {
+            self.arm_dispatch(myself, Duration::from_millis(100));
+            return;
+        }
+        let mut batches = std::mem::take(&mut self.batches);
+        let limits = &self.shared.limits;
+        let limited = limits.any();
+        let mut deferred = Vec::new();
+        let mut wait: Option<Duration> = None;
+        while let Some(key) = self.runnable.pop_front() {
+            let Some(agg) = self.aggs.get_mut(&key.aggregate_id) else {
+                continue;
+            };
+            if agg.busy {
+                continue;
+            }
+            let Some(head) = agg.queue.front() else {
+                continue;
+            };
+            if limited {
+                match limits.check(&head.topic) {
+                    Ok(()) => {}
+                    Err(Throttled::Topic(w)) => {
+                        wait = Some(wait.map_or(w, |x| x.min(w)));
+                        deferred.push(key);
+                        continue;
+                    }
+                    Err(Throttled::Global(w)) => {
+                        wait = Some(wait.map_or(w, |x| x.min(w)));
+                        deferred.push(key);
+                        break;
+                    }
+                }
+            }
+            let row = agg.queue.pop_front().expect("head exists");
+            agg.busy = true;
+            agg.in_flight = Some(row.clone());
+            self.in_flight += 1;
+            batches[agg.partition].push(row);
+        }
+        for key in deferred.into_iter().rev() {
+            self.runnable.push_front(key);
+        }
+        for (p, batch) in batches.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                metrics::counter!("outboxd_publish_batches_total").increment(1);
+                let rows = std::mem::replace(batch, Vec::with_capacity(batch.len()));
+                // A dead publisher is being restarted: its rows stay in flight and are
+                // sent again to the new one.
+                let _ = wiring.publishers[p].send_message(PublisherMsg::Publish(rows));
+            }
+        }
+        self.batches = batches;
+        if let Some(w) = wait {
+            self.arm_dispatch(myself, w.max(Duration::from_millis(1)));
+        }
+    }
+
+    fn arm_dispatch(&mut self, myself: &ActorRef<PollerMsg>, after: Duration) {
+        if !self.dispatch_armed {
+            self.dispatch_armed = true;
+            myself.send_after(after, || PollerMsg::Dispatch);
+        }
+    }
+
+    /// Rows whose back-off is over go back to the head of their aggregate.
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(row) = self.waiting.remove(&id) else {
+                continue;
+            };
+            let partitions = self.shared.partitions();
+            let agg = self
+                .aggs
+                .entry(row.aggregate_id.clone())
+                .or_insert_with(|| Agg::new(&row.aggregate_id, partitions));
+            agg.queue.push_front(row.clone());
+            agg.busy = false;
+            self.runnable.push_front(row);
+        }
+    }
+
+    /// The aggregate's in-flight row is done: its next row may go.
+    fn release(&mut self, row: &Row) {
+        if let Some(agg) = self.aggs.get_mut(&row.aggregate_id) {
+            agg.busy = false;
+            if agg.queue.is_empty() {
+                self.aggs.remove(&row.aggregate_id);
+            } else {
+                self.runnable.push_back(row.clone());
+            }
+        }
+    }
+
+    fn completed(&mut self, c: Completion) {
+        if self.wiring.is_none() {
+            return;
+        }
+        // A report from a publisher that crashed: its rows were sent again to the new one,
+        // which decides; what this one delivered is still marked.
+        let stale = self.generations.get(c.partition) != Some(&c.generation);
+        let mut ids = Vec::with_capacity(c.delivered.len());
+        for d in &c.delivered {
+            ids.push(d.row.id);
+            if !stale && self.take_in_flight(&d.row).is_some() {
+                self.in_memory -= 1;
+                self.release(&d.row);
+            }
+        }
+        let wiring = self.wiring.as_ref().expect("wired");
+        if !ids.is_empty() {
+            if let Some(hook) = &self.shared.hooks.on_delivered {
+                hook(&c.delivered);
+            }
+            metrics::counter!("outboxd_events_published_total").increment(ids.len() as u64);
+            let _ = wiring.acker.send_message(AckerMsg::Delivered(ids));
+        }
+        if stale {
+            return;
+        }
+        for (row, failure) in c.failed {
+            if self.take_in_flight(&row).is_some() {
+                self.deciding.insert(row.id);
+                let wiring = self.wiring.as_ref().expect("wired");
+                let _ = wiring.retry.send_message(RetryMsg::Failed {
+                    row,
+                    failure,
+                    sent_at: c.sent_at,
+                });
+            }
+        }
+    }
+
+    /// The aggregate's in-flight row, if it is this one; counts it out.
+    fn take_in_flight(&mut self, row: &Row) -> Option<Row> {
+        let taken = self
+            .aggs
+            .get_mut(&row.aggregate_id)?
+            .take_in_flight(row.id)?;
+        self.in_flight -= 1;
+        Some(taken)
+    }
+
+    fn dead_lettered(&mut self, row: Row) {
+        self.deciding.remove(&row.id);
+        self.in_memory -= 1;
+        match self.shared.config.relay.dead_letter_policy {
+            DeadLetterPolicy::Continue => self.release(&row),
+            DeadLetterPolicy::Hold => {
+                // Later rows stay pending in the table until an operator acts.
+                if let Some(agg) = self.aggs.remove(&row.aggregate_id) {
+                    self.in_memory -= agg.queue.len();
+                }
+                info!(aggregate = %row.aggregate_id, "Holding the aggregate until its dead letter is replayed or discarded.");
+                self.held.insert(row.aggregate_id.clone());
+            }
+        }
+    }
+
+    fn publisher_restarted(
+        &mut self,
+        partition: usize,
+        generation: u64,
+        publisher: ActorRef<PublisherMsg>,
+    ) {
+        let Some(wiring) = &mut self.wiring else {
+            return;
+        };
+        self.generations[partition] = generation;
+        let mut rows: Vec<Row> = self
+            .aggs
+            .values()
+            .filter(|a| a.partition == partition)
+            .filter_map(|a| a.in_flight.clone())
+            .collect();
+        rows.sort_by_key(|r| r.id);
+        info!(
+            partition,
+            generation,
+            resent = rows.len(),
+            "Publisher restarted; sending its rows again."
+        );
+        if !rows.is_empty() {
+            let _ = publisher.send_message(PublisherMsg::Publish(rows));
+        }
+        wiring.publishers[partition] = publisher;
+    }
+}
+
+/// Listens for the insert trigger's NOTIFY and wakes the poller (at most one wake queued
+/// at a time). Reconnects on its own; after a reconnect it wakes the poller once, since
+/// notifications sent meanwhile are lost.
+async fn listen(pool: sqlx::PgPool, poller: ActorRef<PollerMsg>, flag: Arc<AtomicBool>) {
+    let wake = |poller: &ActorRef<PollerMsg>| -> bool {
+        if flag.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        poller.send_message(PollerMsg::Wake).is_ok()
+    };
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                debug!(error = %e, "LISTEN connection failed; retrying.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+            debug!(error = %e, "LISTEN failed; retrying.");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if !wake(&poller) {
+            return;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => {
+                    let alive = if n.payload() == NOTIFY_RESCAN {
+                        poller.send_message(PollerMsg::Rescan).is_ok()
+                    } else {
+                        wake(&poller)
+                    };
+                    if !alive {
+                        return;
+                    }
+                }
+                // The connection was lost and re-established: notifications may be lost.
+                Ok(None) => {
+                    if !wake(&poller) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "LISTEN connection broke; reconnecting.");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_split_when_late_rows_appear() {
+        let t = Instant::now();
+        let mut g = Gaps::default();
+        g.record_between(10, 11, t);
+        assert!(g.is_empty(), "adjacent ids leave no gap");
+        g.record_between(11, 20, t);
+        assert_eq!(g.ranges(), vec![(12, 19)]);
+        g.remove_id(15);
+        let mut r = g.ranges();
+        r.sort();
+        assert_eq!(r, vec![(12, 14), (16, 19)]);
+        g.remove_id(12);
+        g.remove_id(19);
+        let mut r = g.ranges();
+        r.sort();
+        assert_eq!(r, vec![(13, 14), (16, 18)]);
+        assert!(g.contains(13) && !g.contains(15));
+    }
+
+    #[test]
+    fn a_gap_closes_only_after_xmin_passes_the_horizon_noted_after_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_millis(100);
+        let mut g = Gaps::default();
+        g.record_between(1, 5, t0);
+        assert!(!g.needs_snapshot(t0, grace), "within grace nothing to ask");
+        let t1 = t0 + grace;
+        assert!(g.needs_snapshot(t1, grace));
+        g.apply_snapshot(90, 100, t1, grace);
+        assert_eq!(g.0[0].horizon, Some(100));
+        assert!(!g.0[0].closing);
+        g.apply_snapshot(99, 120, t1, grace);
+        assert!(
+            !g.0[0].closing,
+            "a transaction below the horizon may still run"
+        );
+        assert_eq!(g.drop_closing(), 0);
+        g.apply_snapshot(100, 130, t1, grace);
+        assert!(g.0[0].closing);
+        assert_eq!(g.drop_closing(), 1);
+        assert!(g.is_empty());
+    }
+}

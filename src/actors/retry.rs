@@ -1,0 +1,398 @@
+//! Retry / dead-letter: decides, once per failure, what happens to a row that could not
+//! be published.
+//!
+//! In: `Failed { row, failure, sent_at }` from the poller (the row's aggregate is held
+//! until an answer comes back).
+//! Out to the poller: `RetryAt { row, at }` — transient failure, try again after an
+//! exponential back-off with jitter — or `DeadLettered { row }` — permanent failure, or
+//! `retry.max_attempts` reached: the row was moved to `outbox_dead_letter` with its reason
+//! (and copied to `dead_letter.topic` when set).
+//! A transient failure counts as an attempt only when the broker acknowledged other rows
+//! since this one was sent: an outage that fails everyone does not use up attempts, so a
+//! long broker outage delays rows but never dead-letters them.
+//! Failure: database errors are retried (the decision is re-sent to self after a pause);
+//! a fenced write tells the supervisor the lease is gone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rand::RngExt;
+use tracing::{info, warn};
+
+use super::poller::PollerMsg;
+use super::supervisor::SupervisorMsg;
+use super::{Row, Shared};
+use crate::config::RetryConfig;
+use crate::kafka::{
+    DeliveryTarget, DeliveryToken, FailureKind, PublishFailure, Record, build_record,
+};
+use crate::outbox::store::{self, StoreError};
+
+/// The retry / dead-letter behaviour.
+pub struct Retry;
+
+/// Messages the retry actor takes.
+pub enum RetryMsg {
+    /// A publish attempt failed.
+    Failed {
+        /// The row, with the attempts counted so far.
+        row: Row,
+        /// The classified failure.
+        failure: PublishFailure,
+        /// When the row was handed to the producer.
+        sent_at: Instant,
+    },
+}
+
+/// Start-up arguments.
+pub struct RetryArgs {
+    /// Pipeline context.
+    pub shared: Arc<Shared>,
+    /// Where decisions go.
+    pub poller: ActorRef<PollerMsg>,
+}
+
+/// What the retry actor owns.
+pub struct RetryState {
+    args: RetryArgs,
+    db_failures: u32,
+}
+
+/// The decision for one failure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Try again after this long, with this many attempts recorded.
+    Retry {
+        /// Attempts so far.
+        attempts: i32,
+        /// Back-off before the next attempt.
+        after: Duration,
+    },
+    /// Give up: dead-letter with this reason.
+    DeadLetter {
+        /// Attempts so far.
+        attempts: i32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Back-off with "equal jitter": half the exponential delay, plus a random part of the
+/// other half, so that rows failed together do not retry together.
+pub fn backoff(cfg: &RetryConfig, attempts: u32, jitter: f64) -> Duration {
+    let cap = super::exponential(
+        Duration::from_millis(cfg.initial_backoff_ms),
+        Duration::from_millis(cfg.max_backoff_ms),
+        attempts.max(1),
+    );
+    cap / 2 + cap.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// Decides what to do with a failed row. `counted` says whether this failure uses up an
+/// attempt (see the module documentation).
+pub fn decide(
+    cfg: &RetryConfig,
+    attempts_before: i32,
+    tries_before: u32,
+    failure: &PublishFailure,
+    counted: bool,
+    jitter: f64,
+) -> Decision {
+    match failure.kind {
+        FailureKind::Permanent => Decision::DeadLetter {
+            attempts: attempts_before + 1,
+            reason: failure.message.clone(),
+        },
+        FailureKind::Transient | FailureKind::Fatal => {
+            let attempts =
+                attempts_before + i32::from(counted && failure.kind == FailureKind::Transient);
+            if attempts >= cfg.max_attempts as i32 {
+                Decision::DeadLetter {
+                    attempts,
+                    reason: format!(
+                        "gave up after {attempts} attempts; last error ({}): {}",
+                        failure.class, failure.message
+                    ),
+                }
+            } else {
+                Decision::Retry {
+                    attempts,
+                    after: backoff(cfg, tries_before + 1, jitter),
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Retry {
+    type Msg = RetryMsg;
+    type State = RetryState;
+    type Arguments = RetryArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: RetryArgs,
+    ) -> Result<RetryState, ActorProcessingErr> {
+        Ok(RetryState {
+            args,
+            db_failures: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: RetryMsg,
+        state: &mut RetryState,
+    ) -> Result<(), ActorProcessingErr> {
+        let RetryMsg::Failed {
+            row,
+            failure,
+            sent_at,
+        } = msg;
+        let shared = state.args.shared.clone();
+        if failure.kind == FailureKind::Fatal {
+            let _ = shared
+                .supervisor
+                .send_message(SupervisorMsg::ProducerFatal(failure.message.clone()));
+        }
+        if failure.class == "timeout" {
+            shared.note_timeout(Instant::now());
+        }
+        let counted = shared.delivered_since(sent_at);
+        let jitter: f64 = rand::rng().random();
+        let decision = decide(
+            &shared.config.retry,
+            row.attempts,
+            row.tries,
+            &failure,
+            counted,
+            jitter,
+        );
+        metrics::counter!("outboxd_publish_failures_total", "class" => failure.class).increment(1);
+        let outcome = match &decision {
+            Decision::Retry { attempts, after } => store::record_failure(
+                &shared.pool,
+                &shared.fence,
+                row.id,
+                *attempts,
+                after.as_millis() as i64,
+                &format!("{}: {}", failure.class, failure.message),
+            )
+            .await
+            .map(|()| true),
+            Decision::DeadLetter { attempts, reason } => {
+                store::dead_letter(
+                    &shared.pool,
+                    &shared.fence,
+                    row.id,
+                    *attempts,
+                    reason,
+                    failure.class,
+                )
+                .await
+            }
+        };
+        match outcome {
+            Ok(changed) => {
+                state.db_failures = 0;
+                shared.health.set_db_up(true);
+                match decision {
+                    Decision::Retry { attempts, after } => {
+                        info!(
+                            aggregate = %row.aggregate_id,
+                            id = row.id,
+                            class = failure.class,
+                            attempts,
+                            retry_in_ms = after.as_millis() as u64,
+                            counted,
+                            error = %failure.message,
+                            "Publish failed; will retry."
+                        );
+                        let mut next = (*row).clone();
+                        next.attempts = attempts;
+                        next.tries += 1;
+                        let _ = state.args.poller.send_message(PollerMsg::RetryAt {
+                            row: Arc::new(next),
+                            at: Instant::now() + after,
+                        });
+                    }
+                    Decision::DeadLetter { attempts, reason } => {
+                        if changed {
+                            warn!(
+                                aggregate = %row.aggregate_id,
+                                id = row.id,
+                                class = failure.class,
+                                attempts,
+                                %reason,
+                                "Dead-lettered a row."
+                            );
+                            metrics::counter!("outboxd_dead_letters_total", "class" => failure.class)
+                                .increment(1);
+                            copy_to_dlq(&shared, &row, failure.class, &reason);
+                        }
+                        let _ = state
+                            .args
+                            .poller
+                            .send_message(PollerMsg::DeadLettered { row });
+                    }
+                }
+            }
+            Err(StoreError::Fenced(lease)) => {
+                warn!(%lease, "Lease lost while recording a failure.");
+                let _ = shared
+                    .supervisor
+                    .send_message(SupervisorMsg::LeaseLost("retry write was fenced".into()));
+            }
+            Err(StoreError::Db(e)) => {
+                state.db_failures += 1;
+                shared.health.set_db_up(false);
+                let pause = super::exponential(
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                    state.db_failures,
+                );
+                warn!(error = %e, "Cannot record a publish failure; will try again.");
+                myself.send_after(pause, move || RetryMsg::Failed {
+                    row,
+                    failure,
+                    sent_at,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Best effort: a copy of the dead letter on `dead_letter.topic`, with `dead_letter_reason`
+/// and `dead_letter_class` headers. The table is the record; this is a notification.
+fn copy_to_dlq(shared: &Shared, row: &Row, class: &str, reason: &str) {
+    let topic = &shared.config.dead_letter.topic;
+    if topic.is_empty() {
+        return;
+    }
+    let fallback_value = row
+        .payload
+        .as_ref()
+        .map(|p| p.as_bytes())
+        .or(row.payload_bytes.as_deref())
+        .unwrap_or_default();
+    // A row that cannot become a record (bad headers) still gets a copy, with the ids.
+    let base = build_record(row).unwrap_or_else(|_| {
+        Record {
+            topic,
+            key: row.aggregate_id.as_bytes(),
+            value: fallback_value,
+            headers: rdkafka::message::OwnedHeaders::new(),
+        }
+        .with_header("event_id", &row.event_id.to_string())
+        .with_header("outbox_id", &row.id.to_string())
+    });
+    let record = Record { topic, ..base }
+        .with_header("original_topic", &row.topic)
+        .with_header("dead_letter_class", class)
+        .with_header("dead_letter_reason", reason);
+    let token = Box::new(DeliveryToken {
+        target: Arc::new(DlqCopy),
+        index: 0,
+    });
+    if let Err((e, _)) = shared.producer.send(record.into_base_record(token)) {
+        warn!(error = %e, "Could not copy a dead letter to the DLQ topic.");
+    }
+}
+
+/// Logs a DLQ copy that failed (the dead-letter table is the record).
+struct DlqCopy;
+
+impl DeliveryTarget for DlqCopy {
+    fn delivered(&self, _index: usize, result: Result<(), rdkafka::error::KafkaError>) {
+        if let Err(e) = result {
+            warn!(error = %e, "Could not copy a dead letter to the DLQ topic.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(kind: FailureKind) -> PublishFailure {
+        PublishFailure {
+            kind,
+            class: "x",
+            message: "boom".into(),
+        }
+    }
+
+    #[test]
+    fn permanent_failure_dead_letters_at_once() {
+        let d = decide(
+            &RetryConfig::default(),
+            0,
+            0,
+            &failure(FailureKind::Permanent),
+            true,
+            0.5,
+        );
+        assert_eq!(
+            d,
+            Decision::DeadLetter {
+                attempts: 1,
+                reason: "boom".into()
+            }
+        );
+    }
+
+    #[test]
+    fn transient_failure_retries_until_max_attempts_then_dead_letters() {
+        let cfg = RetryConfig {
+            max_attempts: 3,
+            ..Default::default()
+        };
+        let f = failure(FailureKind::Transient);
+        assert!(matches!(
+            decide(&cfg, 0, 0, &f, true, 0.0),
+            Decision::Retry { attempts: 1, .. }
+        ));
+        assert!(matches!(
+            decide(&cfg, 1, 1, &f, true, 0.0),
+            Decision::Retry { attempts: 2, .. }
+        ));
+        match decide(&cfg, 2, 2, &f, true, 0.0) {
+            Decision::DeadLetter { attempts, reason } => {
+                assert_eq!(attempts, 3);
+                assert!(reason.contains("gave up after 3 attempts"), "{reason}");
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn outage_wide_failures_do_not_use_up_attempts() {
+        let cfg = RetryConfig {
+            max_attempts: 1,
+            ..Default::default()
+        };
+        let d = decide(&cfg, 0, 5, &failure(FailureKind::Transient), false, 0.0);
+        // Not counted, yet the back-off keeps growing with the tries.
+        assert_eq!(
+            d,
+            Decision::Retry {
+                attempts: 0,
+                after: Duration::from_millis(1600)
+            }
+        );
+    }
+
+    #[test]
+    fn back_off_grows_with_jitter_inside_the_cap() {
+        let cfg = RetryConfig::default();
+        assert_eq!(backoff(&cfg, 1, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff(&cfg, 1, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff(&cfg, 4, 0.0), Duration::from_millis(400));
+        assert_eq!(backoff(&cfg, 30, 1.0), Duration::from_secs(60));
+        assert!(backoff(&cfg, 30, 0.0) >= Duration::from_secs(30));
+    }
+}

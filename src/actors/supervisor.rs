@@ -1,0 +1,729 @@
+//! Supervisor: the root of the relay.
+//!
+//! It competes for the lease (standing by while another instance holds it), and while it
+//! holds the lease runs the pipeline — poller, `relay.partitions` publishers, acker, retry
+//! and cleanup — renewing the lease every third of `relay.lease_ttl_ms`.
+//!
+//! Restarts. A crashed child is restarted after an exponential back-off
+//! (`supervisor.initial_backoff_ms`, doubling, capped at `supervisor.max_backoff_ms`):
+//! - a publisher alone — the poller is given the new reference and re-sends the rows the
+//!   crashed one held;
+//! - the cleanup actor alone — nothing depends on it;
+//! - the poller, the acker or the retry actor together with every actor holding a
+//!   reference to them (the whole pipeline but cleanup), rebuilt from the table.
+//!
+//! More than `supervisor.max_restarts` crashes within `supervisor.restart_window_secs`
+//! stop the relay with [`RelayExit::RestartBudgetExhausted`]: the process exits non-zero and
+//! systemd or Kubernetes restarts it. A lost lease stops the pipeline and goes back to
+//! standing by. `Shutdown` stops claiming, waits for in-flight sends up to
+//! `relay.shutdown_timeout_ms`, marks what was acknowledged and releases the lease.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use rdkafka::producer::{Producer, PurgeConfig};
+use tracing::{error, info, warn};
+
+use super::acker::{Acker, AckerMsg};
+use super::cleanup::{Cleanup, CleanupMsg};
+use super::poller::{Poller, PollerMsg, Wiring};
+use super::publisher::{Publisher, PublisherArgs, PublisherMsg};
+use super::retry::{Retry, RetryArgs, RetryMsg};
+use super::{Faults, Hooks, Shared, names};
+use crate::config::Config;
+use crate::health::{Health, LeaseState};
+use crate::kafka::{self, RelayProducer};
+use crate::outbox::store::{self, Fence, RELAY_LEASE};
+
+/// The supervisor behaviour.
+pub struct Supervisor;
+
+/// How the relay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayExit {
+    /// Graceful shutdown.
+    Stopped,
+    /// Too many crashes in the restart window.
+    RestartBudgetExhausted(String),
+}
+
+/// Which part of the pipeline a restart concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Poller, publishers, acker and retry.
+    Pipeline,
+    /// One publisher.
+    Publisher(usize),
+    /// The cleanup actor.
+    Cleanup,
+}
+
+/// What `Shutdown` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Rows still with the producer at the deadline (they stay pending and are sent
+    /// again by the next run).
+    pub abandoned_in_flight: usize,
+    /// Whether every acknowledged row was marked.
+    pub marked_all: bool,
+}
+
+/// A snapshot of the supervisor, for tests and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupervisorInfo {
+    /// Whether this instance holds the lease and runs the pipeline.
+    pub active: bool,
+    /// The lease epoch held.
+    pub epoch: Option<i64>,
+    /// Crash restarts so far.
+    pub restarts: u64,
+}
+
+/// Messages the supervisor takes.
+pub enum SupervisorMsg {
+    /// Try to take the lease.
+    AcquireLease,
+    /// Extend the lease.
+    RenewLease,
+    /// Restart part of the pipeline (after back-off).
+    Restart(Scope),
+    /// A write was fenced: the lease with this epoch is gone.
+    LeaseLost(String),
+    /// The producer hit a fatal error and must be replaced.
+    ProducerFatal(String),
+    /// Graceful shutdown.
+    Shutdown(RpcReplyPort<ShutdownReport>),
+    /// Current state.
+    Info(RpcReplyPort<SupervisorInfo>),
+    /// The poller, for tests (`PollNow`).
+    Poller(RpcReplyPort<Option<ActorRef<PollerMsg>>>),
+    /// Look for a wedged producer.
+    CheckProducer,
+}
+
+/// Start-up arguments.
+pub struct SupervisorArgs {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Pool for reads and bookkeeping.
+    pub pool: sqlx::PgPool,
+    /// Pool for marks (`synchronous_commit = off`).
+    pub ack_pool: sqlx::PgPool,
+    /// Readiness facts.
+    pub health: Arc<Health>,
+    /// Embedding callbacks.
+    pub hooks: Hooks,
+    /// Test faults.
+    pub faults: Faults,
+    /// This instance's name in the lease table.
+    pub owner: String,
+    /// Suffix for actor names, unique per relay in the process.
+    pub tag: String,
+    /// Where the reason for stopping is left.
+    pub exit: Arc<Mutex<Option<RelayExit>>>,
+}
+
+#[derive(Default)]
+struct Refs {
+    poller: Option<ActorRef<PollerMsg>>,
+    publishers: Vec<Option<ActorRef<PublisherMsg>>>,
+    acker: Option<ActorRef<AckerMsg>>,
+    retry: Option<ActorRef<RetryMsg>>,
+    cleanup: Option<ActorRef<CleanupMsg>>,
+}
+
+/// What the supervisor owns.
+pub struct SupervisorState {
+    args: SupervisorArgs,
+    producer: Option<RelayProducer>,
+    shared: Option<Arc<Shared>>,
+    fence: Option<Fence>,
+    lease_deadline: Option<Instant>,
+    refs: Refs,
+    children: HashMap<ActorId, Scope>,
+    expected_exits: HashSet<ActorId>,
+    crashes: VecDeque<Instant>,
+    restarts: u64,
+    generations: Vec<u64>,
+    standby_logged: bool,
+    shutting_down: bool,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let ttl = Duration::from_millis(args.config.relay.lease_ttl_ms);
+        myself.send_interval(ttl / 3, || SupervisorMsg::RenewLease);
+        let stall = Duration::from_millis(args.config.kafka.stall_timeout_ms);
+        myself.send_interval((stall / 4).max(Duration::from_millis(250)), || {
+            SupervisorMsg::CheckProducer
+        });
+        myself.send_message(SupervisorMsg::AcquireLease)?;
+        let partitions = args.config.relay.partitions as usize;
+        Ok(SupervisorState {
+            args,
+            producer: None,
+            shared: None,
+            fence: None,
+            lease_deadline: None,
+            refs: Refs::default(),
+            children: HashMap::new(),
+            expected_exits: HashSet::new(),
+            crashes: VecDeque::new(),
+            restarts: 0,
+            generations: vec![0; partitions],
+            standby_logged: false,
+            shutting_down: false,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.args.health.set_lease(LeaseState::None);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::AcquireLease => st.acquire(&myself).await,
+            SupervisorMsg::RenewLease => st.renew(&myself).await,
+            SupervisorMsg::Restart(scope) => st.restart(&myself, scope).await,
+            SupervisorMsg::LeaseLost(why) => {
+                if st.shared.is_some() {
+                    warn!(%why, "Lease lost; stopping the pipeline and standing by.");
+                    st.lose_lease(&myself).await;
+                }
+            }
+            SupervisorMsg::ProducerFatal(why) => {
+                if st.shared.is_some() {
+                    error!(%why, "Fatal producer error; restarting the pipeline with a new producer.");
+                    st.producer = None;
+                    st.crashed(&myself, Scope::Pipeline, why).await;
+                }
+            }
+            SupervisorMsg::Shutdown(reply) => {
+                let report = st.shutdown().await;
+                *st.args.exit.lock().expect("exit lock") = Some(RelayExit::Stopped);
+                let _ = reply.send(report);
+                myself.stop(None);
+            }
+            SupervisorMsg::Info(reply) => {
+                let _ = reply.send(SupervisorInfo {
+                    active: st.shared.is_some(),
+                    epoch: st.fence.as_ref().map(|f| f.epoch),
+                    restarts: st.restarts,
+                });
+            }
+            SupervisorMsg::Poller(reply) => {
+                let _ = reply.send(st.refs.poller.clone());
+            }
+            SupervisorMsg::CheckProducer => st.check_producer(&myself).await,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        if st.expected_exits.remove(&id) {
+            return Ok(());
+        }
+        if let Some(scope) = st.children.remove(&id) {
+            let name = cell.get_name().unwrap_or_default();
+            warn!(actor = %name, %why, "Actor crashed.");
+            metrics::counter!("outboxd_actor_restarts_total", "actor" => scope_label(scope))
+                .increment(1);
+            st.crashed(&myself, scope, why).await;
+        }
+        Ok(())
+    }
+}
+
+fn scope_label(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Pipeline => "pipeline",
+        Scope::Publisher(_) => "publisher",
+        Scope::Cleanup => "cleanup",
+    }
+}
+
+impl SupervisorState {
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.args.config.relay.lease_ttl_ms)
+    }
+
+    fn name(&self, base: &str) -> String {
+        format!("{base}-{}", self.args.tag)
+    }
+
+    async fn acquire(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        if self.shutting_down || self.shared.is_some() {
+            return;
+        }
+        let ttl = self.ttl();
+        let asked_at = Instant::now();
+        match store::acquire_lease(
+            &self.args.pool,
+            RELAY_LEASE,
+            &self.args.owner,
+            ttl.as_millis() as i64,
+        )
+        .await
+        {
+            Ok(Some(epoch)) => {
+                self.args.health.set_db_up(true);
+                info!(owner = %self.args.owner, epoch, "Lease acquired; starting the pipeline.");
+                self.standby_logged = false;
+                self.fence = Some(Fence {
+                    name: RELAY_LEASE.into(),
+                    owner: self.args.owner.clone(),
+                    epoch,
+                });
+                self.lease_deadline = Some(asked_at + ttl.mul_f64(0.9));
+                self.args.health.set_lease(LeaseState::Active);
+                if let Err(e) = self.start_pipeline(myself).await {
+                    error!(error = %e, "Cannot start the pipeline; retrying.");
+                    self.stop_pipeline().await;
+                    myself.send_after(Duration::from_secs(1), || SupervisorMsg::AcquireLease);
+                }
+            }
+            Ok(None) => {
+                self.args.health.set_db_up(true);
+                self.args.health.set_lease(LeaseState::Standby);
+                if !self.standby_logged {
+                    info!("Another instance holds the lease; standing by.");
+                    self.standby_logged = true;
+                }
+                myself.send_after(ttl / 3, || SupervisorMsg::AcquireLease);
+            }
+            Err(e) => {
+                self.args.health.set_db_up(false);
+                if is_undefined_table(&e) {
+                    error!("The outbox tables do not exist: run `outboxd migrate` first.");
+                } else {
+                    warn!(error = %e, "Cannot reach the database to take the lease; retrying.");
+                }
+                myself.send_after(Duration::from_secs(1), || SupervisorMsg::AcquireLease);
+            }
+        }
+    }
+
+    async fn renew(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let (Some(fence), Some(shared)) = (self.fence.clone(), self.shared.clone()) else {
+            return;
+        };
+        let ttl = self.ttl();
+        let asked_at = Instant::now();
+        match store::renew_lease(&self.args.pool, &fence, ttl.as_millis() as i64).await {
+            Ok(true) => {
+                let deadline = asked_at + ttl.mul_f64(0.9);
+                self.lease_deadline = Some(deadline);
+                shared.extend_lease(deadline);
+            }
+            Ok(false) => {
+                warn!(
+                    epoch = fence.epoch,
+                    "Lease taken over by another instance; standing by."
+                );
+                self.lose_lease(myself).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "Cannot renew the lease; retrying.");
+                if self.lease_deadline.is_none_or(|d| Instant::now() >= d) {
+                    warn!("Lease expired without renewal; stopping the pipeline.");
+                    self.lose_lease(myself).await;
+                }
+            }
+        }
+    }
+
+    async fn lose_lease(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        self.stop_pipeline().await;
+        self.fence = None;
+        self.lease_deadline = None;
+        self.args.health.set_lease(LeaseState::Standby);
+        myself.send_after(self.ttl() / 3, || SupervisorMsg::AcquireLease);
+    }
+
+    async fn start_pipeline(&mut self, myself: &ActorRef<SupervisorMsg>) -> anyhow::Result<()> {
+        let fence = self.fence.clone().expect("lease held");
+        let producer = match &self.producer {
+            Some(p) => p.clone(),
+            None => {
+                let p = kafka::create_producer(&self.args.config.kafka, self.args.health.clone())?;
+                self.producer = Some(p.clone());
+                p
+            }
+        };
+        let shared = Arc::new(Shared::new(
+            self.args.config.clone(),
+            self.args.pool.clone(),
+            self.args.ack_pool.clone(),
+            producer,
+            self.args.health.clone(),
+            fence,
+            self.args.hooks.clone(),
+            self.args.faults.clone(),
+            myself.clone(),
+        ));
+        if let Some(d) = self.lease_deadline {
+            shared.extend_lease(d);
+        }
+        self.shared = Some(shared.clone());
+        let cell = myself.get_cell();
+
+        let (poller, _) = Actor::spawn_linked(
+            Some(self.name(names::POLLER)),
+            Poller,
+            shared.clone(),
+            cell.clone(),
+        )
+        .await?;
+        self.children.insert(poller.get_id(), Scope::Pipeline);
+        self.refs.poller = Some(poller.clone());
+
+        let (acker, _) = Actor::spawn_linked(
+            Some(self.name(names::ACKER)),
+            Acker,
+            shared.clone(),
+            cell.clone(),
+        )
+        .await?;
+        self.children.insert(acker.get_id(), Scope::Pipeline);
+        self.refs.acker = Some(acker.clone());
+
+        let (retry, _) = Actor::spawn_linked(
+            Some(self.name(names::RETRY)),
+            Retry,
+            RetryArgs {
+                shared: shared.clone(),
+                poller: poller.clone(),
+            },
+            cell.clone(),
+        )
+        .await?;
+        self.children.insert(retry.get_id(), Scope::Pipeline);
+        self.refs.retry = Some(retry.clone());
+
+        let partitions = shared.partitions();
+        self.refs.publishers = vec![None; partitions];
+        let mut publishers = Vec::with_capacity(partitions);
+        for i in 0..partitions {
+            let p = self.spawn_publisher(myself, i).await?;
+            publishers.push(p);
+        }
+
+        if self.refs.cleanup.is_none() {
+            self.spawn_cleanup(myself).await?;
+        }
+
+        poller.send_message(PollerMsg::Wire(Wiring {
+            publishers,
+            acker,
+            retry,
+        }))?;
+        Ok(())
+    }
+
+    async fn spawn_publisher(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        partition: usize,
+    ) -> anyhow::Result<ActorRef<PublisherMsg>> {
+        let shared = self.shared.clone().expect("pipeline running");
+        let poller = self.refs.poller.clone().expect("poller running");
+        let (p, _) = Actor::spawn_linked(
+            Some(format!(
+                "{}-{partition}-{}",
+                names::PUBLISHER,
+                self.args.tag
+            )),
+            Publisher,
+            PublisherArgs {
+                partition,
+                generation: self.generations[partition],
+                shared,
+                poller,
+            },
+            myself.get_cell(),
+        )
+        .await?;
+        self.children
+            .insert(p.get_id(), Scope::Publisher(partition));
+        self.refs.publishers[partition] = Some(p.clone());
+        Ok(p)
+    }
+
+    async fn spawn_cleanup(&mut self, myself: &ActorRef<SupervisorMsg>) -> anyhow::Result<()> {
+        let shared = self.shared.clone().expect("pipeline running");
+        let (c, _) = Actor::spawn_linked(
+            Some(self.name(names::CLEANUP)),
+            Cleanup,
+            shared,
+            myself.get_cell(),
+        )
+        .await?;
+        self.children.insert(c.get_id(), Scope::Cleanup);
+        self.refs.cleanup = Some(c);
+        Ok(())
+    }
+
+    /// Stops every child and waits for them (the acker writes what it holds on the way).
+    async fn stop_pipeline(&mut self) {
+        let refs = std::mem::take(&mut self.refs);
+        let mut cells = Vec::new();
+        if let Some(p) = refs.poller {
+            cells.push(p.get_cell());
+        }
+        for p in refs.publishers.into_iter().flatten() {
+            cells.push(p.get_cell());
+        }
+        if let Some(r) = refs.retry {
+            cells.push(r.get_cell());
+        }
+        if let Some(c) = refs.cleanup {
+            cells.push(c.get_cell());
+        }
+        // The acker last: what the others reported to it is written before it goes.
+        if let Some(a) = refs.acker {
+            cells.push(a.get_cell());
+        }
+        for cell in cells {
+            self.children.remove(&cell.get_id());
+            if cell.get_status() == ractor::ActorStatus::Stopped {
+                continue;
+            }
+            self.expected_exits.insert(cell.get_id());
+            let _ = cell
+                .stop_and_wait(None, Some(Duration::from_secs(10)))
+                .await;
+        }
+        self.shared = None;
+    }
+
+    /// A child crashed: restart it (and what depends on it) after back-off, or give up.
+    async fn crashed(&mut self, myself: &ActorRef<SupervisorMsg>, scope: Scope, why: String) {
+        let now = Instant::now();
+        let window = Duration::from_secs(self.args.config.supervisor.restart_window_secs);
+        self.crashes.push_back(now);
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            self.crashes.pop_front();
+        }
+        let budget = self.args.config.supervisor.max_restarts as usize;
+        if self.crashes.len() > budget {
+            let reason = format!(
+                "{} crashes within {}s (supervisor.max_restarts = {budget}); last: {why}",
+                self.crashes.len(),
+                window.as_secs()
+            );
+            error!(%reason, "Restart budget exhausted; stopping the relay.");
+            *self.args.exit.lock().expect("exit lock") =
+                Some(RelayExit::RestartBudgetExhausted(reason.clone()));
+            self.stop_pipeline().await;
+            if let Some(fence) = &self.fence {
+                let _ = store::release_lease(&self.args.pool, fence).await;
+            }
+            myself.stop(Some(reason));
+            return;
+        }
+        self.restarts += 1;
+        let cfg = &self.args.config.supervisor;
+        let delay = super::exponential(
+            Duration::from_millis(cfg.initial_backoff_ms),
+            Duration::from_millis(cfg.max_backoff_ms),
+            self.crashes.len() as u32,
+        );
+        info!(
+            ?scope,
+            delay_ms = delay.as_millis() as u64,
+            "Restarting after back-off."
+        );
+        match scope {
+            Scope::Publisher(i) => {
+                if let Some(slot) = self.refs.publishers.get_mut(i) {
+                    *slot = None;
+                }
+            }
+            Scope::Cleanup => self.refs.cleanup = None,
+            Scope::Pipeline => {
+                // Everything holding a reference to the crashed actor goes too; cleanup,
+                // which holds none, keeps running.
+                let cleanup = self.refs.cleanup.take();
+                let cleanup_id = cleanup.as_ref().map(|c| c.get_id());
+                let scope_of_cleanup = cleanup_id.and_then(|id| self.children.remove(&id));
+                self.stop_pipeline().await;
+                self.refs.cleanup = cleanup;
+                if let (Some(id), Some(s)) = (cleanup_id, scope_of_cleanup) {
+                    self.children.insert(id, s);
+                }
+            }
+        }
+        myself.send_after(delay, move || SupervisorMsg::Restart(scope));
+    }
+
+    async fn restart(&mut self, myself: &ActorRef<SupervisorMsg>, scope: Scope) {
+        if self.shutting_down || self.fence.is_none() {
+            return;
+        }
+        let result = match scope {
+            Scope::Publisher(i) => {
+                if self.shared.is_none() || self.refs.poller.is_none() {
+                    return;
+                }
+                self.generations[i] += 1;
+                match self.spawn_publisher(myself, i).await {
+                    Ok(p) => {
+                        let poller = self.refs.poller.clone().expect("poller running");
+                        poller
+                            .send_message(PollerMsg::PublisherRestarted {
+                                partition: i,
+                                generation: self.generations[i],
+                                publisher: p,
+                            })
+                            .map_err(|e| anyhow::anyhow!("{e}"))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Scope::Cleanup => {
+                if self.shared.is_none() {
+                    return;
+                }
+                self.spawn_cleanup(myself).await
+            }
+            Scope::Pipeline => {
+                if self.shared.is_some() && self.refs.poller.is_some() {
+                    return;
+                }
+                self.start_pipeline(myself).await
+            }
+        };
+        if let Err(e) = result {
+            warn!(?scope, error = %e, "Restart failed; trying again.");
+            self.crashed(myself, Scope::Pipeline, e.to_string()).await;
+        }
+    }
+
+    /// Replaces the producer when it has rows, acknowledges nothing, and yet the broker
+    /// answers metadata requests: its idempotence state is stuck (a broker that lost it and
+    /// keeps fencing the bumped epoch). A fresh producer gets a fresh producer id; the
+    /// pipeline restarts from the table (not counted as a crash). During a real outage
+    /// the broker does not answer, and nothing is replaced.
+    async fn check_producer(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let (Some(shared), Some(producer)) = (self.shared.clone(), self.producer.clone()) else {
+            return;
+        };
+        let stall = Duration::from_millis(self.args.config.kafka.stall_timeout_ms);
+        let Some(stalled) = shared.stalled_for(Instant::now()) else {
+            return;
+        };
+        if stalled < stall {
+            return;
+        }
+        let probe = producer.clone();
+        let answered = tokio::task::spawn_blocking(move || {
+            kafka::fetch_metadata(&probe, Duration::from_secs(2)).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if !answered {
+            let _ = shared.health.set_broker_up(false);
+            return;
+        }
+        warn!(
+            stalled_ms = stalled.as_millis() as u64,
+            "Producer acknowledged nothing while the broker answers; replacing it."
+        );
+        metrics::counter!("outboxd_producer_replacements_total").increment(1);
+        producer.purge(PurgeConfig::default().queue().inflight());
+        self.producer = None;
+        self.stop_pipeline().await;
+        if let Err(e) = self.start_pipeline(myself).await {
+            self.crashed(myself, Scope::Pipeline, e.to_string()).await;
+        }
+    }
+
+    async fn shutdown(&mut self) -> ShutdownReport {
+        self.shutting_down = true;
+        let mut report = ShutdownReport {
+            marked_all: true,
+            ..Default::default()
+        };
+        let deadline =
+            Instant::now() + Duration::from_millis(self.args.config.relay.shutdown_timeout_ms);
+        if let Some(poller) = self.refs.poller.clone() {
+            let _ = ractor::call_t!(poller, PollerMsg::StopClaiming, 5_000);
+            loop {
+                let left = ractor::call_t!(poller, PollerMsg::InFlight, 5_000).unwrap_or(0);
+                report.abandoned_in_flight = left;
+                if left == 0 || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if report.abandoned_in_flight > 0 {
+                warn!(
+                    rows = report.abandoned_in_flight,
+                    "Shutdown deadline reached with rows in flight; they stay pending and go out on the next run."
+                );
+            }
+        }
+        if let Some(acker) = self.refs.acker.clone() {
+            report.marked_all = ractor::call_t!(acker, AckerMsg::Flush, 10_000).unwrap_or(false);
+        }
+        self.stop_pipeline().await;
+        if let Some(fence) = self.fence.take()
+            && let Err(e) = store::release_lease(&self.args.pool, &fence).await
+        {
+            warn!(error = %e, "Could not release the lease; it expires on its own.");
+        }
+        if let Some(p) = &self.producer {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let _ = p.flush(left.max(Duration::from_millis(100)));
+        }
+        info!(
+            abandoned_in_flight = report.abandoned_in_flight,
+            marked_all = report.marked_all,
+            "Relay stopped."
+        );
+        report
+    }
+}
+
+fn is_undefined_table(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "42P01")
+}

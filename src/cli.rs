@@ -1,0 +1,367 @@
+//! The command line: `outboxd run | migrate | check | status | dead-letters | demo`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::actors::partition_of;
+use crate::actors::supervisor::RelayExit;
+use crate::config::Config;
+use crate::outbox::admin::{self, Selection};
+use crate::relay::{Relay, RelayOptions};
+use crate::{db, health, kafka, telemetry};
+
+/// Exit code for an invalid configuration.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code of `check` (and one-shot commands) when a server cannot be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+/// outboxd — publishes every committed outbox row to Kafka, at least once, in order per
+/// aggregate.
+#[derive(Debug, Parser)]
+#[command(name = "outboxd", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file [default: config/outboxd.toml if it exists]; every key can be
+    /// overridden by OUTBOXD__SECTION__KEY environment variables.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay (the service). SIGTERM/SIGINT stop it gracefully (exit 0); too many
+    /// crashes in the restart window exit 1.
+    Run,
+    /// Create or update the outbox tables (idempotent).
+    Migrate,
+    /// Validate the configuration, connect to PostgreSQL and ask the broker for metadata.
+    /// Exit 2 for an invalid configuration, 3 when a server cannot be reached.
+    Check,
+    /// Backlog, oldest pending age and dead letters, per partition.
+    Status(StatusArgs),
+    /// List, replay or discard dead letters.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// The whole flow on one machine: local broker, demo database, concurrent writers,
+    /// the relay, a read-back and a verification.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// `status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dead-letters` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List dead letters (open ones unless --all).
+    List {
+        /// Include replayed and discarded ones.
+        #[arg(long)]
+        all: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Put dead letters back into the outbox under their original ids.
+    Replay(SelectArgs),
+    /// Give up on dead letters for good (their aggregates continue).
+    Discard(SelectArgs),
+}
+
+/// Which dead letters.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SelectArgs {
+    /// Original outbox ids.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub id: Vec<i64>,
+    /// Every open dead letter of this aggregate.
+    #[arg(long)]
+    pub aggregate: Option<String>,
+    /// Every open dead letter.
+    #[arg(long)]
+    pub all: bool,
+}
+
+impl SelectArgs {
+    fn selection(&self) -> Selection {
+        if self.all {
+            Selection::All
+        } else if let Some(a) = &self.aggregate {
+            Selection::Aggregate(a.clone())
+        } else {
+            Selection::Ids(self.id.clone())
+        }
+    }
+}
+
+/// Runs a command with a valid configuration.
+pub async fn execute(command: Command, config: Config) -> ExitCode {
+    let result = match command {
+        Command::Run => run(config).await,
+        Command::Migrate => migrate(&config).await,
+        Command::Check => check(&config).await,
+        Command::Status(a) => status(&config, a.json).await,
+        Command::DeadLetters(c) => dead_letters(&config, c).await,
+        Command::Demo(a) => crate::demo::run(config, a).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn one_shot_pool(config: &Config) -> Result<sqlx::PgPool, ExitCode> {
+    db::connect(&config.database, 2).await.map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(EXIT_UNREACHABLE)
+    })
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
+    let pool = match one_shot_pool(config).await {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let before = applied_migrations(&pool).await;
+    crate::MIGRATOR.run(&pool).await?;
+    let after = applied_migrations(&pool).await;
+    let new = after.saturating_sub(before);
+    if new == 0 {
+        println!("Schema is up to date ({after} migrations applied).");
+    } else {
+        println!("Applied {new} migration(s); {after} in total.");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn applied_migrations(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+async fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    println!("config: ok");
+    let mut unreachable = Vec::new();
+    match db::connect(&config.database, 1).await {
+        Ok(pool) => {
+            let version: String = sqlx::query_scalar("SHOW server_version")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_default();
+            let migrated = applied_migrations(&pool).await;
+            let expected = crate::MIGRATOR.iter().count() as i64;
+            let schema = if migrated >= expected {
+                "migrated".to_string()
+            } else {
+                format!("{migrated}/{expected} migrations applied — run `outboxd migrate`")
+            };
+            println!(
+                "database: ok ({}, PostgreSQL {version}, schema {schema})",
+                db::redact(&config.database.url)
+            );
+        }
+        Err(e) => {
+            println!("database: UNREACHABLE — {e:#}");
+            unreachable.push("database");
+        }
+    }
+    let health = std::sync::Arc::new(health::Health::default());
+    let producer = kafka::create_producer(&config.kafka, health)?;
+    let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1_000));
+    let brokers = config.kafka.brokers.clone();
+    match tokio::task::spawn_blocking(move || kafka::fetch_metadata(&producer, timeout)).await? {
+        Ok(n) => println!("broker: ok ({brokers}, {n} broker(s) in the cluster)"),
+        Err(e) => {
+            println!("broker: UNREACHABLE — {brokers}: {e}");
+            unreachable.push("broker");
+        }
+    }
+    if unreachable.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: cannot reach the {}", unreachable.join(" and the "));
+        Ok(ExitCode::from(EXIT_UNREACHABLE))
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let listen = config.metrics.listen.clone();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        partitions = config.relay.partitions,
+        brokers = %config.kafka.brokers,
+        database = %db::redact(&config.database.url),
+        "Starting outboxd."
+    );
+    let mut relay = Relay::start(
+        config,
+        RelayOptions {
+            faults: crate::actors::Faults::from_env(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    if !listen.is_empty() {
+        let addr = listen.parse()?;
+        let health = relay.health();
+        tokio::spawn(async move {
+            if let Err(e) = telemetry::serve(addr, health).await {
+                tracing::error!(error = %e, "Metrics endpoint failed.");
+            }
+        });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+        exit = relay.wait() => {
+            return Ok(match exit {
+                RelayExit::Stopped => ExitCode::SUCCESS,
+                RelayExit::RestartBudgetExhausted(_) => ExitCode::FAILURE,
+            });
+        }
+    }
+    tracing::info!("Signal received; shutting down.");
+    relay.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let pool = match one_shot_pool(config).await {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let partitions = config.relay.partitions as usize;
+    let backlog = admin::backlog_by_aggregate(&pool).await?;
+    let (open_dl, resolved_dl) = admin::dead_letter_counts(&pool).await?;
+    let kept = admin::published_kept(&pool).await?;
+    let leases = admin::leases(&pool).await?;
+    let now = chrono::Utc::now();
+    #[derive(Default, serde::Serialize)]
+    struct Part {
+        pending: i64,
+        aggregates: usize,
+        oldest_age_secs: Option<f64>,
+    }
+    let mut parts: BTreeMap<usize, Part> = (0..partitions).map(|p| (p, Part::default())).collect();
+    for b in &backlog {
+        let p = parts
+            .get_mut(&partition_of(&b.aggregate_id, partitions))
+            .expect("partition");
+        p.pending += b.pending;
+        p.aggregates += 1;
+        let age = (now - b.oldest).num_milliseconds() as f64 / 1000.0;
+        p.oldest_age_secs = Some(p.oldest_age_secs.map_or(age, |a: f64| a.max(age)));
+    }
+    let total: i64 = parts.values().map(|p| p.pending).sum();
+    let oldest = parts
+        .values()
+        .filter_map(|p| p.oldest_age_secs)
+        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |x| x.max(a))));
+    if json {
+        let v = serde_json::json!({
+            "pending": total,
+            "oldest_pending_age_secs": oldest,
+            "published_kept": kept,
+            "dead_letters": {"open": open_dl, "resolved": resolved_dl},
+            "partitions": parts,
+            "leases": leases.iter().map(|l| serde_json::json!({
+                "name": l.name, "owner": l.owner, "epoch": l.epoch,
+                "expires_at": l.expires_at, "expired": l.expired})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("pending:        {total}");
+    println!(
+        "oldest pending: {}",
+        oldest.map_or("-".into(), |a| format!("{a:.1}s"))
+    );
+    println!("dead letters:   {open_dl} open, {resolved_dl} resolved");
+    if kept > 0 {
+        println!("published, kept until cleanup: {kept}");
+    }
+    for l in &leases {
+        println!(
+            "lease {:?}:  {} (epoch {}, {})",
+            l.name,
+            l.owner,
+            l.epoch,
+            if l.expired { "expired" } else { "held" }
+        );
+    }
+    println!("\npartition  pending  aggregates  oldest");
+    for (i, p) in &parts {
+        println!(
+            "{i:>9}  {:>7}  {:>10}  {}",
+            p.pending,
+            p.aggregates,
+            p.oldest_age_secs.map_or("-".into(), |a| format!("{a:.1}s"))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_letters(config: &Config, cmd: DeadLetterCommand) -> anyhow::Result<ExitCode> {
+    let pool = match one_shot_pool(config).await {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    match cmd {
+        DeadLetterCommand::List { all, limit } => {
+            let rows = admin::list_dead_letters(&pool, all, limit).await?;
+            if rows.is_empty() {
+                println!("No dead letters.");
+            }
+            for d in rows {
+                println!(
+                    "{}  aggregate={}  {}  topic={}  class={}  attempts={}  at={}{}\n    {}",
+                    d.id,
+                    d.aggregate_id,
+                    d.event_type,
+                    d.topic,
+                    d.error_class,
+                    d.attempts,
+                    d.dead_lettered_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    d.resolution.map(|r| format!("  ({r})")).unwrap_or_default(),
+                    d.reason
+                );
+            }
+        }
+        DeadLetterCommand::Replay(sel) => {
+            let n = admin::replay(&pool, &sel.selection()).await?;
+            println!("Replayed {n} dead letter(s).");
+        }
+        DeadLetterCommand::Discard(sel) => {
+            let n = admin::discard(&pool, &sel.selection()).await?;
+            println!("Discarded {n} dead letter(s).");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Loads the configuration, or prints every problem and returns exit code 2.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(&crate::config::ConfigSource::from_cli(path)).map_err(|e| {
+        eprint!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}

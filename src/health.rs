@@ -1,0 +1,84 @@
+//! Shared liveness and readiness facts, set by the actors and read by `/readyz`.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+/// Lease state of this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Not trying yet, or shutting down.
+    None = 0,
+    /// Another instance holds the lease; this one waits to take over.
+    Standby = 1,
+    /// This instance publishes.
+    Active = 2,
+}
+
+/// What `/readyz` reports; cheap to update from any actor.
+#[derive(Debug)]
+pub struct Health {
+    db_up: AtomicBool,
+    broker_up: AtomicBool,
+    lease: AtomicU8,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            db_up: AtomicBool::new(false),
+            broker_up: AtomicBool::new(true),
+            lease: AtomicU8::new(LeaseState::None as u8),
+        }
+    }
+}
+
+impl Health {
+    /// Whether the last database operation succeeded.
+    pub fn db_up(&self) -> bool {
+        self.db_up.load(Ordering::Relaxed)
+    }
+    /// Records the outcome of a database operation; logs transitions once.
+    pub fn set_db_up(&self, up: bool) {
+        if self.db_up.swap(up, Ordering::Relaxed) != up {
+            metrics::gauge!("outboxd_database_up").set(if up { 1.0 } else { 0.0 });
+            if up {
+                tracing::info!("Database reachable.");
+            }
+        }
+    }
+    /// Whether the broker was reachable last time we heard.
+    pub fn broker_up(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+    }
+    /// Records broker reachability; returns whether it changed (logs the recovery).
+    pub fn set_broker_up(&self, up: bool) -> bool {
+        let changed = self.broker_up.swap(up, Ordering::Relaxed) != up;
+        if changed {
+            metrics::gauge!("outboxd_broker_up").set(if up { 1.0 } else { 0.0 });
+            if up {
+                tracing::info!("Broker reachable again.");
+            }
+        }
+        changed
+    }
+    /// This instance's lease state.
+    pub fn lease(&self) -> LeaseState {
+        match self.lease.load(Ordering::Relaxed) {
+            1 => LeaseState::Standby,
+            2 => LeaseState::Active,
+            _ => LeaseState::None,
+        }
+    }
+    /// Sets the lease state.
+    pub fn set_lease(&self, state: LeaseState) {
+        self.lease.store(state as u8, Ordering::Relaxed);
+        metrics::gauge!("outboxd_lease_active").set(if state == LeaseState::Active {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    /// Ready: the database and the broker are reachable.
+    pub fn ready(&self) -> bool {
+        self.db_up() && self.broker_up()
+    }
+}

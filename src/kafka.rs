@@ -1,0 +1,509 @@
+//! Kafka: producer construction, record building (design.md §4) and the one place where
+//! publish failures are classified.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::DeliveryResult;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+
+use crate::config::KafkaConfig;
+use crate::health::Health;
+use crate::outbox::store::OutboxRow;
+use crate::outbox::{RESERVED_HEADERS, validate_topic};
+
+/// The producer every publisher shares. Deliveries are reported through
+/// [`DeliveryTarget`]s from librdkafka's polling thread, without a future per record.
+pub type RelayProducer = ThreadedProducer<RelayContext>;
+
+/// Receives the outcome of records it sent, by index.
+pub trait DeliveryTarget: Send + Sync {
+    /// Record `index` was acknowledged (`Ok`) or failed for good (`Err`).
+    fn delivered(&self, index: usize, result: Result<(), KafkaError>);
+}
+
+/// What rides with each record through librdkafka and comes back with its delivery report.
+pub struct DeliveryToken {
+    /// Who wants to know.
+    pub target: Arc<dyn DeliveryTarget>,
+    /// Which of its records this is.
+    pub index: usize,
+}
+
+/// librdkafka options outboxd sets unless `[kafka.producer]` says otherwise (the
+/// guarantees-bearing ones, `enable.idempotence` and `acks`, cannot be changed).
+pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    ("client.id", "outboxd"),
+    // Small: a NOTIFY-woken row should not wait long for company (commit→ack latency);
+    // under load librdkafka batches anyway while requests are in flight.
+    ("linger.ms", "1"),
+    // A broker outage shorter than this is retried inside librdkafka, in order; a longer
+    // one surfaces as a transient failure that the retry actor backs off.
+    ("message.timeout.ms", "60000"),
+    ("queue.buffering.max.messages", "1000000"),
+    ("queue.buffering.max.kbytes", "1048576"),
+];
+
+/// Client context: routes librdkafka logs to `tracing` and broker-level errors to health.
+pub struct RelayContext {
+    health: Arc<Health>,
+}
+
+impl ClientContext for RelayContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::warn!(facility = fac, "librdkafka: {log_message}"),
+            RDKafkaLogLevel::Warning | RDKafkaLogLevel::Notice => {
+                tracing::info!(facility = fac, "librdkafka: {log_message}")
+            }
+            _ => tracing::debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.client_error(error, reason);
+    }
+}
+
+impl ProducerContext for RelayContext {
+    type DeliveryOpaque = Box<DeliveryToken>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, token: Box<DeliveryToken>) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        token.target.delivered(token.index, outcome);
+    }
+}
+
+impl RelayContext {
+    fn client_error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            if self.health.set_broker_up(false) {
+                tracing::warn!(%reason, "All brokers are down; sends wait and are retried.");
+            }
+        } else {
+            tracing::warn!(%error, %reason, "Kafka client error.");
+        }
+    }
+}
+
+/// The full librdkafka configuration for the relay's producer.
+pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &cfg.brokers);
+    for (k, v) in PRODUCER_DEFAULTS {
+        cc.set(*k, *v);
+    }
+    for (k, v) in &cfg.producer {
+        cc.set(k, v);
+    }
+    cc.set("enable.idempotence", "true");
+    cc.set("acks", "all");
+    cc
+}
+
+/// Builds the shared idempotent producer (`enable.idempotence=true`, `acks=all`).
+pub fn create_producer(cfg: &KafkaConfig, health: Arc<Health>) -> anyhow::Result<RelayProducer> {
+    producer_config(cfg)
+        .create_with_context(RelayContext { health })
+        .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))
+}
+
+/// Asks the brokers for cluster metadata; the error says which brokers could not be reached.
+pub fn fetch_metadata(producer: &RelayProducer, timeout: Duration) -> anyhow::Result<usize> {
+    let md = producer
+        .client()
+        .fetch_metadata(None, timeout)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(md.brokers().len())
+}
+
+/// What kind of failure a publish attempt met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The row itself can never be published: dead-letter at once.
+    Permanent,
+    /// Worth retrying with back-off.
+    Transient,
+    /// The producer is unusable (idempotence state lost): restart the pipeline.
+    Fatal,
+}
+
+/// A classified publish failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishFailure {
+    /// Permanent, transient or fatal.
+    pub kind: FailureKind,
+    /// A short stable name, stored as `error_class` (e.g. `record_too_large`).
+    pub class: &'static str,
+    /// The full message.
+    pub message: String,
+}
+
+impl PublishFailure {
+    /// A row that cannot be turned into a record.
+    pub fn malformed(why: impl Into<String>) -> Self {
+        Self {
+            kind: FailureKind::Permanent,
+            class: "malformed_row",
+            message: why.into(),
+        }
+    }
+}
+
+/// Classifies a Kafka error, once, for the whole relay.
+pub fn classify(error: &KafkaError) -> PublishFailure {
+    use RDKafkaErrorCode as C;
+    let message = error.to_string();
+    let code = error.rdkafka_error_code();
+    let (kind, class) = match code {
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
+            (FailureKind::Permanent, "record_too_large")
+        }
+        Some(C::InvalidTopic) => (FailureKind::Permanent, "invalid_topic"),
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition) => {
+            (FailureKind::Permanent, "unknown_topic")
+        }
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed,
+        ) => (FailureKind::Permanent, "not_authorized"),
+        Some(
+            C::InvalidMessage
+            | C::BadMessage
+            | C::InvalidRecord
+            | C::UnsupportedForMessageFormat
+            | C::PolicyViolation
+            | C::InvalidTimestamp,
+        ) => (FailureKind::Permanent, "invalid_record"),
+        Some(C::Fatal | C::GaplessGuarantee | C::InvalidProducerEpoch) => {
+            (FailureKind::Fatal, "producer_fatal")
+        }
+        Some(C::QueueFull) => (FailureKind::Transient, "queue_full"),
+        Some(C::MessageTimedOut | C::RequestTimedOut | C::OperationTimedOut | C::TimedOutQueue) => {
+            (FailureKind::Transient, "timeout")
+        }
+        Some(
+            C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::BrokerNotAvailable
+            | C::NetworkException
+            | C::Resolve,
+        ) => (FailureKind::Transient, "broker_unavailable"),
+        _ => (FailureKind::Transient, "transient"),
+    };
+    PublishFailure {
+        kind,
+        class,
+        message,
+    }
+}
+
+/// A row turned into a Kafka record (design.md §4): borrowed key and value, headers
+/// already handed to librdkafka.
+pub struct Record<'a> {
+    /// Destination topic.
+    pub topic: &'a str,
+    /// `aggregate_id`.
+    pub key: &'a [u8],
+    /// JSON text or raw bytes.
+    pub value: &'a [u8],
+    /// Built-in headers first, then the row's own.
+    pub headers: OwnedHeaders,
+}
+
+impl<'a> Record<'a> {
+    /// Adds a header after the others.
+    pub fn with_header(mut self, key: &str, value: &str) -> Self {
+        self.headers = self.headers.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+        self
+    }
+
+    /// The record as librdkafka takes it, with the token its delivery report brings back.
+    pub fn into_base_record(
+        self,
+        token: Box<DeliveryToken>,
+    ) -> BaseRecord<'a, [u8], [u8], Box<DeliveryToken>> {
+        BaseRecord::with_opaque_to(self.topic, token)
+            .key(self.key)
+            .payload(self.value)
+            .headers(self.headers)
+    }
+
+    /// The headers as (name, value) pairs, in order.
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        use rdkafka::message::Headers;
+        self.headers
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_string(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Record<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("topic", &self.topic)
+            .field("key", &String::from_utf8_lossy(self.key))
+            .field("value_len", &self.value.len())
+            .field("headers", &self.header_pairs())
+            .finish()
+    }
+}
+
+/// `created_at` as RFC 3339 with microseconds in UTC, written into `buf` (no allocation).
+fn rfc3339_micros<'b>(t: &chrono::DateTime<chrono::Utc>, buf: &'b mut [u8; 27]) -> &'b str {
+    use chrono::{Datelike, Timelike};
+    fn put(buf: &mut [u8], mut v: u32, width: usize) {
+        for i in (0..width).rev() {
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let year = t.year().clamp(0, 9999) as u32;
+    put(&mut buf[0..4], year, 4);
+    buf[4] = b'-';
+    put(&mut buf[5..7], t.month(), 2);
+    buf[7] = b'-';
+    put(&mut buf[8..10], t.day(), 2);
+    buf[10] = b'T';
+    put(&mut buf[11..13], t.hour(), 2);
+    buf[13] = b':';
+    put(&mut buf[14..16], t.minute(), 2);
+    buf[16] = b':';
+    put(&mut buf[17..19], t.second(), 2);
+    buf[19] = b'.';
+    put(&mut buf[20..26], t.nanosecond().min(999_999_999) / 1_000, 6);
+    buf[26] = b'Z';
+    std::str::from_utf8(buf).expect("ASCII")
+}
+
+/// Builds the record for a row, or says why the row cannot be published (a permanent,
+/// `malformed_row` or `invalid_topic` failure). Built-in headers are written straight into
+/// librdkafka's header list, without intermediate strings.
+pub fn build_record(row: &OutboxRow) -> Result<Record<'_>, PublishFailure> {
+    if let Err(why) = validate_topic(&row.topic) {
+        return Err(PublishFailure {
+            kind: FailureKind::Permanent,
+            class: "invalid_topic",
+            message: format!("topic {:?} is invalid: {why}", row.topic),
+        });
+    }
+    let value: &[u8] = match (&row.payload, &row.payload_bytes) {
+        (Some(text), None) => text.as_bytes(),
+        (None, Some(bytes)) => bytes,
+        _ => {
+            return Err(PublishFailure::malformed(
+                "row must have exactly one of payload and payload_bytes",
+            ));
+        }
+    };
+    let user = if row.headers == "{}" {
+        None
+    } else {
+        let parsed: serde_json::Value = serde_json::from_str(&row.headers)
+            .map_err(|e| PublishFailure::malformed(format!("headers are not JSON: {e}")))?;
+        Some(
+            crate::outbox::headers_from_json(&parsed)
+                .map_err(|e| PublishFailure::malformed(format!("headers: {e}")))?,
+        )
+    };
+    let mut id_buf = uuid::Uuid::encode_buffer();
+    let event_id = row.event_id.hyphenated().encode_lower(&mut id_buf);
+    let mut outbox_id = itoa::Buffer::new();
+    let mut ts_buf = [0u8; 27];
+    let created_at = rfc3339_micros(&row.created_at, &mut ts_buf);
+    let builtins: [(&str, &str); 6] = [
+        ("event_id", event_id),
+        ("event_type", &row.event_type),
+        ("aggregate_type", &row.aggregate_type),
+        ("aggregate_id", &row.aggregate_id),
+        ("outbox_id", outbox_id.format(row.id)),
+        ("created_at", created_at),
+    ];
+    let extra = user.as_ref().map_or(0, |u| u.len());
+    let mut headers = OwnedHeaders::new_with_capacity(builtins.len() + extra);
+    for (key, v) in builtins {
+        headers = headers.insert(Header {
+            key,
+            value: Some(v.as_bytes()),
+        });
+    }
+    // The built-ins cannot be overridden: a row's own header of that name is dropped.
+    for (key, v) in user.iter().flatten() {
+        if !RESERVED_HEADERS.contains(&key.as_str()) {
+            headers = headers.insert(Header {
+                key,
+                value: Some(v.as_bytes()),
+            });
+        }
+    }
+    Ok(Record {
+        topic: &row.topic,
+        key: row.aggregate_id.as_bytes(),
+        value,
+        headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Timelike};
+
+    fn row() -> OutboxRow {
+        OutboxRow {
+            id: 7,
+            aggregate_type: "order".into(),
+            aggregate_id: "o-42".into(),
+            event_type: "order.created".into(),
+            topic: "orders".into(),
+            payload: Some(r#"{"total": 12}"#.into()),
+            payload_bytes: None,
+            headers: r#"{"traceparent": "00-abc", "event_type": "spoofed"}"#.into(),
+            event_id: uuid::Uuid::nil(),
+            created_at: chrono::Utc
+                .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
+                .unwrap(),
+            attempts: 0,
+            tries: 0,
+        }
+    }
+
+    #[test]
+    fn record_carries_key_value_and_every_header_with_builtins_first() {
+        let r = row();
+        let rec = build_record(&r).unwrap();
+        assert_eq!(rec.topic, "orders");
+        assert_eq!(rec.key, b"o-42");
+        assert_eq!(rec.value, br#"{"total": 12}"#);
+        let headers = rec.header_pairs();
+        let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "event_id",
+                "event_type",
+                "aggregate_type",
+                "aggregate_id",
+                "outbox_id",
+                "created_at",
+                "traceparent"
+            ]
+        );
+        assert_eq!(headers[0].1, "00000000-0000-0000-0000-000000000000");
+        assert_eq!(headers[1].1, "order.created", "built-in wins");
+        assert_eq!(headers[4].1, "7");
+        assert_eq!(headers[5].1, "2026-11-22T12:00:00.000000Z");
+    }
+
+    #[test]
+    fn created_at_is_rfc3339_with_microseconds_like_chrono() {
+        let t = chrono::Utc
+            .with_ymd_and_hms(987, 1, 2, 3, 4, 5)
+            .unwrap()
+            .with_nanosecond(123_456_789)
+            .unwrap();
+        let mut buf = [0u8; 27];
+        assert_eq!(
+            rfc3339_micros(&t, &mut buf),
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        );
+    }
+
+    #[test]
+    fn binary_payload_is_sent_as_is() {
+        let mut r = row();
+        r.payload = None;
+        r.payload_bytes = Some(vec![0, 159, 146, 150]);
+        assert_eq!(build_record(&r).unwrap().value, &[0, 159, 146, 150]);
+    }
+
+    #[test]
+    fn headers_that_are_not_a_string_map_make_a_malformed_row() {
+        for bad in [r#"{"n": 1}"#, r#"[1, 2]"#, r#""text""#] {
+            let mut r = row();
+            r.headers = bad.into();
+            let f = build_record(&r).unwrap_err();
+            assert_eq!(
+                (f.kind, f.class),
+                (FailureKind::Permanent, "malformed_row"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_topic_is_permanent() {
+        let mut r = row();
+        r.topic = "bad topic!".into();
+        let f = build_record(&r).unwrap_err();
+        assert_eq!((f.kind, f.class), (FailureKind::Permanent, "invalid_topic"));
+    }
+
+    #[test]
+    fn oversized_record_goes_to_dead_letter() {
+        let f = classify(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ));
+        assert_eq!(
+            (f.kind, f.class),
+            (FailureKind::Permanent, "record_too_large")
+        );
+    }
+
+    #[test]
+    fn broker_trouble_is_transient_and_idempotence_loss_is_fatal() {
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::LeaderNotAvailable,
+        ] {
+            let f = classify(&KafkaError::MessageProduction(code));
+            assert_eq!(f.kind, FailureKind::Transient, "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::InvalidTopic,
+            RDKafkaErrorCode::InvalidRecord,
+        ] {
+            let f = classify(&KafkaError::MessageProduction(code));
+            assert_eq!(f.kind, FailureKind::Permanent, "{code:?}");
+        }
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)).kind,
+            FailureKind::Fatal
+        );
+    }
+
+    #[test]
+    fn guarantees_are_forced_on_the_producer() {
+        let mut cfg = KafkaConfig::default();
+        cfg.producer.insert("linger.ms".into(), "9".into());
+        let cc = producer_config(&cfg);
+        assert_eq!(cc.get("enable.idempotence"), Some("true"));
+        assert_eq!(cc.get("acks"), Some("all"));
+        assert_eq!(cc.get("linger.ms"), Some("9"));
+    }
+}

@@ -1,0 +1,17 @@
+//! Everything that touches the outbox tables, as plain SQL functions: what applications
+//! write ([`event`]) and what the relay reads and writes ([`store`]). No actors here.
+
+pub mod admin;
+pub mod event;
+pub mod store;
+
+pub use event::{
+    NewEvent, NewEventBuilder, Payload, RESERVED_HEADERS, TopicError, ValidationError, enqueue,
+    enqueue_batch, headers_from_json, validate_topic,
+};
+
+/// The NOTIFY channel the insert trigger signals and the relay listens on.
+pub const NOTIFY_CHANNEL: &str = "outboxd";
+/// Payload of a notification asking the relay to re-read everything pending (sent by
+/// `outboxd dead-letters replay|discard`).
+pub const NOTIFY_RESCAN: &str = "rescan";

@@ -1,0 +1,453 @@
+//! The relay's SQL: reading pending rows, marking them published, recording failures,
+//! dead-lettering, leases and cleanup. Every write checks the lease (owner, epoch), so an
+//! instance whose lease was taken over cannot change anything (fencing).
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::config::OnPublish;
+
+/// The lease every relay instance competes for. (Scale-out will add one per partition.)
+pub const RELAY_LEASE: &str = "relay";
+
+/// A pending outbox row as the relay reads it (columns in the order of `select_rows!`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Identity column: the order of the outbox.
+    pub id: i64,
+    /// e.g. `order`.
+    pub aggregate_type: String,
+    /// The ordering key and Kafka key.
+    pub aggregate_id: String,
+    /// e.g. `order.created`.
+    pub event_type: String,
+    /// Destination topic.
+    pub topic: String,
+    /// `payload` as JSON text.
+    pub payload: Option<String>,
+    /// `payload_bytes`.
+    pub payload_bytes: Option<Vec<u8>>,
+    /// `headers` as JSON text.
+    pub headers: String,
+    /// Idempotency key.
+    pub event_id: Uuid,
+    /// Insert time (the writing transaction's start).
+    pub created_at: DateTime<Utc>,
+    /// Publish attempts that failed so far (stored; outage-wide failures are not counted).
+    pub attempts: i32,
+    /// Failed tries since this process loaded the row, counted or not (sets the back-off).
+    pub tries: u32,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for OutboxRow {
+    /// By position, not by name: the relay reads many rows, and name lookups showed up
+    /// in its profile.
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(OutboxRow {
+            id: row.try_get(0)?,
+            aggregate_type: row.try_get(1)?,
+            aggregate_id: row.try_get(2)?,
+            event_type: row.try_get(3)?,
+            topic: row.try_get(4)?,
+            payload: row.try_get(5)?,
+            payload_bytes: row.try_get(6)?,
+            headers: row.try_get(7)?,
+            event_id: row.try_get(8)?,
+            created_at: row.try_get(9)?,
+            attempts: row.try_get(10)?,
+            tries: 0,
+        })
+    }
+}
+
+/// The lease identity every write is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// Lease name.
+    pub name: String,
+    /// This instance.
+    pub owner: String,
+    /// The epoch this instance acquired; bumped by every takeover.
+    pub epoch: i64,
+}
+
+/// A store operation's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The lease is no longer ours: another instance took over. Nothing was written.
+    #[error("lease {0:?} is held by another instance now (fenced); nothing written")]
+    Fenced(String),
+    /// The database refused or is unreachable.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+macro_rules! select_rows {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, aggregate_type, aggregate_id, event_type, topic, ",
+            "payload::text AS payload, payload_bytes, headers::text AS headers, event_id, ",
+            "created_at, attempts FROM outbox ",
+            $tail
+        )
+    };
+}
+
+/// Counts a statement sent to the database (`outboxd_db_queries_total`: the benchmark's
+/// round trips per 1,000 events).
+fn count_query() {
+    metrics::counter!("outboxd_db_queries_total").increment(1);
+}
+
+/// `WITH fence AS (…)` prefix: $1 name, $2 owner, $3 epoch.
+macro_rules! fenced {
+    ($lock:literal, $rest:literal) => {
+        concat!(
+            "WITH fence AS (SELECT 1 FROM outbox_lease WHERE name = $1 AND owner = $2 AND epoch = $3 ",
+            $lock,
+            "), ",
+            $rest
+        )
+    };
+}
+
+/// Pending rows with `id > after`, oldest first.
+pub async fn fetch_after(
+    pool: &sqlx::PgPool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    count_query();
+    fetch_rows_after(pool, after, limit).await
+}
+
+async fn fetch_rows_after(
+    pool: &sqlx::PgPool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(select_rows!(
+        "WHERE published_at IS NULL AND id > $1 ORDER BY id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The `limit` oldest pending rows that either have `id > after` or fall in one of the
+/// inclusive ranges `[lo, hi]` (all below `after`), in one statement — one snapshot — so
+/// that the rows of a transaction that committed late are read in id order, those below
+/// the cursor never after those above it.
+pub async fn fetch_after_and_in_ranges(
+    pool: &sqlx::PgPool,
+    after: i64,
+    ranges: &[(i64, i64)],
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    count_query();
+    if ranges.is_empty() {
+        return fetch_rows_after(pool, after, limit).await;
+    }
+    let (lo, hi): (Vec<i64>, Vec<i64>) = ranges.iter().copied().unzip();
+    sqlx::query_as(
+        "SELECT * FROM ( \
+           (SELECT o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, \
+                   o.payload::text AS payload, o.payload_bytes, o.headers::text AS headers, \
+                   o.event_id, o.created_at, o.attempts \
+            FROM UNNEST($2::int8[], $3::int8[]) AS r(lo, hi) \
+            JOIN outbox o ON o.id BETWEEN r.lo AND r.hi AND o.published_at IS NULL \
+            ORDER BY o.id LIMIT $4) \
+           UNION ALL \
+           (SELECT id, aggregate_type, aggregate_id, event_type, topic, payload::text, \
+                   payload_bytes, headers::text, event_id, created_at, attempts \
+            FROM outbox WHERE published_at IS NULL AND id > $1 ORDER BY id LIMIT $4) \
+         ) AS pending ORDER BY id LIMIT $4",
+    )
+    .bind(after)
+    .bind(&lo)
+    .bind(&hi)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Pending rows by id, oldest first.
+pub async fn fetch_ids(pool: &sqlx::PgPool, ids: &[i64]) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    count_query();
+    sqlx::query_as(select_rows!(
+        "WHERE published_at IS NULL AND id = ANY($1) ORDER BY id"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Ids and aggregates of all pending rows with `id <= upto`.
+pub async fn pending_ids_upto(
+    pool: &sqlx::PgPool,
+    upto: i64,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    count_query();
+    sqlx::query_as(
+        "SELECT id, aggregate_id FROM outbox WHERE published_at IS NULL AND id <= $1 ORDER BY id",
+    )
+    .bind(upto)
+    .fetch_all(pool)
+    .await
+}
+
+/// The current snapshot's `xmin` and `xmax`: every transaction below `xmin` has ended,
+/// every transaction at or above `xmax` had not started.
+pub async fn snapshot_bounds(pool: &sqlx::PgPool) -> Result<(i64, i64), sqlx::Error> {
+    count_query();
+    sqlx::query_as(
+        "SELECT pg_snapshot_xmin(s)::text::int8, pg_snapshot_xmax(s)::text::int8 \
+         FROM pg_current_snapshot() AS s",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+fn check_fence(fence: &Fence, held: bool) -> Result<(), StoreError> {
+    if held {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced(fence.name.clone()))
+    }
+}
+
+/// Marks rows the broker acknowledged: deletes them, or sets `published_at`.
+/// Returns how many rows changed (rows already gone are not an error).
+pub async fn mark_published(
+    pool: &sqlx::PgPool,
+    fence: &Fence,
+    ids: &[i64],
+    mode: OnPublish,
+) -> Result<u64, StoreError> {
+    count_query();
+    let sql = match mode {
+        OnPublish::Delete => fenced!(
+            "",
+            "done AS (DELETE FROM outbox WHERE id = ANY($4) AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
+        ),
+        OnPublish::Mark => fenced!(
+            "",
+            "done AS (UPDATE outbox SET published_at = now() \
+                      WHERE id = ANY($4) AND published_at IS NULL AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
+        ),
+    };
+    let (held, n): (bool, i64) = sqlx::query_as(sql)
+        .bind(&fence.name)
+        .bind(&fence.owner)
+        .bind(fence.epoch)
+        .bind(ids)
+        .fetch_one(pool)
+        .await?;
+    check_fence(fence, held)?;
+    Ok(n as u64)
+}
+
+/// Records a transient failure: attempts so far, when the next attempt is due, the error.
+pub async fn record_failure(
+    pool: &sqlx::PgPool,
+    fence: &Fence,
+    id: i64,
+    attempts: i32,
+    retry_in_ms: i64,
+    error: &str,
+) -> Result<(), StoreError> {
+    count_query();
+    let (held, _n): (bool, i64) = sqlx::query_as(fenced!(
+        "FOR SHARE",
+        "done AS (UPDATE outbox SET attempts = $5, first_failed_at = coalesce(first_failed_at, now()), \
+                  next_attempt_at = now() + $6 * interval '1 millisecond', last_error = $7 \
+                  WHERE id = $4 AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
+    ))
+    .bind(&fence.name)
+    .bind(&fence.owner)
+    .bind(fence.epoch)
+    .bind(id)
+    .bind(attempts)
+    .bind(retry_in_ms)
+    .bind(error)
+    .fetch_one(pool)
+    .await?;
+    check_fence(fence, held)
+}
+
+/// Moves a row to `outbox_dead_letter` with the reason, in one statement. Returns false
+/// when the row was no longer pending (already published or dead-lettered).
+pub async fn dead_letter(
+    pool: &sqlx::PgPool,
+    fence: &Fence,
+    id: i64,
+    attempts: i32,
+    reason: &str,
+    error_class: &str,
+) -> Result<bool, StoreError> {
+    count_query();
+    let (held, n): (bool, i64) = sqlx::query_as(fenced!(
+        "FOR SHARE",
+        "moved AS (DELETE FROM outbox WHERE id = $4 AND published_at IS NULL \
+                   AND EXISTS (SELECT 1 FROM fence) RETURNING *), \
+         ins AS (INSERT INTO outbox_dead_letter \
+                   (id, aggregate_type, aggregate_id, event_type, topic, payload, payload_bytes, \
+                    headers, event_id, created_at, reason, error_class, attempts, \
+                    first_failed_at, last_failed_at) \
+                 SELECT id, aggregate_type, aggregate_id, event_type, topic, payload, payload_bytes, \
+                        headers, event_id, created_at, $6, $7, $5, \
+                        coalesce(first_failed_at, now()), now() FROM moved \
+                 ON CONFLICT (id) DO NOTHING RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM ins)"
+    ))
+    .bind(&fence.name)
+    .bind(&fence.owner)
+    .bind(fence.epoch)
+    .bind(id)
+    .bind(attempts)
+    .bind(reason)
+    .bind(error_class)
+    .fetch_one(pool)
+    .await?;
+    check_fence(fence, held)?;
+    Ok(n > 0)
+}
+
+/// Aggregates with an open (not replayed, not discarded) dead letter.
+pub async fn held_aggregates(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::Error> {
+    count_query();
+    sqlx::query_scalar(
+        "SELECT DISTINCT aggregate_id FROM outbox_dead_letter WHERE resolved_at IS NULL",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Takes the lease if it is free, expired, or already ours; returns the new epoch.
+pub async fn acquire_lease(
+    pool: &sqlx::PgPool,
+    name: &str,
+    owner: &str,
+    ttl_ms: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    count_query();
+    sqlx::query_scalar(
+        "INSERT INTO outbox_lease AS l (name, owner, epoch, expires_at) \
+         VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond') \
+         ON CONFLICT (name) DO UPDATE \
+            SET owner = EXCLUDED.owner, epoch = l.epoch + 1, acquired_at = now(), \
+                renewed_at = now(), expires_at = EXCLUDED.expires_at \
+            WHERE l.expires_at < now() OR l.owner = EXCLUDED.owner \
+         RETURNING epoch",
+    )
+    .bind(name)
+    .bind(owner)
+    .bind(ttl_ms)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Extends our lease; false when it is no longer ours.
+pub async fn renew_lease(
+    pool: &sqlx::PgPool,
+    fence: &Fence,
+    ttl_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    count_query();
+    let row: Option<i32> = sqlx::query_scalar(
+        "UPDATE outbox_lease SET renewed_at = now(), expires_at = now() + $4 * interval '1 millisecond' \
+         WHERE name = $1 AND owner = $2 AND epoch = $3 RETURNING 1",
+    )
+    .bind(&fence.name)
+    .bind(&fence.owner)
+    .bind(fence.epoch)
+    .bind(ttl_ms)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// Gives the lease up at once, so another instance need not wait for it to expire.
+pub async fn release_lease(pool: &sqlx::PgPool, fence: &Fence) -> Result<(), sqlx::Error> {
+    count_query();
+    sqlx::query(
+        "UPDATE outbox_lease SET expires_at = now() - interval '1 millisecond' \
+         WHERE name = $1 AND owner = $2 AND epoch = $3",
+    )
+    .bind(&fence.name)
+    .bind(&fence.owner)
+    .bind(fence.epoch)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` rows published more than `retention_secs` ago (mark mode).
+pub async fn delete_published(
+    pool: &sqlx::PgPool,
+    fence: &Fence,
+    retention_secs: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    count_query();
+    let (held, n): (bool, i64) = sqlx::query_as(fenced!(
+        "",
+        "done AS (DELETE FROM outbox WHERE id IN ( \
+                    SELECT id FROM outbox \
+                    WHERE published_at < now() - $4 * interval '1 second' LIMIT $5) \
+                  AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
+    ))
+    .bind(&fence.name)
+    .bind(&fence.owner)
+    .bind(fence.epoch)
+    .bind(retention_secs)
+    .bind(limit)
+    .fetch_one(pool)
+    .await?;
+    check_fence(fence, held)?;
+    Ok(n as u64)
+}
+
+/// Deletes up to `limit` dead letters resolved more than `retention_secs` ago.
+pub async fn delete_resolved_dead_letters(
+    pool: &sqlx::PgPool,
+    fence: &Fence,
+    retention_secs: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    count_query();
+    let (held, n): (bool, i64) = sqlx::query_as(fenced!(
+        "",
+        "done AS (DELETE FROM outbox_dead_letter WHERE id IN ( \
+                    SELECT id FROM outbox_dead_letter \
+                    WHERE resolved_at < now() - $4 * interval '1 second' LIMIT $5) \
+                  AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
+    ))
+    .bind(&fence.name)
+    .bind(&fence.owner)
+    .bind(fence.epoch)
+    .bind(retention_secs)
+    .bind(limit)
+    .fetch_one(pool)
+    .await?;
+    check_fence(fence, held)?;
+    Ok(n as u64)
+}
+
+/// Age in seconds of the oldest pending row, if any.
+pub async fn oldest_pending_age_secs(pool: &sqlx::PgPool) -> Result<Option<f64>, sqlx::Error> {
+    count_query();
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox \
+         WHERE published_at IS NULL ORDER BY id LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+}

@@ -1,0 +1,150 @@
+//! Running the relay in-process: what `outboxd run` does, and what the demo, the benchmark
+//! and the tests embed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+
+use crate::actors::poller::PollerMsg;
+use crate::actors::supervisor::{
+    RelayExit, ShutdownReport, Supervisor, SupervisorArgs, SupervisorInfo, SupervisorMsg,
+};
+use crate::actors::{Faults, Hooks, names};
+use crate::config::Config;
+use crate::db;
+use crate::health::Health;
+
+/// Options beyond the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RelayOptions {
+    /// Embedding callbacks.
+    pub hooks: Hooks,
+    /// Test faults.
+    pub faults: Faults,
+}
+
+/// A running relay.
+pub struct Relay {
+    supervisor: ActorRef<SupervisorMsg>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+    exit: Arc<Mutex<Option<RelayExit>>>,
+    health: Arc<Health>,
+    owner: String,
+}
+
+impl Relay {
+    /// Starts the supervisor; it takes the lease (or stands by) and runs the pipeline.
+    /// The database need not be reachable yet: the relay keeps trying and says so.
+    pub async fn start(config: Config, options: RelayOptions) -> anyhow::Result<Relay> {
+        let config = Arc::new(config);
+        let health = Arc::new(Health::default());
+        let pool = db::lazy_pool(&config.database, config.database.max_connections)?;
+        let ack_opts =
+            db::connect_options(&config.database)?.options([("synchronous_commit", "off")]);
+        let ack_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_millis(config.database.connect_timeout_ms))
+            .connect_lazy_with(ack_opts);
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let owner = if config.relay.instance_id.is_empty() {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "host".into());
+            format!("{host}-{}-{tag}", std::process::id())
+        } else {
+            config.relay.instance_id.clone()
+        };
+        let exit = Arc::new(Mutex::new(None));
+        let (supervisor, handle) = Actor::spawn(
+            Some(format!("{}-{tag}", names::SUPERVISOR)),
+            Supervisor,
+            SupervisorArgs {
+                config,
+                pool,
+                ack_pool,
+                health: health.clone(),
+                hooks: options.hooks,
+                faults: options.faults,
+                owner: owner.clone(),
+                tag,
+                exit: exit.clone(),
+            },
+        )
+        .await?;
+        Ok(Relay {
+            supervisor,
+            handle: Some(handle),
+            exit,
+            health,
+            owner,
+        })
+    }
+
+    /// This instance's name in the lease table.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Readiness facts.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// The supervisor, for tests.
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// The supervisor's state.
+    pub async fn info(&self) -> anyhow::Result<SupervisorInfo> {
+        Ok(ractor::call_t!(
+            self.supervisor,
+            SupervisorMsg::Info,
+            5_000
+        )?)
+    }
+
+    /// Runs one read cycle now, if the pipeline runs; returns the rows loaded.
+    pub async fn poll_now(&self) -> anyhow::Result<usize> {
+        let poller: Option<ActorRef<PollerMsg>> =
+            ractor::call_t!(self.supervisor, SupervisorMsg::Poller, 5_000)?;
+        match poller {
+            Some(p) => Ok(ractor::call_t!(p, PollerMsg::PollNow, 30_000)?),
+            None => Ok(0),
+        }
+    }
+
+    /// Graceful shutdown: stop claiming, finish in-flight sends within
+    /// `relay.shutdown_timeout_ms`, mark what was acknowledged, release the lease.
+    pub async fn shutdown(mut self) -> anyhow::Result<ShutdownReport> {
+        let timeout = 60_000;
+        let report = ractor::call_t!(self.supervisor, SupervisorMsg::Shutdown, timeout)?;
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+        Ok(report)
+    }
+
+    /// Waits until the relay stops by itself (restart budget exhausted) and says why.
+    pub async fn wait(&mut self) -> RelayExit {
+        if let Some(h) = self.handle.as_mut() {
+            let _ = h.await;
+            self.handle = None;
+        }
+        self.exit
+            .lock()
+            .expect("exit lock")
+            .clone()
+            .unwrap_or(RelayExit::Stopped)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            self.supervisor.stop(None);
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The schema: `outboxd migrate` (twice), design.md's smallest insert, the payload check,
+//! the NOTIFY trigger.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{TestDb, bin};
+use sqlx::postgres::PgListener;
+
+fn migrate(url: &str) -> std::process::Output {
+    Command::new(bin())
+        .arg("migrate")
+        .env("OUTBOXD__DATABASE__URL", url)
+        .env_remove("OUTBOXD__KAFKA__BROKERS")
+        .output()
+        .expect("run outboxd migrate")
+}
+
+#[tokio::test]
+async fn migrate_twice_is_a_no_op_and_gives_a_table_that_takes_the_smallest_insert() {
+    let db = TestDb::empty().await;
+    let first = migrate(&db.url);
+    assert!(first.status.success(), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("Applied 4 migration(s)"));
+    let second = migrate(&db.url);
+    assert!(second.status.success(), "{second:?}");
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("up to date"),
+        "{second:?}"
+    );
+
+    sqlx::query(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
+         VALUES ('order', 'o-42', 'order.created', 'orders', '{\"total\": 12}')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("design.md's smallest insert");
+    let (headers, attempts, has_event_id): (serde_json::Value, i32, bool) = sqlx::query_as(
+        "SELECT headers, attempts, event_id IS NOT NULL FROM outbox WHERE aggregate_id = 'o-42'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(headers, serde_json::json!({}));
+    assert_eq!(attempts, 0);
+    assert!(has_event_id);
+}
+
+#[tokio::test]
+async fn a_row_with_both_or_neither_payload_is_refused() {
+    let db = TestDb::new().await;
+    for (payload, bytes) in [("'{}'", "'\\x00'"), ("NULL", "NULL")] {
+        let sql = format!(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload, payload_bytes) \
+             VALUES ('a', '1', 'e', 't', {payload}, {bytes})"
+        );
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&db.pool)
+            .await
+            .expect_err("check constraint");
+        let code = err.as_database_error().and_then(|e| e.code()).unwrap();
+        assert_eq!(code, "23514", "{err}");
+        assert!(
+            err.to_string().contains("outbox_exactly_one_payload"),
+            "{err}"
+        );
+    }
+    sqlx::query(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload_bytes) \
+         VALUES ('a', '1', 'e', 't', '\\x0102')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("bytes alone are fine");
+}
+
+#[tokio::test]
+async fn library_migrator_creates_the_same_schema() {
+    let db = TestDb::empty().await;
+    outboxd::MIGRATOR.run(&db.pool).await.unwrap();
+    outboxd::MIGRATOR.run(&db.pool).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' \
+         AND tablename LIKE 'outbox%' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["outbox", "outbox_dead_letter", "outbox_lease"]);
+    let pending_index: bool = sqlx::query_scalar(
+        "SELECT indexdef LIKE '%WHERE (published_at IS NULL)%' FROM pg_indexes \
+         WHERE indexname = 'outbox_pending_idx'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(pending_index, "partial index on pending rows");
+}
+
+#[tokio::test]
+async fn a_transaction_wakes_the_relay_at_most_once_and_only_on_commit() {
+    let db = TestDb::new().await;
+    let mut listener = PgListener::connect_with(&db.pool).await.unwrap();
+    listener
+        .listen(outboxd::outbox::NOTIFY_CHANNEL)
+        .await
+        .unwrap();
+
+    let mut tx = db.pool.begin().await.unwrap();
+    for i in 0..5 {
+        sqlx::query(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
+             VALUES ('a', $1, 'e', 't', '{}')",
+        )
+        .bind(i.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let mut rolled = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
+         VALUES ('a', 'x', 'e', 't', '{}')",
+    )
+    .execute(&mut *rolled)
+    .await
+    .unwrap();
+    rolled.rollback().await.unwrap();
+
+    let mut got = 0;
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await {
+        assert_eq!(n.channel(), "outboxd");
+        got += 1;
+    }
+    assert_eq!(
+        got, 1,
+        "five inserts in one transaction, one rolled back: one wake-up"
+    );
+}
