@@ -178,7 +178,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         let reader = Reader::new(&brokers, &[&t])?;
         let mut seen = std::collections::HashSet::new();
         let mut counted = 0;
-        reader.read_until(Duration::from_secs(120), Duration::from_secs(5), |rs| {
+        let records = reader.read_until(Duration::from_secs(120), Duration::from_secs(5), |rs| {
             for r in &rs[counted..] {
                 if let Some(e) = r.header("event_id") {
                     seen.insert(e.to_string());
@@ -186,9 +186,11 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             }
             counted = rs.len();
             seen.len() as u64 >= expected
-        })
+        });
+        Ok((records, reader.errors()))
     })
     .await??;
+    let (records, (consumer_errors, last_consumer_error)) = records;
     let mut ledger = Arc::try_unwrap(ledger)
         .map_err(|_| anyhow::anyhow!("writers still running"))?
         .into_inner()
@@ -242,6 +244,12 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         && report.reordered == 0
         && report.unexpected == 0
         && report.expected == args.events;
+    if !passed && consumer_errors > 0 {
+        println!(
+            "  reader       {consumer_errors} consumer errors, last: {}",
+            last_consumer_error.unwrap_or_default()
+        );
+    }
     println!("verification: {}", if passed { "PASSED" } else { "FAILED" });
     Ok(if passed {
         ExitCode::SUCCESS

@@ -60,8 +60,14 @@ impl Consumed {
 }
 
 /// A consumer assigned every partition of some topics from the beginning.
+///
+/// Consumer errors (a broker connection cut, all brokers down) are not fatal in
+/// librdkafka: the consumer reconnects and goes on from its position. The reader counts
+/// them and keeps reading, so that records read before an error are never dropped.
 pub struct Reader {
     consumer: BaseConsumer,
+    errors: std::cell::Cell<u64>,
+    last_error: std::cell::RefCell<Option<String>>,
 }
 
 impl Reader {
@@ -92,11 +98,23 @@ impl Reader {
             }
         }
         consumer.assign(&tpl)?;
-        Ok(Reader { consumer })
+        Ok(Reader {
+            consumer,
+            errors: std::cell::Cell::new(0),
+            last_error: std::cell::RefCell::new(None),
+        })
     }
 
-    /// Reads what arrives within `wait` (at most `max` records).
-    pub fn poll_for(&self, wait: Duration, max: usize) -> anyhow::Result<Vec<Consumed>> {
+    /// Consumer errors seen so far, and the last one: what to tell a user whose
+    /// verification found records missing.
+    pub fn errors(&self) -> (u64, Option<String>) {
+        (self.errors.get(), self.last_error.borrow().clone())
+    }
+
+    /// Reads what arrives within `wait` (at most `max` records). Consumer errors are
+    /// counted (see [`Reader::errors`]), not returned: the records read before one must not
+    /// be lost with it.
+    pub fn poll_for(&self, wait: Duration, max: usize) -> Vec<Consumed> {
         let deadline = Instant::now() + wait;
         let mut out = Vec::new();
         while out.len() < max {
@@ -106,7 +124,10 @@ impl Reader {
             }
             match self.consumer.poll(left.min(Duration::from_millis(100))) {
                 None => {}
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(e)) => {
+                    self.errors.set(self.errors.get() + 1);
+                    *self.last_error.borrow_mut() = Some(e.to_string());
+                }
                 Some(Ok(m)) => out.push(Consumed {
                     topic: m.topic().to_string(),
                     partition: m.partition(),
@@ -134,7 +155,7 @@ impl Reader {
                 }),
             }
         }
-        Ok(out)
+        out
     }
 
     /// Reads until `done` says so for the records so far, or nothing new arrived for
@@ -144,12 +165,12 @@ impl Reader {
         timeout: Duration,
         idle: Duration,
         mut done: impl FnMut(&[Consumed]) -> bool,
-    ) -> anyhow::Result<Vec<Consumed>> {
+    ) -> Vec<Consumed> {
         let deadline = Instant::now() + timeout;
         let mut all = Vec::new();
         let mut last_new = Instant::now();
         while Instant::now() < deadline {
-            let got = self.poll_for(Duration::from_millis(200), 100_000)?;
+            let got = self.poll_for(Duration::from_millis(200), 100_000);
             if !got.is_empty() {
                 last_new = Instant::now();
                 all.extend(got);
@@ -160,7 +181,7 @@ impl Reader {
                 break;
             }
         }
-        Ok(all)
+        all
     }
 }
 

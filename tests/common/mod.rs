@@ -358,15 +358,13 @@ pub async fn read_back_from(
         let reader = outboxd::verify::Reader::new(&brokers, &refs).expect("reader");
         let mut seen = std::collections::HashSet::new();
         let mut counted = 0;
-        reader
-            .read_until(timeout, Duration::from_secs(5), |rs| {
-                for r in &rs[counted..] {
-                    seen.insert(r.header("event_id").unwrap_or_default().to_string());
-                }
-                counted = rs.len();
-                seen.len() >= expected
-            })
-            .expect("read back")
+        reader.read_until(timeout, Duration::from_secs(5), |rs| {
+            for r in &rs[counted..] {
+                seen.insert(r.header("event_id").unwrap_or_default().to_string());
+            }
+            counted = rs.len();
+            seen.len() >= expected
+        })
     })
     .await
     .unwrap()

@@ -793,7 +793,11 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
 
     // One event per transaction up to 1,000/s; above that 500 transactions per second with
     // more events each (the writers share the two cores with everything measured).
-    let txn_rate = if rate <= 1_000 { f64::from(rate) } else { 500.0 };
+    let txn_rate = if rate <= 1_000 {
+        f64::from(rate)
+    } else {
+        500.0
+    };
     let per_txn = (f64::from(rate) / txn_rate).round().max(1.0) as usize;
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));

@@ -118,6 +118,8 @@ pub struct Env {
     consumer: Option<std::thread::JoinHandle<()>>,
     /// Records consumed so far.
     pub consumed: Arc<AtomicU64>,
+    /// Consumer errors the ledger consumer rode out (connections cut, broker down).
+    pub consumer_errors: Arc<AtomicU64>,
     /// Faults injected.
     pub faults: u32,
 }
@@ -192,6 +194,7 @@ impl Env {
             consumer_stop: Arc::new(AtomicBool::new(false)),
             consumer: None,
             consumed: Arc::new(AtomicU64::new(0)),
+            consumer_errors: Arc::new(AtomicU64::new(0)),
             faults: 0,
         })
     }
@@ -265,6 +268,7 @@ impl Env {
         let book = self.book.clone();
         let stop = self.consumer_stop.clone();
         let consumed = self.consumed.clone();
+        let consumer_errors = self.consumer_errors.clone();
         self.consumer = Some(std::thread::spawn(move || {
             let reader = loop {
                 match Reader::new(&brokers, &[&topic]) {
@@ -276,10 +280,8 @@ impl Env {
                 }
             };
             while !stop.load(Ordering::Relaxed) {
-                let Ok(records) = reader.poll_for(Duration::from_millis(100), 50_000) else {
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                };
+                let records = reader.poll_for(Duration::from_millis(100), 50_000);
+                consumer_errors.store(reader.errors().0, Ordering::Relaxed);
                 if records.is_empty() {
                     continue;
                 }

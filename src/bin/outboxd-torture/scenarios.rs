@@ -226,6 +226,14 @@ async fn finish(
         }
     }
     env.stop_consumer();
+    let consumer_errors = env
+        .consumer_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if consumer_errors > 0 {
+        report.notes.push(format!(
+            "ledger consumer rode out {consumer_errors} consumer errors"
+        ));
+    }
     let dead_lettered: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letter")
         .fetch_one(&env.pool)
         .await
