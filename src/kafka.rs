@@ -272,6 +272,9 @@ impl std::fmt::Debug for Record<'_> {
 /// `created_at` as RFC 3339 with microseconds in UTC, written into `buf` (no allocation).
 fn rfc3339_micros<'b>(t: &chrono::DateTime<chrono::Utc>, buf: &'b mut [u8; 27]) -> &'b str {
     use chrono::{Datelike, Timelike};
+    // The naive UTC value once: each getter on `DateTime<Utc>` would apply the (zero)
+    // offset again, seven times per record.
+    let t = t.naive_utc();
     fn put(buf: &mut [u8], mut v: u32, width: usize) {
         for i in (0..width).rev() {
             buf[i] = b'0' + (v % 10) as u8;
@@ -300,7 +303,16 @@ fn rfc3339_micros<'b>(t: &chrono::DateTime<chrono::Utc>, buf: &'b mut [u8; 27]) 
 /// `malformed_row` or `invalid_topic` failure). Built-in headers are written straight into
 /// librdkafka's header list, without intermediate strings.
 pub fn build_record(row: &OutboxRow) -> Result<Record<'_>, PublishFailure> {
-    if let Err(why) = validate_topic(&row.topic) {
+    build_record_with(row, false)
+}
+
+/// [`build_record`], skipping the topic-name check when the caller already made it for
+/// this topic (`topic_checked`).
+pub fn build_record_with(
+    row: &OutboxRow,
+    topic_checked: bool,
+) -> Result<Record<'_>, PublishFailure> {
+    if !topic_checked && let Err(why) = validate_topic(&row.topic) {
         return Err(PublishFailure {
             kind: FailureKind::Permanent,
             class: "invalid_topic",
@@ -308,7 +320,7 @@ pub fn build_record(row: &OutboxRow) -> Result<Record<'_>, PublishFailure> {
         });
     }
     let value: &[u8] = match (&row.payload, &row.payload_bytes) {
-        (Some(text), None) => text.as_bytes(),
+        (Some(text), None) => text,
         (None, Some(bytes)) => bytes,
         _ => {
             return Err(PublishFailure::malformed(
@@ -316,7 +328,7 @@ pub fn build_record(row: &OutboxRow) -> Result<Record<'_>, PublishFailure> {
             ));
         }
     };
-    let user = if row.headers == "{}" {
+    let user = if row.headers.is_empty() || row.headers == "{}" {
         None
     } else {
         let parsed: serde_json::Value = serde_json::from_str(&row.headers)
@@ -376,7 +388,7 @@ mod tests {
             aggregate_id: "o-42".into(),
             event_type: "order.created".into(),
             topic: "orders".into(),
-            payload: Some(r#"{"total": 12}"#.into()),
+            payload: Some(br#"{"total": 12}"#.to_vec()),
             payload_bytes: None,
             headers: r#"{"traceparent": "00-abc", "event_type": "spoofed"}"#.into(),
             event_id: uuid::Uuid::nil(),

@@ -142,3 +142,75 @@ async fn a_transaction_wakes_the_relay_at_most_once_and_only_on_commit() {
         "five inserts in one transaction, one rolled back: one wake-up"
     );
 }
+
+/// The relay decodes its rows by position without sqlx's type checks (store.rs): every
+/// column must come back exactly as written, through each of the relay's reads.
+#[tokio::test]
+async fn rows_decode_as_the_relay_reads_them() {
+    use outboxd::outbox::store;
+    let db = TestDb::new().await;
+    let (id_json, event_id, created_at): (i64, uuid::Uuid, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload, headers) \
+             VALUES ('order', 'o-42', 'order.paid', 'orders', '{\"total\": 12, \"note\": \"é\"}', \
+                     '{\"traceparent\": \"00-ab\"}') \
+             RETURNING id, event_id, created_at",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let (id_bytes,): (i64,) = sqlx::query_as(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload_bytes) \
+         VALUES ('blob', 'b-1', 'blob.put', 'blobs', '\\x00ff10') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE outbox SET attempts = 3 WHERE id = $1")
+        .bind(id_bytes)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let reads = [
+        store::fetch_after(&db.pool, 0, 10).await.unwrap(),
+        store::fetch_after_and_in_ranges(&db.pool, id_json, &[(0, id_json)], 10)
+            .await
+            .unwrap(),
+        store::fetch_ids(&db.pool, &[id_json, id_bytes])
+            .await
+            .unwrap(),
+    ];
+    for rows in reads {
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let (json, bytes) = (&rows[0], &rows[1]);
+        assert_eq!(json.id, id_json);
+        assert_eq!(
+            (
+                json.aggregate_type.as_str(),
+                json.aggregate_id.as_str(),
+                json.event_type.as_str(),
+                json.topic.as_str()
+            ),
+            ("order", "o-42", "order.paid", "orders")
+        );
+        assert_eq!(
+            std::str::from_utf8(json.payload.as_deref().unwrap()).unwrap(),
+            r#"{"note": "é", "total": 12}"#
+        );
+        assert_eq!(json.payload_bytes, None);
+        assert_eq!(json.headers, r#"{"traceparent": "00-ab"}"#);
+        assert_eq!(json.event_id, event_id);
+        assert_eq!(json.created_at, created_at);
+        assert_eq!(json.attempts, 0);
+
+        assert_eq!(bytes.id, id_bytes);
+        assert_eq!(bytes.payload, None);
+        assert_eq!(
+            bytes.payload_bytes.as_deref(),
+            Some(&[0x00, 0xff, 0x10][..])
+        );
+        assert_eq!(bytes.headers, "", "no headers: nothing allocated");
+        assert_eq!(bytes.attempts, 3);
+    }
+}

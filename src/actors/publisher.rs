@@ -10,7 +10,7 @@
 //! sends them again to the restarted publisher.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use super::poller::{Completion, PollerMsg};
 use super::{Delivered, Row, Shared};
 use crate::kafka::{
-    DeliveryTarget, DeliveryToken, FailureKind, PublishFailure, build_record, classify,
+    DeliveryTarget, DeliveryToken, FailureKind, PublishFailure, build_record_with, classify,
 };
 
 /// The publisher behaviour.
@@ -88,7 +88,9 @@ impl Actor for Publisher {
 /// polling thread) and, when the last one is in, reports the batch to the poller.
 struct Batch {
     rows: Vec<Row>,
-    outcomes: Mutex<Vec<Option<Result<Instant, PublishFailure>>>>,
+    /// One slot per row, each written once from librdkafka's polling thread (or from the
+    /// publisher for rows the producer refused): no lock per delivery report.
+    outcomes: Vec<OnceLock<Result<Instant, PublishFailure>>>,
     remaining: AtomicUsize,
     shared: Arc<Shared>,
     poller: ActorRef<PollerMsg>,
@@ -102,24 +104,27 @@ struct Batch {
 
 impl Batch {
     fn settle(&self, index: usize, outcome: Result<Instant, PublishFailure>) {
-        self.outcomes.lock().expect("outcomes")[index] = Some(outcome);
+        // Each record has exactly one delivery report; a second one would be a librdkafka
+        // bug, and the first outcome stands.
+        let _ = self.outcomes[index].set(outcome);
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.report();
         }
     }
 
+    /// Runs once, after the last outcome is in (the `AcqRel` countdown orders every
+    /// slot's write before this read).
     fn report(&self) {
-        let outcomes = std::mem::take(&mut *self.outcomes.lock().expect("outcomes"));
         let now = Instant::now();
         let mut delivered = Vec::with_capacity(self.rows.len());
         let mut failed = Vec::new();
-        for (row, outcome) in self.rows.iter().zip(outcomes) {
-            match outcome {
+        for (row, outcome) in self.rows.iter().zip(&self.outcomes) {
+            match outcome.get() {
                 Some(Ok(acked_at)) => delivered.push(Delivered {
                     row: row.clone(),
-                    acked_at: if self.exact_times { acked_at } else { now },
+                    acked_at: if self.exact_times { *acked_at } else { now },
                 }),
-                Some(Err(f)) => failed.push((row.clone(), f)),
+                Some(Err(f)) => failed.push((row.clone(), f.clone())),
                 None => {}
             }
         }
@@ -156,7 +161,7 @@ fn send_batch(args: &PublisherArgs, rows: Vec<Row>, crash_after: Option<usize>) 
     let shared = &args.shared;
     let n = rows.len();
     let batch = Arc::new(Batch {
-        outcomes: Mutex::new((0..n).map(|_| None).collect()),
+        outcomes: (0..n).map(|_| OnceLock::new()).collect(),
         remaining: AtomicUsize::new(n),
         rows,
         shared: shared.clone(),
@@ -167,6 +172,8 @@ fn send_batch(args: &PublisherArgs, rows: Vec<Row>, crash_after: Option<usize>) 
         exact_times: shared.hooks.on_delivered.is_some(),
     });
     let target: Arc<dyn DeliveryTarget> = batch.clone();
+    // Rows of a batch mostly share a topic: check its name once per run of equal topics.
+    let mut valid_topic: Option<&str> = None;
     for (i, row) in batch.rows.iter().enumerate() {
         if crash_after == Some(i) {
             panic!(
@@ -174,13 +181,15 @@ fn send_batch(args: &PublisherArgs, rows: Vec<Row>, crash_after: Option<usize>) 
                 args.partition
             );
         }
-        let record = match build_record(row) {
+        let topic_checked = valid_topic == Some(row.topic.as_str());
+        let record = match build_record_with(row, topic_checked) {
             Ok(r) => r,
             Err(f) => {
                 batch.settle(i, Err(f));
                 continue;
             }
         };
+        valid_topic = Some(row.topic.as_str());
         let token = Box::new(DeliveryToken {
             target: target.clone(),
             index: i,

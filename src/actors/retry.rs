@@ -275,8 +275,7 @@ fn copy_to_dlq(shared: &Shared, row: &Row, class: &str, reason: &str) {
     }
     let fallback_value = row
         .payload
-        .as_ref()
-        .map(|p| p.as_bytes())
+        .as_deref()
         .or(row.payload_bytes.as_deref())
         .unwrap_or_default();
     // A row that cannot become a record (bad headers) still gets a copy, with the ids.
