@@ -121,8 +121,13 @@ pub enum DeadLetterPolicy {
 pub struct RelayConfig {
     /// Publisher actors; a row goes to `hash(aggregate_id) % partitions`.
     pub partitions: u32,
-    /// Rows read from the database and not yet acknowledged, at most (back-pressure).
+    /// Rows read from the database and not yet marked published, at most (back-pressure;
+    /// also the most rows a crash can send twice).
     pub max_in_flight: u32,
+    /// Rows of one aggregate held in memory, at most; of a longer backlog only the ids are
+    /// kept and the rows are read again as they come due, so that one aggregate cannot
+    /// fill `max_in_flight` and starve the others.
+    pub max_rows_per_aggregate: u32,
     /// `delete` or `mark` published rows.
     pub on_publish: OnPublish,
     /// `hold` or `continue` an aggregate after one of its rows is dead-lettered.
@@ -139,7 +144,8 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             partitions: 8,
-            max_in_flight: 20_000,
+            max_in_flight: 5_000,
+            max_rows_per_aggregate: 100,
             on_publish: OnPublish::Delete,
             dead_letter_policy: DeadLetterPolicy::Hold,
             instance_id: String::new(),
@@ -469,6 +475,12 @@ impl Config {
             10_000_000,
         );
         range(
+            "relay.max_rows_per_aggregate",
+            self.relay.max_rows_per_aggregate.into(),
+            1,
+            10_000_000,
+        );
+        range(
             "relay.lease_ttl_ms",
             self.relay.lease_ttl_ms,
             500,
@@ -557,6 +569,14 @@ impl Config {
             e.push(format!(
                 "retry.max_backoff_ms: {} is below retry.initial_backoff_ms ({})",
                 self.retry.max_backoff_ms, self.retry.initial_backoff_ms
+            ));
+        }
+        if self.relay.max_in_flight >= 1
+            && self.relay.max_rows_per_aggregate > self.relay.max_in_flight
+        {
+            e.push(format!(
+                "relay.max_rows_per_aggregate: {} is above relay.max_in_flight ({})",
+                self.relay.max_rows_per_aggregate, self.relay.max_in_flight
             ));
         }
         if self.supervisor.max_backoff_ms < self.supervisor.initial_backoff_ms {

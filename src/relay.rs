@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 
-use crate::actors::poller::PollerMsg;
+use crate::actors::poller::{PollerMsg, PollerStats};
 use crate::actors::supervisor::{
     RelayExit, ShutdownReport, Supervisor, SupervisorArgs, SupervisorInfo, SupervisorMsg,
 };
@@ -113,6 +113,16 @@ impl Relay {
         match poller {
             Some(p) => Ok(ractor::call_t!(p, PollerMsg::PollNow, 30_000)?),
             None => Ok(0),
+        }
+    }
+
+    /// What the poller holds now, if the pipeline runs.
+    pub async fn poller_stats(&self) -> anyhow::Result<Option<PollerStats>> {
+        let poller: Option<ActorRef<PollerMsg>> =
+            ractor::call_t!(self.supervisor, SupervisorMsg::Poller, 5_000)?;
+        match poller {
+            Some(p) => Ok(Some(ractor::call_t!(p, PollerMsg::Stats, 5_000)?)),
+            None => Ok(None),
         }
     }
 

@@ -203,6 +203,12 @@ fn each_invalid_configuration_names_its_key_and_exits_2() {
             "relay.max_in_flight",
         ),
         (
+            "aggregate cap above the memory bound",
+            "[relay]\nmax_in_flight = 100\nmax_rows_per_aggregate = 200\n",
+            &[],
+            "relay.max_rows_per_aggregate: 200 is above relay.max_in_flight (100)",
+        ),
+        (
             "backoff inverted",
             "[retry]\ninitial_backoff_ms = 5000\nmax_backoff_ms = 10\n",
             &[],

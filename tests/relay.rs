@@ -197,18 +197,37 @@ async fn a_late_committing_lower_id_is_published_not_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_transaction_straddling_the_cursor_keeps_its_order() {
-    // A 10,000-row transaction whose ids interleave with small committed rows: when it
-    // commits, 9,000 of its rows lie in gaps below the poller's cursor (more than one read
-    // batch) and 1,000 above it. Aggregate k gets seq 1 in the first chunk, 2..9 in the
-    // second, 10 in the third: seq 10 must not go before 2..9.
+    straddle(1_000, |_| {}).await;
+}
+
+/// The same with most rows deferred: two rows per aggregate in memory, 300 in all, so
+/// that gap rows, deferred ids and re-reads by id all meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_straddling_transaction_keeps_its_order_when_rows_are_deferred() {
+    let deferred = straddle(10, |cfg| {
+        cfg.relay.max_in_flight = 300;
+        cfg.relay.max_rows_per_aggregate = 2;
+        cfg.poller.batch_size = 40;
+    })
+    .await;
+    assert!(deferred >= 50, "rows were deferred: {deferred}");
+}
+
+/// Returns how many rows the poller deferred.
+async fn straddle(aggregates: u64, tune: impl FnOnce(&mut outboxd::config::Config)) -> u64 {
+    // A transaction of 10 rows per aggregate whose ids interleave with small committed
+    // rows: when it commits, 8 rows per aggregate lie in gaps below the poller's cursor
+    // (more than one read batch) and 1 above it. Aggregate k gets seq 1 in the first
+    // chunk, 2..9 in the second, 10 in the third: seq 10 must not go before 2..9.
     let db = TestDb::new().await;
     let t = topic("straddle");
     create_topic(&brokers(), &t, 4).await.unwrap();
     let mut cfg = config(&db);
     cfg.poller.rescan_interval_ms = 3_600_000;
+    tune(&mut cfg);
     let r = relay(cfg).await;
     let chunk = |seqs: std::ops::RangeInclusive<u64>| -> Vec<NewEvent> {
-        seqs.flat_map(|seq| (0..1_000).map(move |a| (a, seq)))
+        seqs.flat_map(|seq| (0..aggregates).map(move |a| (a, seq)))
             .map(|(a, seq)| {
                 NewEvent::builder("test", format!("big-{a}"))
                     .event_type("test.big")
@@ -230,13 +249,30 @@ async fn a_big_transaction_straddling_the_cursor_keeps_its_order() {
         "small rows published"
     );
     tx.commit().await.unwrap();
-    written.extend((1..=10u64).flat_map(|seq| (0..1_000).map(move |a| (format!("big-{a}"), seq))));
-    assert!(drained(&db, Duration::from_secs(60)).await);
+    written.extend(
+        (1..=10u64).flat_map(|seq| (0..aggregates).map(move |a| (format!("big-{a}"), seq))),
+    );
+    let mut deferred = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(s)) = r.poller_stats().await {
+            deferred = s.deferred_total;
+        }
+        if db.pending().await == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not drained in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Ok(Some(s)) = r.poller_stats().await {
+        deferred = s.deferred_total;
+    }
     let records = read_back(&[&t], written.len(), Duration::from_secs(60)).await;
     r.shutdown().await.unwrap();
     let (report, ledger) = check_ledger(&written, &records);
     assert_eq!(report.lost, 0, "{:?}", ledger.missing());
     assert_eq!(report.reordered, 0, "{:?}", ledger.reorder_examples);
+    deferred
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,4 +551,68 @@ async fn a_rate_limit_of_500_per_second_holds_within_ten_percent() {
         (450.0..=550.0).contains(&rate),
         "observed {rate:.1} events/s"
     );
+}
+
+/// One aggregate with a long backlog must not fill the relay's memory and starve the
+/// others: its rows beyond `relay.max_rows_per_aggregate` wait in the table (their ids
+/// remembered), and rows of other aggregates written after it flow at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_aggregate_with_a_long_backlog_does_not_starve_the_others() {
+    let db = TestDb::new().await;
+    let t = topic("hot");
+    create_topic(&brokers(), &t, 4).await.unwrap();
+    let hot = vec!["hot".to_string()];
+    let cold: Vec<String> = (0..100).map(|i| format!("cold-{i}")).collect();
+    let mut written = insert_sql(&db.pool, &t, &hot, 3_000).await;
+    written.extend(insert_sql(&db.pool, &t, &cold, 5).await);
+
+    // Per delivered row: its aggregate and how many hot rows were delivered before it.
+    let order: Arc<Mutex<Vec<(String, i64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let o = order.clone();
+    let mut cfg = config(&db);
+    cfg.relay.max_in_flight = 500;
+    cfg.poller.batch_size = 200;
+    let r = Relay::start(
+        cfg,
+        RelayOptions {
+            hooks: Hooks {
+                on_delivered: Some(Arc::new(move |batch: &[Delivered]| {
+                    let mut o = o.lock().unwrap();
+                    o.extend(batch.iter().map(|d| (d.row.aggregate_id.clone(), d.row.id)));
+                })),
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(drained(&db, Duration::from_secs(120)).await, "drained");
+    let stats = r.poller_stats().await.unwrap().expect("pipeline runs");
+    assert!(
+        stats.deferred_total >= 2_000,
+        "the hot backlog was deferred, not held: {stats:?}"
+    );
+    r.shutdown().await.unwrap();
+
+    let order = order.lock().unwrap().clone();
+    let mut hot_before_last_cold = 0;
+    let mut hot_seen = 0;
+    let mut last_hot_id = 0;
+    for (agg, id) in &order {
+        if agg == "hot" {
+            assert!(*id > last_hot_id, "hot rows acknowledged in id order");
+            last_hot_id = *id;
+            hot_seen += 1;
+        } else {
+            hot_before_last_cold = hot_seen;
+        }
+    }
+    assert!(
+        hot_before_last_cold < 1_000,
+        "the 500 cold rows waited for {hot_before_last_cold} of the 3,000 hot ones"
+    );
+    let records = read_back(&[&t], written.len(), Duration::from_secs(60)).await;
+    let (report, ledger) = check_ledger(&written, &records);
+    assert_eq!(report.lost, 0, "{:?}", ledger.missing());
+    assert_eq!(report.reordered, 0, "{:?}", ledger.reorder_examples);
 }

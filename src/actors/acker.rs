@@ -4,7 +4,8 @@
 //! In: `Delivered(ids)` from the poller, `Flush` (RPC) before a rescan or at shutdown.
 //! Out: one fenced statement per batch on the `synchronous_commit = off` pool: ids gather
 //! for a few milliseconds, and those that arrive while a statement runs go together in
-//! the next one.
+//! the next one. Rows it holds count against `relay.max_in_flight`; when the poller waits
+//! for that room, a `Tick` after the write wakes it.
 //! Failure: a database error keeps the ids and retries with back-off (the rows are sent
 //! again only if the process dies first — the bounded duplicates of design.md §2.3). A
 //! fenced write means another instance owns the lease: the ids are dropped (that instance
@@ -17,6 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, warn};
 
 use super::Shared;
+use super::poller::PollerMsg;
 use super::supervisor::SupervisorMsg;
 use crate::outbox::store::{self, StoreError};
 
@@ -27,6 +29,9 @@ const MAX_BATCH: usize = 10_000;
 /// turns one statement per event into one per few milliseconds; at high rates the batches
 /// are large anyway. A mark that waits only delays the row's deletion, never its delivery.
 const GATHER: Duration = Duration::from_millis(5);
+
+/// Rows that make a statement worth sending without gathering more.
+const FLUSH_AT: usize = 1_000;
 
 /// The acker behaviour.
 pub struct Acker;
@@ -41,9 +46,18 @@ pub enum AckerMsg {
     Flush(RpcReplyPort<bool>),
 }
 
+/// Start-up arguments.
+pub struct AckerArgs {
+    /// Pipeline context.
+    pub shared: Arc<Shared>,
+    /// Woken when marks free room it waits for.
+    pub poller: ActorRef<PollerMsg>,
+}
+
 /// What the acker owns.
 pub struct AckerState {
     shared: Arc<Shared>,
+    poller: ActorRef<PollerMsg>,
     buffer: Vec<i64>,
     flush_queued: bool,
     failures: u32,
@@ -52,15 +66,16 @@ pub struct AckerState {
 impl Actor for Acker {
     type Msg = AckerMsg;
     type State = AckerState;
-    type Arguments = Arc<Shared>;
+    type Arguments = AckerArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        shared: Arc<Shared>,
+        args: AckerArgs,
     ) -> Result<AckerState, ActorProcessingErr> {
         Ok(AckerState {
-            shared,
+            shared: args.shared,
+            poller: args.poller,
             buffer: Vec::new(),
             flush_queued: false,
             failures: 0,
@@ -76,10 +91,15 @@ impl Actor for Acker {
         match msg {
             AckerMsg::Delivered(ids) => {
                 state.buffer.extend(ids);
-                // Everything that arrives meanwhile joins the same statement.
+                // Everything that arrives meanwhile joins the same statement. A batch that
+                // is big already, or rows the poller waits for, need not gather longer.
                 if !state.flush_queued {
                     state.flush_queued = true;
-                    myself.send_after(GATHER, || AckerMsg::FlushNow);
+                    if state.buffer.len() >= FLUSH_AT || state.shared.room_wanted() {
+                        myself.send_message(AckerMsg::FlushNow)?;
+                    } else {
+                        myself.send_after(GATHER, || AckerMsg::FlushNow);
+                    }
                 }
             }
             AckerMsg::FlushNow => {
@@ -128,6 +148,10 @@ async fn flush(state: &mut AckerState) -> bool {
         match result {
             Ok(marked) => {
                 state.buffer.drain(..n);
+                shared.remove_unmarked(n);
+                if shared.take_room_wanted() {
+                    let _ = state.poller.send_message(PollerMsg::Tick);
+                }
                 state.failures = 0;
                 shared.health.set_db_up(true);
                 metrics::counter!("outboxd_rows_marked_total").increment(marked);
@@ -135,6 +159,7 @@ async fn flush(state: &mut AckerState) -> bool {
             }
             Err(StoreError::Fenced(lease)) => {
                 warn!(rows = state.buffer.len(), %lease, "Lease lost; leaving rows to the new owner.");
+                shared.remove_unmarked(state.buffer.len());
                 state.buffer.clear();
                 let _ = shared
                     .supervisor

@@ -18,7 +18,7 @@ pub mod retry;
 pub mod supervisor;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
@@ -137,6 +137,10 @@ pub struct Shared {
     last_timeout_ms: AtomicU64,
     /// Rows with the producer now (set by the poller).
     in_flight: AtomicUsize,
+    /// Rows acknowledged by the broker and not yet marked by the acker.
+    unmarked: AtomicUsize,
+    /// The poller waits for the acker to free room (see [`Shared::want_room`]).
+    room_wanted: AtomicBool,
 }
 
 impl Shared {
@@ -171,6 +175,8 @@ impl Shared {
             last_delivery_ms: AtomicU64::new(0),
             last_timeout_ms: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            unmarked: AtomicUsize::new(0),
+            room_wanted: AtomicBool::new(false),
         }
     }
 
@@ -221,6 +227,43 @@ impl Shared {
         let timed_out = self.last_timeout_ms.load(Ordering::Relaxed);
         let waiting = self.in_flight.load(Ordering::Relaxed) > 0 || timed_out > delivered;
         waiting.then(|| Duration::from_millis(self.ms(now).saturating_sub(delivered)))
+    }
+
+    /// Rows handed to the acker (acknowledged, to be marked).
+    pub fn add_unmarked(&self, n: usize) {
+        self.unmarked.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Rows the acker marked, or gave up to another instance.
+    pub fn remove_unmarked(&self, n: usize) {
+        let _ = self
+            .unmarked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
+    }
+
+    /// Rows acknowledged and not yet marked: they count against `relay.max_in_flight`.
+    pub fn unmarked(&self) -> usize {
+        self.unmarked.load(Ordering::Acquire)
+    }
+
+    /// The poller has rows to read but no room while marks are outstanding: the acker
+    /// wakes it after its next write.
+    pub fn want_room(&self) {
+        if self.unmarked() > 0 {
+            self.room_wanted.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether the poller waits for room now.
+    pub fn room_wanted(&self) -> bool {
+        self.room_wanted.load(Ordering::Acquire)
+    }
+
+    /// Whether the poller asked to be woken (and the request is taken).
+    pub fn take_room_wanted(&self) -> bool {
+        self.room_wanted.swap(false, Ordering::AcqRel)
     }
 
     /// The relay's partition count.

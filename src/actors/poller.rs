@@ -18,7 +18,11 @@
 //! Order. An aggregate has at most one row in flight, failing or waiting for a retry;
 //! its next row goes only after the broker acknowledged the previous one (or it was
 //! dead-lettered with `dead_letter_policy = "continue"`). Other aggregates never wait for
-//! it. Rows in memory are bounded by `relay.max_in_flight` (back-pressure).
+//! it. Rows in memory — read, in flight, or acknowledged and not yet marked — are bounded
+//! by `relay.max_in_flight` (back-pressure). An aggregate holds at most
+//! `relay.max_rows_per_aggregate` of them: of a longer backlog only the ids are kept
+//! (*deferred*), and its rows are read again by id as its queue empties, so that one busy
+//! or failing aggregate cannot fill the memory bound and starve the others.
 //!
 //! Failure: database errors are retried with back-off (readiness goes down); a crash loses
 //! only in-memory state, which the supervisor rebuilds from the table.
@@ -110,8 +114,25 @@ pub enum PollerMsg {
     StopClaiming(RpcReplyPort<()>),
     /// How many rows are with the producer now.
     InFlight(RpcReplyPort<usize>),
+    /// What the poller holds now.
+    Stats(RpcReplyPort<PollerStats>),
     /// Run one read cycle now; replies with the rows loaded (for tests).
     PollNow(RpcReplyPort<usize>),
+}
+
+/// What the poller holds, for tests and operators.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollerStats {
+    /// Rows in memory: queued, in flight, failing or waiting for a retry.
+    pub in_memory: usize,
+    /// Rows with the producer now.
+    pub in_flight: usize,
+    /// Ids of rows beyond `relay.max_rows_per_aggregate`, to be read again.
+    pub deferred: usize,
+    /// Rows deferred since the poller started (a row can be deferred more than once).
+    pub deferred_total: u64,
+    /// Aggregates held by an open dead letter.
+    pub held: usize,
 }
 
 /// An id range nobody has seen a row for yet.
@@ -209,6 +230,9 @@ impl Drop for AbortOnDrop {
 struct Agg {
     /// Not yet handed out, ascending ids.
     queue: VecDeque<Row>,
+    /// Ids of its pending rows beyond `relay.max_rows_per_aggregate`, ascending, every one
+    /// above every id in `queue`: read again by id when the queue runs low.
+    deferred: VecDeque<i64>,
     /// A row of this aggregate is in flight, failing, or waiting for a retry.
     busy: bool,
     /// The row with the producer now, if any.
@@ -221,6 +245,7 @@ impl Agg {
     fn new(aggregate_id: &str, partitions: usize) -> Agg {
         Agg {
             queue: VecDeque::new(),
+            deferred: VecDeque::new(),
             busy: false,
             in_flight: None,
             partition: partition_of(aggregate_id, partitions),
@@ -247,6 +272,12 @@ pub struct PollerState {
     /// Aggregates (by one of their rows) that may have a row to hand out.
     runnable: VecDeque<Row>,
     in_memory: usize,
+    /// Ids held in the aggregates' `deferred` lists.
+    deferred: usize,
+    /// Rows deferred since start.
+    deferred_total: u64,
+    /// Aggregates whose queue runs low while they have deferred ids.
+    refills: HashSet<String>,
     /// Rows with the producer now (each also in its aggregate's `in_flight`).
     in_flight: usize,
     /// Reused per dispatch: one batch per publisher.
@@ -299,6 +330,9 @@ impl Actor for Poller {
             aggs: HashMap::default(),
             runnable: VecDeque::new(),
             in_memory: 0,
+            deferred: 0,
+            deferred_total: 0,
+            refills: HashSet::new(),
             in_flight: 0,
             batches: vec![Vec::new(); partitions],
             deciding: HashSet::new(),
@@ -355,8 +389,13 @@ impl Actor for Poller {
                 st.completed(c);
                 st.dispatch(&myself);
                 let batch = st.shared.config.poller.batch_size as usize;
-                if st.more && st.room() >= batch.min(st.max_in_memory() / 2).max(1) {
-                    st.cycle(&myself).await;
+                let want_rows = st.more || !st.refills.is_empty();
+                if want_rows {
+                    if st.room() >= batch.min(st.max_in_memory() / 2).max(1) {
+                        st.cycle(&myself).await;
+                    } else {
+                        st.shared.want_room();
+                    }
                 }
             }
             PollerMsg::RetryAt { row, at } => {
@@ -383,6 +422,15 @@ impl Actor for Poller {
             PollerMsg::InFlight(reply) => {
                 let _ = reply.send(st.in_flight);
             }
+            PollerMsg::Stats(reply) => {
+                let _ = reply.send(PollerStats {
+                    in_memory: st.in_memory,
+                    in_flight: st.in_flight,
+                    deferred: st.deferred,
+                    deferred_total: st.deferred_total,
+                    held: st.held.len(),
+                });
+            }
             PollerMsg::PollNow(reply) => {
                 let n = st.cycle(&myself).await;
                 let _ = reply.send(n);
@@ -391,6 +439,7 @@ impl Actor for Poller {
         st.shared.set_in_flight(st.in_flight);
         metrics::gauge!("outboxd_rows_in_flight").set(st.in_flight as f64);
         metrics::gauge!("outboxd_rows_in_memory").set(st.in_memory as f64);
+        metrics::gauge!("outboxd_rows_deferred").set(st.deferred as f64);
         Ok(())
     }
 }
@@ -400,8 +449,21 @@ impl PollerState {
         self.shared.config.relay.max_in_flight as usize
     }
 
+    /// Rows that may be read now: the memory bound less the rows held, including those
+    /// acknowledged and waiting for the acker (so that a crash re-sends at most
+    /// `relay.max_in_flight` rows).
     fn room(&self) -> usize {
-        self.max_in_memory().saturating_sub(self.in_memory)
+        self.max_in_memory()
+            .saturating_sub(self.in_memory + self.shared.unmarked())
+    }
+
+    fn max_rows_per_aggregate(&self) -> usize {
+        self.shared.config.relay.max_rows_per_aggregate.max(1) as usize
+    }
+
+    /// Deferred ids are small, but not free: past this many, reading waits for them.
+    fn max_deferred(&self) -> usize {
+        self.max_in_memory().saturating_mul(100)
     }
 
     /// Reads what there is to read (if allowed), then hands out what is ready.
@@ -458,7 +520,15 @@ impl PollerState {
             self.held_loaded = true;
         }
 
-        let room = self.room() as i64;
+        loaded += self.refill(&pool).await?;
+        let room = if self.deferred >= self.max_deferred() {
+            0
+        } else {
+            self.room() as i64
+        };
+        if room < batch {
+            self.shared.want_room();
+        }
         if room > 0 {
             let now = Instant::now();
             if !self.gaps.is_empty() && self.gaps.needs_snapshot(now, grace) {
@@ -547,6 +617,7 @@ impl PollerState {
                 .values()
                 .flat_map(|a| a.queue.iter().map(|r| r.id)),
         );
+        known.extend(self.aggs.values().flat_map(|a| a.deferred.iter().copied()));
         let missing: Vec<i64> = pending
             .into_iter()
             .filter(|(id, agg)| !known.contains(id) && !self.held.contains(agg))
@@ -570,11 +641,15 @@ impl PollerState {
         Ok(loaded)
     }
 
-    /// Adds a row to its aggregate's queue (in id order when `sorted`).
+    /// Takes a row in: into its aggregate's queue (in id order when `sorted`), or, past
+    /// `relay.max_rows_per_aggregate`, only its id into the aggregate's deferred list.
+    /// Returns 1 when the row was taken in (queued or deferred), 0 when it was already
+    /// known or its aggregate is held.
     fn load(&mut self, row: OutboxRow, sorted: bool) -> usize {
         if self.held.contains(&row.aggregate_id) {
             return 0;
         }
+        let cap = self.max_rows_per_aggregate();
         if !self.aggs.contains_key(&row.aggregate_id) {
             let agg = Agg::new(&row.aggregate_id, self.shared.partitions());
             self.aggs.insert(row.aggregate_id.clone(), agg);
@@ -583,6 +658,20 @@ impl PollerState {
             .aggs
             .get_mut(&row.aggregate_id)
             .expect("inserted above");
+        // Every deferred id is above every queued one: a row above the first deferred id
+        // is deferred too, in order.
+        if let Some(&first) = agg.deferred.front()
+            && row.id >= first
+        {
+            let pos = agg.deferred.partition_point(|&id| id < row.id);
+            if agg.deferred.get(pos) == Some(&row.id) {
+                return 0;
+            }
+            agg.deferred.insert(pos, row.id);
+            self.deferred += 1;
+            self.deferred_total += 1;
+            return 1;
+        }
         let was_idle = !agg.busy && agg.queue.is_empty();
         let row = Arc::new(row);
         if sorted {
@@ -594,11 +683,86 @@ impl PollerState {
         } else {
             agg.queue.push_back(row.clone());
         }
-        if was_idle {
+        self.in_memory += 1;
+        // Over the cap: the highest queued rows give up their memory and keep their ids.
+        while agg.queue.len() > cap {
+            let last = agg.queue.pop_back().expect("over the cap");
+            agg.deferred.push_front(last.id);
+            self.in_memory -= 1;
+            self.deferred += 1;
+            self.deferred_total += 1;
+        }
+        if was_idle && !agg.queue.is_empty() {
             self.runnable.push_back(row);
         }
-        self.in_memory += 1;
         1
+    }
+
+    /// Reads again, by id, the deferred rows of aggregates whose queue runs low: as many
+    /// as the memory bound allows, in one statement. Rows no longer pending (published or
+    /// dead-lettered meanwhile) simply do not come back.
+    async fn refill(&mut self, pool: &sqlx::PgPool) -> Result<usize, sqlx::Error> {
+        if self.refills.is_empty() {
+            return Ok(0);
+        }
+        let cap = self.max_rows_per_aggregate();
+        let mut room = self.room();
+        let mut ids = Vec::new();
+        // (aggregate, how many of its first deferred ids are asked for)
+        let mut taken: Vec<(String, usize)> = Vec::new();
+        for key in &self.refills {
+            if room == 0 {
+                break;
+            }
+            let take = self.aggs.get(key).map_or(0, |agg| {
+                let take = cap
+                    .saturating_sub(agg.queue.len())
+                    .min(room)
+                    .min(agg.deferred.len());
+                ids.extend(agg.deferred.iter().take(take).copied());
+                take
+            });
+            room -= take;
+            taken.push((key.clone(), take));
+        }
+        // Nothing else runs until the rows are back (one actor, one message at a time), so
+        // the ids stay in the lists until then: a failed read changes nothing.
+        let rows = if ids.is_empty() {
+            Vec::new()
+        } else {
+            store::fetch_ids(pool, &ids).await?
+        };
+        let mut touched = Vec::with_capacity(taken.len());
+        for (key, take) in taken {
+            self.refills.remove(&key);
+            if let Some(agg) = self.aggs.get_mut(&key) {
+                agg.deferred.drain(..take);
+                self.deferred -= take;
+                touched.push(key);
+            }
+        }
+        let mut loaded = 0;
+        for row in rows {
+            loaded += self.load(row, true);
+        }
+        // An aggregate none of whose asked-for rows came back (all gone meanwhile) has
+        // nothing to send: ask again for the next ones, or forget it.
+        for key in touched {
+            if let Some(agg) = self.aggs.get(&key)
+                && !agg.busy
+                && agg.queue.is_empty()
+            {
+                if agg.deferred.is_empty() {
+                    self.aggs.remove(&key);
+                } else {
+                    self.refills.insert(key);
+                }
+            }
+        }
+        if !ids.is_empty() {
+            debug!(asked = ids.len(), loaded, "Read deferred rows again.");
+        }
+        Ok(loaded)
     }
 
     /// Hands the head row of every ready aggregate to its publisher.
@@ -697,14 +861,21 @@ impl PollerState {
         }
     }
 
-    /// The aggregate's in-flight row is done: its next row may go.
+    /// The aggregate's in-flight row is done: its next row may go, and its deferred rows
+    /// are read again once its queue is down to half the cap.
     fn release(&mut self, row: &Row) {
+        let cap = self.max_rows_per_aggregate();
         if let Some(agg) = self.aggs.get_mut(&row.aggregate_id) {
             agg.busy = false;
-            if agg.queue.is_empty() {
+            if agg.queue.is_empty() && agg.deferred.is_empty() {
                 self.aggs.remove(&row.aggregate_id);
-            } else {
+                return;
+            }
+            if !agg.queue.is_empty() {
                 self.runnable.push_back(row.clone());
+            }
+            if !agg.deferred.is_empty() && agg.queue.len() <= cap / 2 {
+                self.refills.insert(row.aggregate_id.clone());
             }
         }
     }
@@ -730,6 +901,8 @@ impl PollerState {
                 hook(&c.delivered);
             }
             metrics::counter!("outboxd_events_published_total").increment(ids.len() as u64);
+            // Held against the memory bound until the acker has marked them.
+            self.shared.add_unmarked(ids.len());
             let _ = wiring.acker.send_message(AckerMsg::Delivered(ids));
         }
         if stale {
@@ -767,7 +940,9 @@ impl PollerState {
                 // Later rows stay pending in the table until an operator acts.
                 if let Some(agg) = self.aggs.remove(&row.aggregate_id) {
                     self.in_memory -= agg.queue.len();
+                    self.deferred -= agg.deferred.len();
                 }
+                self.refills.remove(&row.aggregate_id);
                 info!(aggregate = %row.aggregate_id, "Holding the aggregate until its dead letter is replayed or discarded.");
                 self.held.insert(row.aggregate_id.clone());
             }

@@ -26,7 +26,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use rdkafka::producer::{Producer, PurgeConfig};
 use tracing::{error, info, warn};
 
-use super::acker::{Acker, AckerMsg};
+use super::acker::{Acker, AckerArgs, AckerMsg};
 use super::cleanup::{Cleanup, CleanupMsg};
 use super::poller::{Poller, PollerMsg, Wiring};
 use super::publisher::{Publisher, PublisherArgs, PublisherMsg};
@@ -413,7 +413,10 @@ impl SupervisorState {
         let (acker, _) = Actor::spawn_linked(
             Some(self.name(names::ACKER)),
             Acker,
-            shared.clone(),
+            AckerArgs {
+                shared: shared.clone(),
+                poller: poller.clone(),
+            },
             cell.clone(),
         )
         .await?;

@@ -545,7 +545,8 @@ async fn ceiling_postgres(rows: u64) -> anyhow::Result<(f64, f64)> {
 }
 
 /// rdkafka alone: the relay's producer (configuration, delivery reports), the relay's
-/// record shape (500-byte value, 10,000 keys, six headers), 20,000 records in flight. Records per second, and the
+/// record shape (500-byte value, 10,000 keys, six headers), as many records in flight as
+/// the relay's default `relay.max_in_flight`. Records per second, and the
 /// CPU per record of this process (rdkafka and the loop feeding it: a floor for the relay).
 async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
     let w = World::new().await?;
@@ -556,6 +557,7 @@ async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
     let t = Instant::now();
     let cpu0 = proc_cpu_secs(std::process::id());
     let counter = Arc::new(AckCounter::default());
+    let max_in_flight = u64::from(Config::default().relay.max_in_flight);
     let target: Arc<dyn DeliveryTarget> = counter.clone();
     for i in 0..rows {
         let key = format!("agg-{}", i % AGGREGATES);
@@ -596,8 +598,8 @@ async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
         producer
             .send(rec)
             .map_err(|(e, _)| anyhow::anyhow!("send: {e}"))?;
-        // At most 20,000 records in flight, like the relay's default.
-        while i + 1 - counter.acked.load(Ordering::Relaxed) >= 20_000 {
+        // At most as many records in flight as the relay allows by default.
+        while i + 1 - counter.acked.load(Ordering::Relaxed) >= max_in_flight {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         if i.is_multiple_of(10_000) {

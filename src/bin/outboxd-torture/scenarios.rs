@@ -150,8 +150,6 @@ impl Report {
     }
 }
 
-const MAX_IN_FLIGHT: u64 = 20_000;
-
 fn pause(lo_ms: u64, hi_ms: u64) -> Duration {
     Duration::from_millis(rand::rng().random_range(lo_ms..=hi_ms))
 }
@@ -275,7 +273,10 @@ async fn finish(
         }
     }
     report.faults = env.faults;
-    report.duplicate_bound = u64::from(env.faults.max(1)) * MAX_IN_FLIGHT;
+    // Rows read and not yet marked — the only ones a fault can send twice — are bounded by
+    // `relay.max_in_flight` (the relay runs with the default).
+    let max_in_flight = u64::from(outboxd::config::Config::default().relay.max_in_flight);
+    report.duplicate_bound = u64::from(env.faults.max(1)) * max_in_flight;
     if report.duplicates > report.duplicate_bound {
         report.failures.push(format!(
             "{} duplicates above the bound {}",
