@@ -46,6 +46,9 @@ pub struct Args {
     /// Output directory.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
+    /// Measure nothing: re-render the summary and chart of this results.json into --out.
+    #[arg(long)]
+    pub render: Option<PathBuf>,
 }
 
 // jemalloc for the whole process, librdkafka's C allocations included: glibc malloc's
@@ -56,6 +59,15 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(results) = &args.render {
+        return match phases::render(results, &args.out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let plan = match phases::Plan::from_args(&args) {
         Ok(p) => p,
         Err(e) => {

@@ -14,7 +14,7 @@ use outboxd::outbox::store::{self, Fence, RELAY_LEASE};
 use outboxd::verify::create_topic;
 use outboxd::{NewEvent, Relay, RelayOptions, enqueue_batch};
 use rdkafka::producer::BaseRecord;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Args;
 
@@ -26,7 +26,7 @@ pub const TOPIC_PARTITIONS: i32 = 8;
 const WRITERS: usize = 4;
 
 /// What to run, how big.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
     /// quick / standard / long.
     pub mode: String,
@@ -90,7 +90,7 @@ impl Plan {
 }
 
 /// A median with its spread.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stat {
     /// Median.
     pub median: f64,
@@ -122,7 +122,7 @@ impl Stat {
 }
 
 /// One drain by `outboxd run`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Drain {
     /// Rows drained.
     pub rows: u64,
@@ -139,7 +139,7 @@ pub struct Drain {
 }
 
 /// One offered rate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sustained {
     /// Offered events/s.
     pub offered: u32,
@@ -172,18 +172,21 @@ pub struct Sustained {
 }
 
 /// Drain rate while the xmin horizon is held.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BloatBurst {
     /// before / during / after.
     pub phase: String,
-    /// Seconds since the hold began (during).
+    /// Seconds since the hold began (during; the hold's length after).
     pub at_secs: f64,
     /// Drain rate.
     pub events_per_sec: f64,
+    /// `n_dead_tup` of `outbox` after the burst (PostgreSQL's statistics, which lag).
+    #[serde(default)]
+    pub dead_tuples: i64,
 }
 
 /// Everything one run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     /// When.
     pub started: String,
@@ -291,29 +294,15 @@ impl World {
         c
     }
 
-    /// `n` pending rows: 500-byte JSON payloads over 10,000 aggregates, written server-side
-    /// in statements of 100,000 rows.
+    /// `n` pending rows before the relay starts: 500-byte JSON payloads over 10,000
+    /// aggregates, written server-side in statements of 100,000 rows, then vacuumed and
+    /// analysed.
     async fn prefill(&self, n: u64) -> anyhow::Result<()> {
-        self.prefill_in_chunks(n, 100_000).await
-    }
-
-    /// As [`World::prefill`], in chunks of `chunk` rows (one statement, one transaction each).
-    async fn prefill_in_chunks(&self, n: u64, chunk: u64) -> anyhow::Result<()> {
         let b = bar(n, "prefill backlog");
         let mut done = 0;
         while done < n {
-            let m = chunk.min(n - done);
-            sqlx::query(
-                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
-                 SELECT 'bench', 'agg-' || (s % 10000), 'bench.event', $3, \
-                        jsonb_build_object('seq', s / 10000 + 1, 'pad', repeat('x', 468)) \
-                 FROM generate_series($1::int8, $2::int8) AS s",
-            )
-            .bind(done as i64)
-            .bind((done + m - 1) as i64)
-            .bind(&self.topic)
-            .execute(&self.pool)
-            .await?;
+            let m = 100_000.min(n - done);
+            self.insert_rows(done, m).await?;
             done += m;
             b.set_position(done);
         }
@@ -321,6 +310,23 @@ impl World {
         sqlx::query("VACUUM (ANALYZE) outbox")
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// `m` rows in one statement (one transaction), sequence numbers from `first`; returns
+    /// when they are committed.
+    async fn insert_rows(&self, first: u64, m: u64) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
+             SELECT 'bench', 'agg-' || (s % 10000), 'bench.event', $3, \
+                    jsonb_build_object('seq', s / 10000 + 1, 'pad', repeat('x', 468)) \
+             FROM generate_series($1::int8, $2::int8) AS s",
+        )
+        .bind(first as i64)
+        .bind((first + m - 1) as i64)
+        .bind(&self.topic)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -390,19 +396,23 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         ));
     }
     if plan.has("sustained") {
-        for &rate in &plan.rates {
-            let s = sustained(rate, plan.seconds).await?;
-            say(format!(
-                "sustained {rate}/s: achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, backlog slope {:.1}/s ({}), {:.2} µs CPU/event",
-                s.achieved,
-                s.p50_ms,
-                s.p99_ms,
-                s.p999_ms,
-                s.backlog_slope,
-                verdict(&s),
-                s.cpu_us_per_event
-            ));
-            r.sustained.push(s);
+        // Each rate `runs` times, interleaved (1k, 10k, 20k, 1k, …) so that a slow spell of
+        // the shared machine does not fall on one rate only.
+        for _ in 0..plan.runs {
+            for &rate in &plan.rates {
+                let s = sustained(rate, plan.seconds).await?;
+                say(format!(
+                    "sustained {rate}/s: achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, backlog slope {:.1}/s ({}), {:.2} µs CPU/event",
+                    s.achieved,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.p999_ms,
+                    s.backlog_slope,
+                    verdict(&s),
+                    s.cpu_us_per_event
+                ));
+                r.sustained.push(s);
+            }
         }
     }
     if plan.has("search") {
@@ -426,14 +436,29 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
     }
     let json = serde_json::to_string_pretty(&r)?;
     std::fs::write(plan.out.join("results.json"), &json)?;
-    let summary = summary(&r);
-    std::fs::write(plan.out.join("summary.md"), &summary)?;
+    write_report(&r, &plan.out)
+}
+
+/// Writes `summary.md` and `latency.svg` for results into `out` (and prints the summary).
+pub fn write_report(r: &Results, out: &std::path::Path) -> anyhow::Result<()> {
+    let summary = summary(r);
+    std::fs::write(out.join("summary.md"), &summary)?;
     let mut points: Vec<&Sustained> = r.sustained.iter().chain(r.search.iter()).collect();
-    points.sort_by_key(|s| s.offered);
-    crate::chart::latency_svg(&points, &plan.out.join("latency.svg"))?;
+    points.sort_by(|a, b| a.achieved.total_cmp(&b.achieved));
+    crate::chart::latency_svg(&points, &out.join("latency.svg"))?;
     println!("{summary}");
-    say(format!("results in {}", plan.out.display()));
+    say(format!("results in {}", out.display()));
     Ok(())
+}
+
+/// Re-renders the summary and the chart of an earlier run's `results.json` into `out`.
+pub fn render(results: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(results)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", results.display()))?;
+    let r: Results = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{} is not a results file: {e}", results.display()))?;
+    std::fs::create_dir_all(out)?;
+    write_report(&r, out)
 }
 
 fn push(slot: &mut Option<Stat>, v: f64) {
@@ -977,26 +1002,25 @@ async fn writer(
 /// The highest offered rate with a flat backlog: from the rates already measured, search
 /// between the best flat one and the first growing one.
 async fn search(known: &[Sustained], seconds: u64) -> anyhow::Result<(u32, Vec<Sustained>)> {
+    // A measured rate counts as flat only if every run of it was.
+    let flat = |rate: u32| known.iter().filter(|s| s.offered == rate).all(|s| s.flat);
     let mut lo = known
         .iter()
-        .filter(|s| s.flat)
         .map(|s| s.offered)
+        .filter(|&r| flat(r))
         .max()
         .unwrap_or(1_000);
     let mut hi = known
         .iter()
-        .filter(|s| !s.flat && s.offered > lo)
         .map(|s| s.offered)
+        .filter(|&r| !flat(r) && r > lo)
         .min()
         .unwrap_or(lo * 2);
     let mut steps = Vec::new();
     // Grow until a rate is not flat.
     while steps.len() < 8 && known.iter().all(|s| s.offered != hi) && hi == lo * 2 {
         let s = sustained(hi, seconds).await?;
-        say(format!(
-            "search {hi}/s: {}",
-            verdict(&s)
-        ));
+        say(format!("search {hi}/s: {}", verdict(&s)));
         let flat = s.flat;
         steps.push(s);
         if flat {
@@ -1012,10 +1036,7 @@ async fn search(known: &[Sustained], seconds: u64) -> anyhow::Result<(u32, Vec<S
             break;
         }
         let s = sustained(mid, seconds).await?;
-        say(format!(
-            "search {mid}/s: {}",
-            verdict(&s)
-        ));
+        say(format!("search {mid}/s: {}", verdict(&s)));
         if s.flat {
             lo = mid;
         } else {
@@ -1026,8 +1047,11 @@ async fn search(known: &[Sustained], seconds: u64) -> anyhow::Result<(u32, Vec<S
     Ok((lo, steps))
 }
 
-/// A transaction holds the xmin horizon back for `hold_secs`; backlogs of 200,000 rows are
-/// drained by `outboxd run` before, during (several times) and after.
+/// A transaction holds the xmin horizon back for `hold_secs` while `outboxd run` drains
+/// bursts of 200,000 rows: three before, one every 30 s during the hold, three after it
+/// ends (after a first, unreported, warm-up burst). Each burst is one statement; its clock starts when it commits and stops when the
+/// relay has marked all of it. Every deleted row stays as a dead tuple (and a dead index
+/// entry) until the hold ends: 20 bursts leave 4,000,000.
 async fn bloat(hold_secs: u64) -> anyhow::Result<Vec<BloatBurst>> {
     let w = World::new().await?;
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -1042,56 +1066,71 @@ async fn bloat(hold_secs: u64) -> anyhow::Result<Vec<BloatBurst>> {
         .env_remove("RUST_LOG")
         .spawn()?;
     let burst = 200_000u64;
-    let mut marked_before = 0.0;
+    let mut marked = 0.0;
     let mut out = Vec::new();
-    let hold_start = Instant::now();
-    let mut holder: Option<sqlx::PgConnection> = None;
-    let mut plan: Vec<(&str, f64)> = vec![("before", 0.0)];
-    let steps = 4;
-    for i in 0..steps {
-        plan.push(("during", hold_secs as f64 * i as f64 / steps as f64));
-    }
-    plan.push(("after", hold_secs as f64));
-    for (phase, at) in plan {
-        if phase == "during" && holder.is_none() {
-            let mut conn = w.pool.acquire().await?.detach();
-            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                .execute(&mut conn)
-                .await?;
-            sqlx::query("SELECT pg_current_xact_id(), count(*) FROM outbox")
-                .execute(&mut conn)
-                .await?;
-            holder = Some(conn);
-        }
-        if phase != "before" {
-            let wait = Duration::from_secs_f64(at).saturating_sub(hold_start.elapsed());
-            tokio::time::sleep(wait).await;
-        }
-        if phase == "after"
-            && let Some(mut conn) = holder.take()
-        {
-            sqlx::query("COMMIT").execute(&mut conn).await?;
-        }
-        // One statement: the relay (running) sees the burst only when all of it commits.
-        w.prefill_in_chunks(burst, burst).await?;
+    let mut run_burst = async |phase: &str, at: f64| -> anyhow::Result<()> {
+        w.insert_rows(0, burst).await?;
         let t = Instant::now();
         loop {
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
             let m = scrape(&metrics, "outboxd_rows_marked_total")
                 .await
                 .unwrap_or(0.0);
-            if m - marked_before >= burst as f64 {
-                marked_before = m;
+            if m - marked >= burst as f64 {
+                marked = m;
                 break;
             }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(600),
+                "a burst did not drain in 10 minutes"
+            );
         }
         let rate = burst as f64 / t.elapsed().as_secs_f64();
-        say(format!("bloat {phase} at {at:.0} s: {rate:.0} events/s"));
+        let dead: i64 = sqlx::query_scalar(
+            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'outbox'",
+        )
+        .fetch_one(&w.pool)
+        .await
+        .unwrap_or(-1);
+        say(format!(
+            "bloat {phase} at {at:.0} s: {rate:.0} events/s ({dead} dead tuples)"
+        ));
         out.push(BloatBurst {
             phase: phase.into(),
             at_secs: at,
             events_per_sec: rate,
+            dead_tuples: dead,
         });
+        Ok(())
+    };
+    // A first burst warms the relay up (connections, caches); it is not reported.
+    run_burst("warm-up", 0.0).await?;
+    for _ in 0..3 {
+        run_burst("before", 0.0).await?;
+    }
+    let mut holder = w.pool.acquire().await?.detach();
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut holder)
+        .await?;
+    sqlx::query("SELECT pg_current_xact_id(), count(*) FROM outbox")
+        .execute(&mut holder)
+        .await?;
+    let hold_start = Instant::now();
+    let b = bar(hold_secs, "bloat: xmin held");
+    let mut next = 0u64;
+    while next < hold_secs {
+        let wait = Duration::from_secs(next).saturating_sub(hold_start.elapsed());
+        tokio::time::sleep(wait).await;
+        run_burst("during", hold_start.elapsed().as_secs_f64()).await?;
+        b.set_position(hold_start.elapsed().as_secs().min(hold_secs));
+        next += 30;
+    }
+    tokio::time::sleep(Duration::from_secs(hold_secs).saturating_sub(hold_start.elapsed())).await;
+    b.finish_and_clear();
+    sqlx::query("COMMIT").execute(&mut holder).await?;
+    let held = hold_start.elapsed().as_secs_f64();
+    for _ in 0..3 {
+        run_burst("after", held).await?;
     }
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -1180,6 +1219,29 @@ fn summary(r: &Results) -> String {
             "| highest rate with a flat backlog, events/s | {a:.0} written (offered {m}) |\n"
         ));
     }
+    // Sustained rates: medians over the runs, with the spread.
+    let mut rates: Vec<u32> = r.sustained.iter().map(|x| x.offered).collect();
+    rates.sort_unstable();
+    rates.dedup();
+    if !rates.is_empty() {
+        s.push_str("\n| offered/s | runs | achieved/s | p50 ms | p99 ms | p99.9 ms | relay CPU µs/event | flat in every run |\n|---|---|---|---|---|---|---|---|\n");
+    }
+    for rate in rates {
+        let runs: Vec<&Sustained> = r.sustained.iter().filter(|x| x.offered == rate).collect();
+        let st = |f: fn(&Sustained) -> f64| Stat::of(runs.iter().map(|x| f(x)).collect());
+        let spread = |v: Stat| format!("{:.1} ({:.1}–{:.1})", v.median, v.min, v.max);
+        s.push_str(&format!(
+            "| {rate} | {} | {:.0} | {} | {} | {} | {:.2} | {} |\n",
+            runs.len(),
+            st(|x| x.achieved).median,
+            spread(st(|x| x.p50_ms)),
+            spread(st(|x| x.p99_ms)),
+            spread(st(|x| x.p999_ms)),
+            st(|x| x.cpu_us_per_event).median,
+            runs.iter().all(|x| x.flat)
+        ));
+    }
+    s.push_str("\nEvery step, sustained runs and the flat-backlog search:\n");
     s.push_str("\n| offered/s | achieved/s | events/txn | p50 ms | p99 ms | p99.9 ms | max ms | backlog slope/s | verdict | relay CPU µs/event |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut all: Vec<&Sustained> = r.sustained.iter().chain(r.search.iter()).collect();
     all.sort_by_key(|x| x.offered);
@@ -1199,11 +1261,33 @@ fn summary(r: &Results) -> String {
         ));
     }
     if !r.bloat.is_empty() {
-        s.push_str("\n| bloat phase | at s | drain events/s |\n|---|---|---|\n");
+        let phase = |name: &str| {
+            Stat::of(
+                r.bloat
+                    .iter()
+                    .filter(|b| b.phase == name)
+                    .map(|b| b.events_per_sec)
+                    .collect(),
+            )
+        };
+        let (before, during, after) = (phase("before"), phase("during"), phase("after"));
+        s.push_str(&format!(
+            "\nDrain while the xmin horizon is held: before {:.0}/s (median of {}), during {:.0}/s \
+             (median of {}, worst {:.0}), after {:.0}/s. During / before: median {:.2}, worst {:.2}.\n",
+            before.median,
+            before.runs.len(),
+            during.median,
+            during.runs.len(),
+            during.min,
+            after.median,
+            during.median / before.median.max(1e-9),
+            during.min / before.median.max(1e-9),
+        ));
+        s.push_str("\n| bloat phase | at s | drain events/s | dead tuples |\n|---|---|---|---|\n");
         for b in &r.bloat {
             s.push_str(&format!(
-                "| {} | {:.0} | {:.0} |\n",
-                b.phase, b.at_secs, b.events_per_sec
+                "| {} | {:.0} | {:.0} | {} |\n",
+                b.phase, b.at_secs, b.events_per_sec, b.dead_tuples
             ));
         }
     }
