@@ -538,7 +538,19 @@ async fn a_rate_limit_of_500_per_second_holds_within_ten_percent() {
     )
     .await
     .unwrap();
+    // Held back by the limit (4,000 rows at 500/s take 8 s), the oldest rows age; the
+    // relay reports their age from memory (outboxd_oldest_pending_age_seconds).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let age = r
+        .poller_stats()
+        .await
+        .unwrap()
+        .and_then(|s| s.oldest_pending_age_secs)
+        .expect("rows pending");
+    assert!((2.5..60.0).contains(&age), "oldest pending age {age}");
     assert!(drained(&db, Duration::from_secs(60)).await);
+    let after = r.poller_stats().await.unwrap().unwrap();
+    assert_eq!(after.oldest_pending_age_secs, None, "nothing pending");
     r.shutdown().await.unwrap();
     let mut times = acks.lock().unwrap().clone();
     times.sort();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::Shared;
 use crate::config::OnPublish;
@@ -73,12 +73,6 @@ impl Actor for Cleanup {
                 }
             }
             Err(e) => warn!(error = %e, "Cleanup failed; next run will try again."),
-        }
-        match store::oldest_pending_age_secs(&shared.pool).await {
-            Ok(age) => {
-                metrics::gauge!("outboxd_oldest_pending_age_seconds").set(age.unwrap_or(0.0))
-            }
-            Err(e) => debug!(error = %e, "Cannot read the oldest pending row."),
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::RngExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::poller::PollerMsg;
 use super::supervisor::SupervisorMsg;
@@ -201,16 +201,29 @@ impl Actor for Retry {
                 shared.health.set_db_up(true);
                 match decision {
                     Decision::Retry { attempts, after } => {
-                        info!(
-                            aggregate = %row.aggregate_id,
-                            id = row.id,
-                            class = failure.class,
-                            attempts,
-                            retry_in_ms = after.as_millis() as u64,
-                            counted,
-                            error = %failure.message,
-                            "Publish failed; will retry."
-                        );
+                        // A failure of the row's own is worth a line; one that every row
+                        // in flight shares (the broker is away) is not, per row: the
+                        // producer and the readiness probe say so once.
+                        if counted {
+                            info!(
+                                aggregate = %row.aggregate_id,
+                                id = row.id,
+                                class = failure.class,
+                                attempts,
+                                retry_in_ms = after.as_millis() as u64,
+                                error = %failure.message,
+                                "Publish failed; will retry."
+                            );
+                        } else {
+                            debug!(
+                                aggregate = %row.aggregate_id,
+                                id = row.id,
+                                class = failure.class,
+                                retry_in_ms = after.as_millis() as u64,
+                                error = %failure.message,
+                                "Publish failed with the broker away; will retry."
+                            );
+                        }
                         let mut next = (*row).clone();
                         next.attempts = attempts;
                         next.tries += 1;

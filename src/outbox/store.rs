@@ -446,14 +446,3 @@ pub async fn delete_resolved_dead_letters(
     check_fence(fence, held)?;
     Ok(n as u64)
 }
-
-/// Age in seconds of the oldest pending row, if any.
-pub async fn oldest_pending_age_secs(pool: &sqlx::PgPool) -> Result<Option<f64>, sqlx::Error> {
-    count_query();
-    sqlx::query_scalar(
-        "SELECT extract(epoch FROM now() - created_at)::float8 FROM outbox \
-         WHERE published_at IS NULL ORDER BY id LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await
-}

@@ -202,6 +202,13 @@ pub struct Results {
     pub ceiling_produce: Option<Stat>,
     /// CPU per record of raw produce (librdkafka and the loop feeding it), µs.
     pub ceiling_produce_cpu_us: Option<Stat>,
+    /// A minimal relay: the same reads, records and deletes in one loop, without per-
+    /// aggregate order, actors or gap tracking; rows/s.
+    #[serde(default)]
+    pub ceiling_minimal: Option<Stat>,
+    /// Its CPU per row, µs.
+    #[serde(default)]
+    pub ceiling_minimal_cpu_us: Option<Stat>,
     /// Each drain.
     pub drains: Vec<Drain>,
     /// Drain rate.
@@ -347,6 +354,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         ceiling_postgres_cpu_us: None,
         ceiling_produce: None,
         ceiling_produce_cpu_us: None,
+        ceiling_minimal: None,
+        ceiling_minimal_cpu_us: None,
         drains: Vec::new(),
         drain_events_per_sec: None,
         drain_cpu_us_per_event: None,
@@ -373,6 +382,12 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
             push(&mut r.ceiling_postgres, pg);
             push(&mut r.ceiling_produce, kafka);
             push(&mut r.ceiling_produce_cpu_us, kafka_cpu);
+            let (minimal, minimal_cpu) = ceiling_minimal(plan.rows).await?;
+            say(format!(
+                "run {run}: minimal relay {minimal:.0} rows/s, {minimal_cpu:.2} µs CPU/row"
+            ));
+            push(&mut r.ceiling_minimal, minimal);
+            push(&mut r.ceiling_minimal_cpu_us, minimal_cpu);
         }
         if plan.has("drain") {
             let d = drain(plan.rows).await?;
@@ -645,6 +660,120 @@ async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
     let acked = counter.acked.load(Ordering::Relaxed);
     let rate = acked as f64 / t.elapsed().as_secs_f64();
     let cpu_us = (proc_cpu_secs(std::process::id()) - cpu0) * 1e6 / acked as f64;
+    b.finish_and_clear();
+    drop(producer);
+    w.close().await;
+    Ok((rate, cpu_us))
+}
+
+/// Acknowledged row ids, for the minimal relay.
+#[derive(Default)]
+struct AckedIds {
+    ids: Mutex<Vec<i64>>,
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl DeliveryTarget for AckedIds {
+    fn delivered(&self, index: usize, result: Result<(), rdkafka::error::KafkaError>) {
+        match result {
+            Ok(()) => {
+                self.ids.lock().expect("ids").push(index as i64);
+                self.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A minimal relay, as a yardstick for what outboxd's ordering and supervision cost: one
+/// loop reads pending rows after a cursor (the relay's statement), turns each into the
+/// relay's record (`build_record`: every header) and sends it through the relay's
+/// producer configuration, at most `relay.max_in_flight` unacknowledged; a second task
+/// deletes acknowledged rows in batches (the relay's fenced delete). No per-aggregate
+/// order, no gap tracking, no actors. Rows per second, and this process's CPU per row.
+async fn ceiling_minimal(rows: u64) -> anyhow::Result<(f64, f64)> {
+    let w = World::new().await?;
+    w.prefill(rows).await?;
+    let cfg = w.config();
+    let epoch = store::acquire_lease(&w.pool, RELAY_LEASE, "bench", 600_000)
+        .await?
+        .expect("lease");
+    let fence = Fence {
+        name: RELAY_LEASE.into(),
+        owner: "bench".into(),
+        epoch,
+    };
+    let ack_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            outboxd::db::connect_options(&cfg.database)?.options([("synchronous_commit", "off")]),
+        )
+        .await?;
+    let health = Arc::new(outboxd::health::Health::default());
+    let producer = outboxd::kafka::create_producer(&cfg.kafka, health)?;
+    let max_in_flight = u64::from(cfg.relay.max_in_flight);
+    let acks = Arc::new(AckedIds::default());
+    let target: Arc<dyn DeliveryTarget> = acks.clone();
+    let b = bar(rows, "ceiling: minimal relay");
+    let t = Instant::now();
+    let cpu0 = proc_cpu_secs(std::process::id());
+    let done = Arc::new(AtomicBool::new(false));
+    let deleter = {
+        let (acks, done, b) = (acks.clone(), done.clone(), b.clone());
+        tokio::spawn(async move {
+            let mut deleted = 0u64;
+            loop {
+                let ids = std::mem::take(&mut *acks.ids.lock().expect("ids"));
+                if ids.is_empty() {
+                    if done.load(Ordering::Acquire) && deleted >= rows {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                deleted += store::mark_published(&ack_pool, &fence, &ids, OnPublish::Delete)
+                    .await
+                    .expect("delete");
+                b.set_position(deleted);
+            }
+            deleted
+        })
+    };
+    let mut cursor = 0;
+    let mut sent = 0u64;
+    loop {
+        let batch = store::fetch_after_and_in_ranges(&w.pool, cursor, &[], 1_000).await?;
+        let Some(last) = batch.last() else { break };
+        cursor = last.id;
+        for row in &batch {
+            while sent - acks.acked.load(Ordering::Relaxed) - acks.failed.load(Ordering::Relaxed)
+                >= max_in_flight
+            {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            let record = outboxd::kafka::build_record(row)
+                .map_err(|f| anyhow::anyhow!("record: {}", f.message))?;
+            let token = Box::new(DeliveryToken {
+                target: target.clone(),
+                index: row.id as usize,
+            });
+            producer
+                .send(record.into_base_record(token))
+                .map_err(|(e, _)| anyhow::anyhow!("send: {e}"))?;
+            sent += 1;
+        }
+    }
+    done.store(true, Ordering::Release);
+    let deleted = deleter.await?;
+    anyhow::ensure!(
+        acks.failed.load(Ordering::Relaxed) == 0,
+        "minimal relay: deliveries failed"
+    );
+    let rate = deleted as f64 / t.elapsed().as_secs_f64();
+    let cpu_us = (proc_cpu_secs(std::process::id()) - cpu0) * 1e6 / deleted as f64;
     b.finish_and_clear();
     drop(producer);
     w.close().await;
@@ -1180,9 +1309,25 @@ fn summary(r: &Results) -> String {
         ));
     }
     s.push_str(&format!(
+        "| ceiling: minimal relay (same SQL and records, no ordering), rows/s | {} |\n",
+        f(&r.ceiling_minimal)
+    ));
+    if let Some(c) = &r.ceiling_minimal_cpu_us {
+        s.push_str(&format!(
+            "| minimal relay CPU per row, µs | {:.2} (min {:.2}, max {:.2}) |\n",
+            c.median, c.min, c.max
+        ));
+    }
+    s.push_str(&format!(
         "| drain by `outboxd run`, events/s | {} |\n",
         f(&r.drain_events_per_sec)
     ));
+    if let (Some(d), Some(m)) = (&r.drain_events_per_sec, &r.ceiling_minimal) {
+        s.push_str(&format!(
+            "| drain / minimal relay | {:.2} |\n",
+            d.median / m.median.max(1e-9)
+        ));
+    }
     if let (Some(d), Some(pg), Some(k)) = (
         &r.drain_events_per_sec,
         &r.ceiling_postgres,
