@@ -88,6 +88,9 @@ pub enum PollerMsg {
     Dispatch,
     /// Re-read everything pending (dead letters replayed or discarded).
     Rescan,
+    /// The rescan's query came back: pending ids below the cursor it had then (or the
+    /// error).
+    RescanFound(Result<Vec<i64>, sqlx::Error>),
     /// A publisher's batch outcome.
     Completed(Completion),
     /// The retry actor's decision: try the row again at `at`.
@@ -311,6 +314,9 @@ pub struct PollerState {
     _listener: AbortOnDrop,
     next_rescan: Instant,
     rescan_requested: bool,
+    /// The rescan's query, running beside the poller (it walks the whole pending index,
+    /// which takes seconds while vacuum is held back): aborted with the poller.
+    rescan_task: Option<AbortOnDrop>,
     db_failures: u32,
     db_retry_at: Option<Instant>,
     reports: u64,
@@ -363,6 +369,7 @@ impl Actor for Poller {
             _listener: AbortOnDrop(listener),
             next_rescan: Instant::now() + rescan,
             rescan_requested: false,
+            rescan_task: None,
             db_failures: 0,
             db_retry_at: None,
             reports: 0,
@@ -395,6 +402,23 @@ impl Actor for Poller {
             PollerMsg::Rescan => {
                 st.rescan_requested = true;
                 st.cycle(&myself).await;
+            }
+            PollerMsg::RescanFound(found) => {
+                st.rescan_task = None;
+                match found {
+                    Ok(pending) => match st.rescan_found(pending).await {
+                        Ok(n) => metrics::counter!("outboxd_rows_read_total").increment(n as u64),
+                        Err(e) => {
+                            warn!(error = %e, "Rescan could not read the rows it found; retrying.");
+                            st.rescan_requested = true;
+                        }
+                    },
+                    Err(e) => {
+                        warn!(error = %e, "Rescan failed; retrying.");
+                        st.rescan_requested = true;
+                    }
+                }
+                st.dispatch(&myself);
             }
             PollerMsg::Completed(c) => {
                 st.reports += 1;
@@ -624,16 +648,19 @@ impl PollerState {
             self.more = true;
         }
 
-        if self.rescan_requested || Instant::now() >= self.next_rescan {
-            loaded += self.rescan().await?;
+        if (self.rescan_requested || Instant::now() >= self.next_rescan)
+            && self.rescan_task.is_none()
+        {
+            self.start_rescan(myself).await?;
         }
         metrics::counter!("outboxd_rows_read_total").increment(loaded as u64);
         Ok(loaded)
     }
 
-    /// Re-reads every pending row below the cursor and loads those the poller does not
-    /// hold: rows of aggregates released by an operator, and anything a gap missed.
-    async fn rescan(&mut self) -> Result<usize, sqlx::Error> {
+    /// Starts the rescan: every pending row below the cursor that the poller does not hold
+    /// (rows of aggregates released by an operator, and anything a gap missed). The query
+    /// runs beside the poller; [`PollerState::rescan_found`] takes its answer.
+    async fn start_rescan(&mut self, myself: &ActorRef<PollerMsg>) -> Result<(), sqlx::Error> {
         let pool = self.shared.pool.clone();
         self.rescan_requested = false;
         self.next_rescan =
@@ -641,10 +668,26 @@ impl PollerState {
         if self.shared.config.relay.dead_letter_policy == DeadLetterPolicy::Hold {
             self.held = store::held_aggregates(&pool).await?.into_iter().collect();
         }
-        // Acknowledged rows the acker has not marked yet look pending: have it write them.
+        let skip: Vec<String> = self.held.iter().cloned().collect();
+        let upto = self.cursor;
+        let poller = myself.clone();
+        self.rescan_task = Some(AbortOnDrop(tokio::spawn(async move {
+            let found = store::pending_ids_upto(&pool, upto, &skip).await;
+            let _ = poller.send_message(PollerMsg::RescanFound(found));
+        })));
+        Ok(())
+    }
+
+    /// The rescan's answer: loads the pending rows the poller does not hold.
+    async fn rescan_found(&mut self, pending: Vec<i64>) -> Result<usize, sqlx::Error> {
         let Some(wiring) = &self.wiring else {
             return Ok(0);
         };
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // Rows acknowledged since (or before) the query may still wait for the acker and
+        // look pending: have it write them now, so that the read below skips them.
         match ractor::call_t!(wiring.acker, AckerMsg::Flush, 10_000) {
             Ok(true) => {}
             _ => {
@@ -653,7 +696,6 @@ impl PollerState {
                 return Ok(0);
             }
         }
-        let pending = store::pending_ids_upto(&pool, self.cursor).await?;
         let mut known: HashSet<i64> = self
             .aggs
             .values()
@@ -673,13 +715,16 @@ impl PollerState {
         );
         let missing: Vec<i64> = pending
             .into_iter()
-            .filter(|(id, agg)| !known.contains(id) && !self.held.contains(agg))
-            .map(|(id, _)| id)
+            .filter(|id| !known.contains(id))
             .collect();
         if missing.is_empty() {
             return Ok(0);
         }
+        let pool = self.shared.pool.clone();
         let rows = store::fetch_ids(&pool, &missing).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
         let gap_rows = rows.iter().filter(|r| self.gaps.contains(r.id)).count();
         info!(
             rows = rows.len(),

@@ -190,16 +190,19 @@ pub async fn fetch_ids(pool: &sqlx::PgPool, ids: &[i64]) -> Result<Vec<OutboxRow
     .await
 }
 
-/// Ids and aggregates of all pending rows with `id <= upto`.
+/// Ids of all pending rows with `id <= upto`, except those of the `skip` aggregates.
 pub async fn pending_ids_upto(
     pool: &sqlx::PgPool,
     upto: i64,
-) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    skip: &[String],
+) -> Result<Vec<i64>, sqlx::Error> {
     count_query();
-    sqlx::query_as(
-        "SELECT id, aggregate_id FROM outbox WHERE published_at IS NULL AND id <= $1 ORDER BY id",
+    sqlx::query_scalar(
+        "SELECT id FROM outbox WHERE published_at IS NULL AND id <= $1 \
+         AND NOT (aggregate_id = ANY($2)) ORDER BY id",
     )
     .bind(upto)
+    .bind(skip)
     .fetch_all(pool)
     .await
 }
