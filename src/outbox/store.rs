@@ -142,6 +142,27 @@ async fn fetch_rows_after(
     .await
 }
 
+/// The statement of [`fetch_after_and_in_ranges`]: `$1` the cursor, `$2`/`$3` the gaps'
+/// bounds, `$4` the limit. Each gap is read by its own index range scan (`LATERAL`): with
+/// a plain join PostgreSQL walked the pending index from its lowest id, filtering by the
+/// ranges — the whole backlog, and with vacuum held back every dead entry too, on every
+/// read while a gap was open.
+#[doc(hidden)]
+pub const FETCH_AFTER_AND_IN_RANGES: &str = "SELECT * FROM ( \
+       (SELECT o.* FROM UNNEST($2::int8[], $3::int8[]) AS r(lo, hi) \
+        CROSS JOIN LATERAL \
+          (SELECT id, aggregate_type, aggregate_id, event_type, topic, payload::text AS payload, \
+                  payload_bytes, NULLIF(headers, '{}')::text AS headers, event_id, created_at, \
+                  attempts \
+           FROM outbox WHERE id BETWEEN r.lo AND r.hi AND published_at IS NULL \
+           ORDER BY id LIMIT $4) AS o \
+        ORDER BY o.id LIMIT $4) \
+       UNION ALL \
+       (SELECT id, aggregate_type, aggregate_id, event_type, topic, payload::text, \
+               payload_bytes, NULLIF(headers, '{}')::text, event_id, created_at, attempts \
+        FROM outbox WHERE published_at IS NULL AND id > $1 ORDER BY id LIMIT $4) \
+     ) AS pending ORDER BY id LIMIT $4";
+
 /// The `limit` oldest pending rows that either have `id > after` or fall in one of the
 /// inclusive ranges `[lo, hi]` (all below `after`), in one statement — one snapshot — so
 /// that the rows of a transaction that committed late are read in id order, those below
@@ -157,26 +178,13 @@ pub async fn fetch_after_and_in_ranges(
         return fetch_rows_after(pool, after, limit).await;
     }
     let (lo, hi): (Vec<i64>, Vec<i64>) = ranges.iter().copied().unzip();
-    sqlx::query_as(
-        "SELECT * FROM ( \
-           (SELECT o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, \
-                   o.payload::text AS payload, o.payload_bytes, NULLIF(o.headers, '{}')::text AS headers, \
-                   o.event_id, o.created_at, o.attempts \
-            FROM UNNEST($2::int8[], $3::int8[]) AS r(lo, hi) \
-            JOIN outbox o ON o.id BETWEEN r.lo AND r.hi AND o.published_at IS NULL \
-            ORDER BY o.id LIMIT $4) \
-           UNION ALL \
-           (SELECT id, aggregate_type, aggregate_id, event_type, topic, payload::text, \
-                   payload_bytes, NULLIF(headers, '{}')::text, event_id, created_at, attempts \
-            FROM outbox WHERE published_at IS NULL AND id > $1 ORDER BY id LIMIT $4) \
-         ) AS pending ORDER BY id LIMIT $4",
-    )
-    .bind(after)
-    .bind(&lo)
-    .bind(&hi)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    sqlx::query_as(FETCH_AFTER_AND_IN_RANGES)
+        .bind(after)
+        .bind(&lo)
+        .bind(&hi)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }
 
 /// Pending rows by id, oldest first.
