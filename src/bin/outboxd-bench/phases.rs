@@ -136,6 +136,93 @@ pub struct Drain {
     pub peak_rss_mb: f64,
     /// Statements the relay sent per 1,000 events.
     pub db_round_trips_per_1000: f64,
+    /// Where the machine's CPU went meanwhile.
+    #[serde(default)]
+    pub cpu: Option<CpuUse>,
+}
+
+/// Where the machine's CPU went during a measurement: cores used by each kind of process
+/// (the relay `outboxd`, PostgreSQL's processes, Tansu, the benchmark itself with its
+/// writers or in-process relay, everything else) and the share of the machine that was busy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// Cores used, by process kind.
+    pub cores: std::collections::BTreeMap<String, f64>,
+    /// Busy share of all CPUs (not idle, not waiting for I/O), %.
+    pub busy_pct: f64,
+}
+
+/// CPU ticks of every process, and the machine's, at one moment.
+struct ProcCpu {
+    at: Instant,
+    machine: CpuTicks,
+    procs: std::collections::HashMap<u32, (String, u64)>,
+}
+
+impl ProcCpu {
+    fn now() -> ProcCpu {
+        let mut procs = std::collections::HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                    continue;
+                };
+                let comm = stat
+                    .split_once('(')
+                    .and_then(|(_, r)| r.rsplit_once(')'))
+                    .map(|(c, _)| c.to_string())
+                    .unwrap_or_default();
+                let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                procs.insert(pid, (comm, ticks));
+            }
+        }
+        ProcCpu {
+            at: Instant::now(),
+            machine: CpuTicks::now(),
+            procs,
+        }
+    }
+
+    /// Cores used by each kind of process since `self` (processes that ended meanwhile are
+    /// not counted; ones that started are counted whole).
+    fn used_since(&self) -> CpuUse {
+        let now = ProcCpu::now();
+        let secs = now.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let mut cores = std::collections::BTreeMap::new();
+        for (pid, (comm, ticks)) in &now.procs {
+            let before = self
+                .procs
+                .get(pid)
+                .filter(|(c, _)| c == comm)
+                .map(|(_, t)| *t)
+                .unwrap_or(0);
+            let kind = match comm.as_str() {
+                "outboxd" => "relay (outboxd)",
+                "postgres" => "PostgreSQL",
+                "tansu" => "Tansu",
+                c if c.starts_with("outboxd-bench") => "benchmark process",
+                _ => "other",
+            };
+            *cores.entry(kind.to_string()).or_insert(0.0) +=
+                ticks.saturating_sub(before) as f64 / hz / secs;
+        }
+        let total = now.machine.total.saturating_sub(self.machine.total).max(1) as f64;
+        let idle = now.machine.idle.saturating_sub(self.machine.idle) as f64;
+        CpuUse {
+            cores,
+            busy_pct: 100.0 * (1.0 - idle / total),
+        }
+    }
 }
 
 /// One offered rate.
@@ -169,6 +256,9 @@ pub struct Sustained {
     pub cpu_us_per_event: f64,
     /// Events measured.
     pub events: u64,
+    /// Where the machine's CPU went in the measured window.
+    #[serde(default)]
+    pub cpu: Option<CpuUse>,
 }
 
 /// Drain rate while the xmin horizon is held.
@@ -229,7 +319,72 @@ pub struct Results {
     pub max_flat_achieved: Option<f64>,
     /// Bloat bursts.
     pub bloat: Vec<BloatBurst>,
+    /// Share of the machine's CPU time the hypervisor gave to other guests ("steal" in
+    /// `/proc/stat`) during each measurement, %: how noisy the shared machine was.
+    #[serde(default)]
+    pub steal: Vec<Steal>,
 }
+
+/// CPU time stolen during one measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Steal {
+    /// The measurement.
+    pub what: String,
+    /// Stolen share of all CPU time, %.
+    pub pct: f64,
+}
+
+/// The machine's CPU time counters (`/proc/stat`, all CPUs): total and stolen ticks.
+#[derive(Debug, Clone, Copy)]
+struct CpuTicks {
+    total: u64,
+    steal: u64,
+    /// Idle and waiting for I/O.
+    idle: u64,
+}
+
+impl CpuTicks {
+    fn now() -> CpuTicks {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let f: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+        // already counted in user.
+        CpuTicks {
+            total: f.iter().take(8).sum(),
+            steal: f.get(7).copied().unwrap_or(0),
+            idle: f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0),
+        }
+    }
+
+    /// Stolen share of the CPU time since `self`, %.
+    fn steal_pct_since(self) -> f64 {
+        let n = CpuTicks::now();
+        let total = n.total.saturating_sub(self.total).max(1);
+        100.0 * n.steal.saturating_sub(self.steal) as f64 / total as f64
+    }
+
+    /// Records (and prints) the stolen share since `self` for `what`.
+    fn note(self, what: impl Into<String>) {
+        let what = what.into();
+        let pct = self.steal_pct_since();
+        if pct >= 1.0 {
+            say(format!(
+                "{what}: {pct:.0} % of CPU time stolen by the hypervisor"
+            ));
+        }
+        STEAL.lock().expect("steal").push(Steal { what, pct });
+    }
+}
+
+/// Every measurement's stolen CPU share, in order.
+static STEAL: Mutex<Vec<Steal>> = Mutex::new(Vec::new());
 
 fn bar(len: u64, what: &str) -> ProgressBar {
     let b = ProgressBar::new(len);
@@ -366,8 +521,10 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         max_flat_rate: None,
         max_flat_achieved: None,
         bloat: Vec::new(),
+        steal: Vec::new(),
     };
     say(format!("plan: {}", serde_json::to_string(&plan)?));
+
     for run in 0..plan.runs {
         if plan.has("ceilings") {
             let (pg, pg_cpu) = ceiling_postgres(plan.rows).await?;
@@ -449,6 +606,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
     if plan.has("bloat") {
         r.bloat = bloat(plan.bloat_hold_secs).await?;
     }
+    r.steal = std::mem::take(&mut *STEAL.lock().expect("steal"));
     let json = serde_json::to_string_pretty(&r)?;
     std::fs::write(plan.out.join("results.json"), &json)?;
     write_report(&r, &plan.out)
@@ -556,6 +714,7 @@ async fn ceiling_postgres(rows: u64) -> anyhow::Result<(f64, f64)> {
     let bb = b.clone();
     let t = Instant::now();
     let cpu0 = proc_cpu_secs(std::process::id());
+    let ticks = CpuTicks::now();
     let deleter = tokio::spawn(async move {
         let mut n = 0u64;
         while let Some(mut ids) = rx.recv().await {
@@ -581,6 +740,7 @@ async fn ceiling_postgres(rows: u64) -> anyhow::Result<(f64, f64)> {
     }
     drop(tx);
     let n = deleter.await?;
+    ticks.note("ceiling: raw PostgreSQL drain");
     let rate = n as f64 / t.elapsed().as_secs_f64();
     let cpu_us = (proc_cpu_secs(std::process::id()) - cpu0) * 1e6 / n as f64;
     b.finish_and_clear();
@@ -600,6 +760,7 @@ async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
     let b = bar(rows, "ceiling: raw produce");
     let t = Instant::now();
     let cpu0 = proc_cpu_secs(std::process::id());
+    let ticks = CpuTicks::now();
     let counter = Arc::new(AckCounter::default());
     let max_in_flight = u64::from(Config::default().relay.max_in_flight);
     let target: Arc<dyn DeliveryTarget> = counter.clone();
@@ -658,6 +819,7 @@ async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
         "raw produce: deliveries failed"
     );
     let acked = counter.acked.load(Ordering::Relaxed);
+    ticks.note("ceiling: raw produce");
     let rate = acked as f64 / t.elapsed().as_secs_f64();
     let cpu_us = (proc_cpu_secs(std::process::id()) - cpu0) * 1e6 / acked as f64;
     b.finish_and_clear();
@@ -720,6 +882,7 @@ async fn ceiling_minimal(rows: u64) -> anyhow::Result<(f64, f64)> {
     let b = bar(rows, "ceiling: minimal relay");
     let t = Instant::now();
     let cpu0 = proc_cpu_secs(std::process::id());
+    let ticks = CpuTicks::now();
     let done = Arc::new(AtomicBool::new(false));
     let deleter = {
         let (acks, done, b) = (acks.clone(), done.clone(), b.clone());
@@ -772,6 +935,7 @@ async fn ceiling_minimal(rows: u64) -> anyhow::Result<(f64, f64)> {
         acks.failed.load(Ordering::Relaxed) == 0,
         "minimal relay: deliveries failed"
     );
+    ticks.note("ceiling: minimal relay");
     let rate = deleted as f64 / t.elapsed().as_secs_f64();
     let cpu_us = (proc_cpu_secs(std::process::id()) - cpu0) * 1e6 / deleted as f64;
     b.finish_and_clear();
@@ -858,6 +1022,8 @@ async fn drain(rows: u64) -> anyhow::Result<Drain> {
     let pid = child.id();
     let b = bar(rows, "drain by outboxd run");
     let t = Instant::now();
+    let ticks = CpuTicks::now();
+    let procs = ProcCpu::now();
     let marked = loop {
         tokio::time::sleep(Duration::from_millis(25)).await;
         let m = scrape(&metrics, "outboxd_rows_marked_total")
@@ -872,6 +1038,8 @@ async fn drain(rows: u64) -> anyhow::Result<Drain> {
         }
     };
     let secs = t.elapsed().as_secs_f64();
+    ticks.note("drain");
+    let cpu_use = procs.used_since();
     let cpu = proc_cpu_secs(pid);
     let rss = proc_peak_rss_mb(pid);
     let queries = scrape(&metrics, "outboxd_db_queries_total")
@@ -891,6 +1059,7 @@ async fn drain(rows: u64) -> anyhow::Result<Drain> {
         cpu_us_per_event: cpu * 1e6 / marked as f64,
         peak_rss_mb: rss,
         db_round_trips_per_1000: queries * 1000.0 / marked as f64,
+        cpu: Some(cpu_use),
     })
 }
 
@@ -983,6 +1152,8 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
     tokio::time::sleep(warmup).await;
     let window_start = Instant::now();
     let cpu0 = relay_threads_cpu_secs();
+    let ticks = CpuTicks::now();
+    let procs = ProcCpu::now();
     let written0 = written.load(Ordering::Relaxed);
     let mut backlog = Vec::new();
     for s in 0..seconds {
@@ -996,7 +1167,20 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
         tokio::time::sleep_until(next.into()).await;
     }
     let window = window_start.elapsed();
+    ticks.note(format!("sustained {rate}/s"));
+    let mut cpu_use = procs.used_since();
     let cpu1 = relay_threads_cpu_secs();
+    // The relay runs inside the benchmark process here: split its threads out.
+    let relay_cores = (cpu1 - cpu0) / window.as_secs_f64();
+    if let Some(bench) = cpu_use.cores.remove("benchmark process") {
+        cpu_use
+            .cores
+            .insert("relay (in-process threads)".into(), relay_cores);
+        cpu_use.cores.insert(
+            "writers (rest of the benchmark process)".into(),
+            (bench - relay_cores).max(0.0),
+        );
+    }
     let written1 = written.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let mut commits = Vec::new();
@@ -1056,6 +1240,7 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
         flat: slope < 0.01 * achieved && missing == 0 && achieved >= 0.95 * f64::from(rate),
         cpu_us_per_event: (cpu1 - cpu0) * 1e6 / relay_events as f64,
         events: in_window,
+        cpu: Some(cpu_use),
     };
     w.close().await;
     Ok(result)
@@ -1200,6 +1385,7 @@ async fn bloat(hold_secs: u64) -> anyhow::Result<Vec<BloatBurst>> {
     let mut run_burst = async |phase: &str, at: f64| -> anyhow::Result<()> {
         w.insert_rows(0, burst).await?;
         let t = Instant::now();
+        let ticks = CpuTicks::now();
         loop {
             tokio::time::sleep(Duration::from_millis(10)).await;
             let m = scrape(&metrics, "outboxd_rows_marked_total")
@@ -1215,6 +1401,7 @@ async fn bloat(hold_secs: u64) -> anyhow::Result<Vec<BloatBurst>> {
             );
         }
         let rate = burst as f64 / t.elapsed().as_secs_f64();
+        ticks.note(format!("bloat {phase} burst"));
         let dead: i64 = sqlx::query_scalar(
             "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'outbox'",
         )
@@ -1287,6 +1474,16 @@ fn summary(r: &Results) -> String {
     };
     s.push_str(&format!("# outboxd benchmark ({} mode)\n\n", r.plan.mode));
     s.push_str(&format!("machine: {}\n\n", r.machine));
+    if !r.steal.is_empty() {
+        let st = Stat::of(r.steal.iter().map(|x| x.pct).collect());
+        s.push_str(&format!(
+            "CPU time stolen by the hypervisor during the measurements: median {:.1} % (min {:.1}, max {:.1}, n={}); per measurement in results.json.\n\n",
+            st.median,
+            st.min,
+            st.max,
+            st.runs.len()
+        ));
+    }
     s.push_str("| measure | median (spread) |\n|---|---|\n");
     s.push_str(&format!(
         "| ceiling: raw PostgreSQL drain, rows/s | {} |\n",
@@ -1363,6 +1560,54 @@ fn summary(r: &Results) -> String {
         s.push_str(&format!(
             "| highest rate with a flat backlog, events/s | {a:.0} written (offered {m}) |\n"
         ));
+    }
+    // Where the CPU went: medians over the runs of each measurement.
+    let mut cpu_rows: Vec<(String, Vec<&CpuUse>)> = Vec::new();
+    let drains: Vec<&CpuUse> = r.drains.iter().filter_map(|d| d.cpu.as_ref()).collect();
+    if !drains.is_empty() {
+        cpu_rows.push(("drain".into(), drains));
+    }
+    let mut cpu_rates: Vec<u32> = r.sustained.iter().map(|x| x.offered).collect();
+    cpu_rates.sort_unstable();
+    cpu_rates.dedup();
+    for rate in cpu_rates {
+        let u: Vec<&CpuUse> = r
+            .sustained
+            .iter()
+            .filter(|x| x.offered == rate)
+            .filter_map(|x| x.cpu.as_ref())
+            .collect();
+        if !u.is_empty() {
+            cpu_rows.push((format!("sustained {rate}/s"), u));
+        }
+    }
+    if !cpu_rows.is_empty() {
+        let mut kinds: Vec<String> = cpu_rows
+            .iter()
+            .flat_map(|(_, uses)| uses.iter().flat_map(|u| u.cores.keys().cloned()))
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        s.push_str("\nWhere the CPU went, in cores (medians over the runs):\n\n| measurement | machine busy % |");
+        for k in &kinds {
+            s.push_str(&format!(" {k} |"));
+        }
+        s.push_str("\n|---|---|");
+        s.push_str(&"---|".repeat(kinds.len()));
+        s.push('\n');
+        for (label, uses) in &cpu_rows {
+            let busy = Stat::of(uses.iter().map(|u| u.busy_pct).collect()).median;
+            s.push_str(&format!("| {label} | {busy:.0} |"));
+            for k in &kinds {
+                let v = Stat::of(
+                    uses.iter()
+                        .map(|u| u.cores.get(k).copied().unwrap_or(0.0))
+                        .collect(),
+                );
+                s.push_str(&format!(" {:.2} |", v.median));
+            }
+            s.push('\n');
+        }
     }
     // Sustained rates: medians over the runs, with the spread.
     let mut rates: Vec<u32> = r.sustained.iter().map(|x| x.offered).collect();
