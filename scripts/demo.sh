@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+target=${CARGO_TARGET_DIR:-target}
 cargo build --release --bin outboxd
-exec target/release/outboxd demo "$@"
+exec "$target/release/outboxd" demo "$@"
