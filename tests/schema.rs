@@ -239,7 +239,8 @@ async fn reading_rows_in_gaps_visits_the_gaps_not_the_backlog() {
         .await
         .unwrap();
     // Two small gaps near the top of the backlog, the cursor past the last row.
-    let (lo, hi) = (vec![last - 100, last - 10], vec![last - 98, last - 5]);
+    let gaps = [(last - 100, last - 98), (last - 10, last - 5)];
+    let (lo, hi): (Vec<i64>, Vec<i64>) = gaps.iter().copied().unzip();
     // A constant of the crate's, not input: nothing to inject.
     let plan: serde_json::Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN (ANALYZE, FORMAT JSON) {}",
@@ -279,14 +280,9 @@ async fn reading_rows_in_gaps_visits_the_gaps_not_the_backlog() {
         last - first + 1
     );
     // And it returns them, in id order.
-    let rows = store::fetch_after_and_in_ranges(
-        &db.pool,
-        last,
-        &[(last - 100, last - 98), (last - 10, last - 5)],
-        1000,
-    )
-    .await
-    .unwrap();
+    let rows = store::fetch_after_and_in_ranges(&db.pool, last, &gaps, 1000)
+        .await
+        .unwrap();
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let want: Vec<i64> = (last - 100..=last - 98)
         .chain(last - 10..=last - 5)

@@ -148,20 +148,15 @@ async fn fetch_rows_after(
 /// ranges — the whole backlog, and with vacuum held back every dead entry too, on every
 /// read while a gap was open.
 #[doc(hidden)]
-pub const FETCH_AFTER_AND_IN_RANGES: &str = "SELECT * FROM ( \
-       (SELECT o.* FROM UNNEST($2::int8[], $3::int8[]) AS r(lo, hi) \
-        CROSS JOIN LATERAL \
-          (SELECT id, aggregate_type, aggregate_id, event_type, topic, payload::text AS payload, \
-                  payload_bytes, NULLIF(headers, '{}')::text AS headers, event_id, created_at, \
-                  attempts \
-           FROM outbox WHERE id BETWEEN r.lo AND r.hi AND published_at IS NULL \
-           ORDER BY id LIMIT $4) AS o \
-        ORDER BY o.id LIMIT $4) \
-       UNION ALL \
-       (SELECT id, aggregate_type, aggregate_id, event_type, topic, payload::text, \
-               payload_bytes, NULLIF(headers, '{}')::text, event_id, created_at, attempts \
-        FROM outbox WHERE published_at IS NULL AND id > $1 ORDER BY id LIMIT $4) \
-     ) AS pending ORDER BY id LIMIT $4";
+pub const FETCH_AFTER_AND_IN_RANGES: &str = concat!(
+    "SELECT * FROM ( \
+       (SELECT o.* FROM UNNEST($2::int8[], $3::int8[]) AS r(lo, hi) CROSS JOIN LATERAL (",
+    select_rows!("WHERE id BETWEEN r.lo AND r.hi AND published_at IS NULL ORDER BY id LIMIT $4"),
+    ") AS o ORDER BY o.id LIMIT $4) \
+     UNION ALL (",
+    select_rows!("WHERE published_at IS NULL AND id > $1 ORDER BY id LIMIT $4"),
+    ") ) AS pending ORDER BY id LIMIT $4"
+);
 
 /// The `limit` oldest pending rows that either have `id > after` or fall in one of the
 /// inclusive ranges `[lo, hi]` (all below `after`), in one statement — one snapshot — so
