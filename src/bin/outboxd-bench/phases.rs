@@ -170,16 +170,8 @@ impl ProcCpu {
                 let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
                     continue;
                 };
-                let comm = stat
-                    .split_once('(')
-                    .and_then(|(_, r)| r.rsplit_once(')'))
-                    .map(|(c, _)| c.to_string())
-                    .unwrap_or_default();
-                let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                procs.insert(pid, (comm, ticks));
+                let (comm, ticks) = proc_stat(&stat);
+                procs.insert(pid, (comm.to_string(), ticks));
             }
         }
         ProcCpu {
@@ -194,10 +186,7 @@ impl ProcCpu {
     fn used_since(&self) -> CpuUse {
         let now = ProcCpu::now();
         let secs = now.at.duration_since(self.at).as_secs_f64().max(1e-9);
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100) as f64;
+        let hz = clock_ticks_per_sec();
         let mut cores = std::collections::BTreeMap::new();
         for (pid, (comm, ticks)) in &now.procs {
             let before = self
@@ -524,7 +513,6 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         steal: Vec::new(),
     };
     say(format!("plan: {}", serde_json::to_string(&plan)?));
-
     for run in 0..plan.runs {
         if plan.has("ceilings") {
             let (pg, pg_cpu) = ceiling_postgres(plan.rows).await?;
@@ -946,16 +934,29 @@ async fn ceiling_minimal(rows: u64) -> anyhow::Result<(f64, f64)> {
 
 fn proc_cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    proc_stat(&stat).1 as f64 / clock_ticks_per_sec()
+}
+
+/// The command name and the CPU ticks (user + system) of a `/proc/<pid>/stat` line.
+fn proc_stat(stat: &str) -> (&str, u64) {
+    // The command name is in parentheses and may itself hold ')' or spaces.
+    let comm = stat
+        .split_once('(')
+        .and_then(|(_, r)| r.rsplit_once(')'))
+        .map_or("", |(c, _)| c);
+    let rest = stat.rsplit_once(')').map_or("", |x| x.1);
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (comm, ticks)
+}
+
+/// Clock ticks per second of `/proc`'s CPU times.
+fn clock_ticks_per_sec() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .unwrap_or(100) as f64;
-    ticks / hz
+        .unwrap_or(100) as f64
 }
 
 fn proc_peak_rss_mb(pid: u32) -> f64 {
