@@ -138,6 +138,11 @@ pub struct RelayConfig {
     pub lease_ttl_ms: u64,
     /// On SIGTERM/SIGINT, how long to wait for in-flight sends, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// Threads of the async runtime that runs the actors (and the metrics endpoint).
+    /// librdkafka and sqlx do their I/O without them; one keeps every row on one thread
+    /// (no cross-thread wake-ups or frees) and was the fastest measured
+    /// (docs/performance.md). More only if the relay's own logic fills a core.
+    pub worker_threads: u32,
 }
 
 impl Default for RelayConfig {
@@ -151,6 +156,7 @@ impl Default for RelayConfig {
             instance_id: String::new(),
             lease_ttl_ms: 10_000,
             shutdown_timeout_ms: 10_000,
+            worker_threads: 1,
         }
     }
 }
@@ -491,6 +497,12 @@ impl Config {
             self.relay.shutdown_timeout_ms,
             0,
             3_600_000,
+        );
+        range(
+            "relay.worker_threads",
+            self.relay.worker_threads.into(),
+            1,
+            256,
         );
         range(
             "poller.batch_size",

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     }
     outboxd::telemetry::init_logs(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.relay.worker_threads.max(1) as usize)
         .enable_all()
         .build()
     {

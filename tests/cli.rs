@@ -185,6 +185,12 @@ fn each_invalid_configuration_names_its_key_and_exits_2() {
             "relay.partitions: 100000 is out of range",
         ),
         (
+            "no runtime threads",
+            "",
+            &[("OUTBOXD__RELAY__WORKER_THREADS", "0")],
+            "relay.worker_threads: 0 is out of range",
+        ),
+        (
             "negative",
             "[retry]\nmax_attempts = -1\n",
             &[],
