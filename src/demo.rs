@@ -104,6 +104,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             }
             hook_count.store(m.len() as u64, Ordering::Relaxed);
         })),
+        ..Default::default()
     };
     let mut relay_cfg = config.clone();
     relay_cfg.database.url = url.clone();

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use outboxd::actors::{Delivered, Faults, Hooks};
+use outboxd::actors::{Delivered, Faults, Hooks, ReadTimes};
 use outboxd::config::DeadLetterPolicy;
 use outboxd::outbox::admin::{self, Selection};
 use outboxd::verify::create_topic;
@@ -305,6 +305,61 @@ async fn a_rolled_back_gap_does_not_hold_anything_up() {
     );
 }
 
+/// The hooks an embedding application (the benchmark) times events with: every event is
+/// reported read, then handed to the producer, then acknowledged, in that order of time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_see_each_event_read_then_sent_then_acknowledged() {
+    let db = TestDb::new().await;
+    let t = topic("hooks");
+    create_topic(&brokers(), &t, 2).await.unwrap();
+    type Reads = Arc<Mutex<HashMap<uuid::Uuid, ReadTimes>>>;
+    type Acks = Arc<Mutex<Vec<(uuid::Uuid, Instant, Instant)>>>;
+    let reads: Reads = Arc::default();
+    let acks: Acks = Arc::default();
+    let (rd, a) = (reads.clone(), acks.clone());
+    let hooks = Hooks {
+        on_read: Some(Arc::new(
+            move |rows: &[outboxd::outbox::store::OutboxRow], at| {
+                let mut m = rd.lock().unwrap();
+                m.extend(rows.iter().map(|r| (r.event_id, at)));
+            },
+        )),
+        on_delivered: Some(Arc::new(move |batch: &[Delivered]| {
+            let mut v = a.lock().unwrap();
+            v.extend(
+                batch
+                    .iter()
+                    .map(|d| (d.row.event_id, d.sent_at, d.acked_at)),
+            );
+        })),
+    };
+    let r = Relay::start(
+        config(&db),
+        RelayOptions {
+            hooks,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let aggs: Vec<String> = (0..20).map(|i| format!("h-{i}")).collect();
+    insert_sql(&db.pool, &t, &aggs, 10).await;
+    assert!(drained(&db, Duration::from_secs(30)).await);
+    r.shutdown().await.unwrap();
+    let reads = reads.lock().unwrap().clone();
+    let acks = acks.lock().unwrap().clone();
+    let distinct: std::collections::HashSet<_> = acks.iter().map(|a| a.0).collect();
+    assert_eq!((acks.len(), distinct.len()), (200, 200));
+    for (id, sent, acked) in &acks {
+        let read = reads
+            .get(id)
+            .expect("every delivered event was reported read");
+        assert!(read.started <= read.returned, "{id}");
+        assert!(read.returned <= *sent, "{id}: sent before it was read");
+        assert!(sent <= acked, "{id}: acknowledged before it was sent");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_publisher_is_restarted_and_nothing_is_lost_or_reordered() {
     let db = TestDb::new().await;
@@ -532,6 +587,7 @@ async fn a_rate_limit_of_500_per_second_holds_within_ten_percent() {
                 on_delivered: Some(Arc::new(move |batch: &[Delivered]| {
                     a.lock().unwrap().extend(batch.iter().map(|d| d.acked_at));
                 })),
+                ..Default::default()
             },
             ..Default::default()
         },
@@ -592,6 +648,7 @@ async fn a_hot_aggregate_with_a_long_backlog_does_not_starve_the_others() {
                     let mut o = o.lock().unwrap();
                     o.extend(batch.iter().map(|d| (d.row.aggregate_id.clone(), d.row.id)));
                 })),
+                ..Default::default()
             },
             ..Default::default()
         },

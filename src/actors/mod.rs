@@ -54,6 +54,8 @@ pub mod names {
 pub struct Delivered {
     /// The row.
     pub row: Row,
+    /// When its batch was handed to the producer.
+    pub sent_at: Instant,
     /// When the acknowledgement reached the relay.
     pub acked_at: Instant,
 }
@@ -61,17 +63,33 @@ pub struct Delivered {
 /// Called with every batch of acknowledged rows.
 pub type DeliveredHook = Arc<dyn Fn(&[Delivered]) + Send + Sync>;
 
+/// When the poller's query for some rows was sent, and when its rows were back.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTimes {
+    /// The query went out.
+    pub started: Instant,
+    /// Its rows were decoded.
+    pub returned: Instant,
+}
+
+/// Called with every batch of rows the poller read.
+pub type ReadHook = Arc<dyn Fn(&[OutboxRow], ReadTimes) + Send + Sync>;
+
 /// Callbacks for embedding applications (the demo and the benchmark measure with them).
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Called with every batch of acknowledged rows, before they are marked.
     pub on_delivered: Option<DeliveredHook>,
+    /// Called with every batch of rows read from the outbox (new rows, late rows in id
+    /// gaps, and deferred rows read again), before they are handed out.
+    pub on_read: Option<ReadHook>,
 }
 
 impl std::fmt::Debug for Hooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hooks")
             .field("on_delivered", &self.on_delivered.is_some())
+            .field("on_read", &self.on_read.is_some())
             .finish()
     }
 }

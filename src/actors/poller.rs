@@ -609,9 +609,11 @@ impl PollerState {
                 self.gaps.apply_snapshot(xmin, xmax, now, grace);
             }
             let limit = batch.min(room);
+            let started = Instant::now();
             let rows =
                 store::fetch_after_and_in_ranges(&pool, self.cursor, &self.gaps.ranges(), limit)
                     .await?;
+            self.note_read(&rows, started);
             let full = rows.len() as i64 == limit;
             let old_cursor = self.cursor;
             let mut prev = old_cursor;
@@ -655,6 +657,17 @@ impl PollerState {
         }
         metrics::counter!("outboxd_rows_read_total").increment(loaded as u64);
         Ok(loaded)
+    }
+
+    /// Tells the read hook (demo, benchmark) about rows a query started at `started`
+    /// returned.
+    fn note_read(&self, rows: &[OutboxRow], started: Instant) {
+        if let Some(hook) = &self.shared.hooks.on_read
+            && !rows.is_empty()
+        {
+            let returned = Instant::now();
+            hook(rows, super::ReadTimes { started, returned });
+        }
     }
 
     /// Starts the rescan: every pending row below the cursor that the poller does not hold
@@ -837,7 +850,10 @@ impl PollerState {
         let rows = if ids.is_empty() {
             Vec::new()
         } else {
-            store::fetch_ids(pool, &ids).await?
+            let started = Instant::now();
+            let rows = store::fetch_ids(pool, &ids).await?;
+            self.note_read(&rows, started);
+            rows
         };
         let mut touched = Vec::with_capacity(taken.len());
         for (key, take) in taken {

@@ -122,6 +122,7 @@ impl Batch {
             match outcome.get() {
                 Some(Ok(acked_at)) => delivered.push(Delivered {
                     row: row.clone(),
+                    sent_at: self.sent_at,
                     acked_at: if self.exact_times { *acked_at } else { now },
                 }),
                 Some(Err(f)) => failed.push((row.clone(), f.clone())),

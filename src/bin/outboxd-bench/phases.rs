@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use outboxd::actors::{Delivered, Hooks};
+use outboxd::actors::{Delivered, Hooks, ReadTimes};
 use outboxd::broker::LocalBroker;
 use outboxd::config::{Config, OnPublish};
 use outboxd::kafka::{DeliveryTarget, DeliveryToken};
-use outboxd::outbox::store::{self, Fence, RELAY_LEASE};
+use outboxd::outbox::store::{self, Fence, OutboxRow, RELAY_LEASE};
 use outboxd::verify::create_topic;
 use outboxd::{NewEvent, Relay, RelayOptions, enqueue_batch};
 use rdkafka::producer::BaseRecord;
@@ -248,6 +248,9 @@ pub struct Sustained {
     /// Where the machine's CPU went in the measured window.
     #[serde(default)]
     pub cpu: Option<CpuUse>,
+    /// Where each event's commit→ack latency went.
+    #[serde(default)]
+    pub stages: Option<Stages>,
 }
 
 /// Drain rate while the xmin horizon is held.
@@ -288,6 +291,10 @@ pub struct Results {
     /// Its CPU per row, µs.
     #[serde(default)]
     pub ceiling_minimal_cpu_us: Option<Stat>,
+    /// The broker's own send → acknowledgement latency at the sustained rates (rdkafka
+    /// alone), every run.
+    #[serde(default)]
+    pub produce_latency: Vec<ProduceLatency>,
     /// Each drain.
     pub drains: Vec<Drain>,
     /// Drain rate.
@@ -406,6 +413,9 @@ fn free_port() -> u16 {
 
 /// A fresh database and a fresh broker with the topic.
 struct World {
+    /// The relay's configuration: the defaults with the `OUTBOXD__…` environment applied
+    /// (as `outboxd run` applies it), database and broker set below.
+    base: Config,
     url: String,
     pool: sqlx::PgPool,
     broker: LocalBroker,
@@ -415,6 +425,11 @@ struct World {
 
 impl World {
     async fn new() -> anyhow::Result<World> {
+        let base = Config::load(&outboxd::config::ConfigSource {
+            path: None,
+            required: false,
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let url = outboxd::demo::fresh_database(&admin_url(), "outboxd_bench").await?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(16)
@@ -429,6 +444,7 @@ impl World {
         let topic = "bench".to_string();
         create_topic(&addr, &topic, TOPIC_PARTITIONS).await?;
         Ok(World {
+            base,
             url,
             pool,
             broker,
@@ -438,7 +454,7 @@ impl World {
     }
 
     fn config(&self) -> Config {
-        let mut c = Config::default();
+        let mut c = self.base.clone();
         c.database.url = self.url.clone();
         c.kafka.brokers = self.brokers.clone();
         c.metrics.listen = String::new();
@@ -500,6 +516,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         ceiling_produce_cpu_us: None,
         ceiling_minimal: None,
         ceiling_minimal_cpu_us: None,
+        produce_latency: Vec::new(),
         drains: Vec::new(),
         drain_events_per_sec: None,
         drain_cpu_us_per_event: None,
@@ -533,6 +550,14 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
             ));
             push(&mut r.ceiling_minimal, minimal);
             push(&mut r.ceiling_minimal_cpu_us, minimal_cpu);
+            for &rate in &plan.rates {
+                let l = produce_latency(rate, plan.seconds.min(20)).await?;
+                say(format!(
+                    "run {run}: produce latency at {rate}/s (no relay): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+                    l.p50_ms, l.p99_ms, l.p999_ms
+                ));
+                r.produce_latency.push(l);
+            }
         }
         if plan.has("drain") {
             let d = drain(plan.rows).await?;
@@ -750,47 +775,10 @@ async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
     let cpu0 = proc_cpu_secs(std::process::id());
     let ticks = CpuTicks::now();
     let counter = Arc::new(AckCounter::default());
-    let max_in_flight = u64::from(Config::default().relay.max_in_flight);
+    let max_in_flight = u64::from(w.config().relay.max_in_flight);
     let target: Arc<dyn DeliveryTarget> = counter.clone();
     for i in 0..rows {
-        let key = format!("agg-{}", i % AGGREGATES);
-        let id = i.to_string();
-        let headers = rdkafka::message::OwnedHeaders::new_with_capacity(6)
-            .insert(rdkafka::message::Header {
-                key: "event_id",
-                value: Some(id.as_bytes()),
-            })
-            .insert(rdkafka::message::Header {
-                key: "event_type",
-                value: Some("bench.event"),
-            })
-            .insert(rdkafka::message::Header {
-                key: "aggregate_type",
-                value: Some("bench"),
-            })
-            .insert(rdkafka::message::Header {
-                key: "aggregate_id",
-                value: Some(key.as_bytes()),
-            })
-            .insert(rdkafka::message::Header {
-                key: "outbox_id",
-                value: Some(id.as_bytes()),
-            })
-            .insert(rdkafka::message::Header {
-                key: "created_at",
-                value: Some("2026-11-22T12:00:00.000000Z"),
-            });
-        let token = Box::new(DeliveryToken {
-            target: target.clone(),
-            index: 0,
-        });
-        let rec = BaseRecord::with_opaque_to(w.topic.as_str(), token)
-            .key(key.as_bytes())
-            .payload(payload.as_bytes())
-            .headers(headers);
-        producer
-            .send(rec)
-            .map_err(|(e, _)| anyhow::anyhow!("send: {e}"))?;
+        send_bench_record(&producer, &w.topic, &payload, i, target.clone(), 0)?;
         // At most as many records in flight as the relay allows by default.
         while i + 1 - counter.acked.load(Ordering::Relaxed) >= max_in_flight {
             tokio::time::sleep(Duration::from_micros(200)).await;
@@ -814,6 +802,132 @@ async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
     drop(producer);
     w.close().await;
     Ok((rate, cpu_us))
+}
+
+/// Sends record `i` of the produce-only phases: the relay's record shape (key one of
+/// 10,000 aggregates, six headers) with `payload`, its delivery reported to `target` as
+/// `index`.
+fn send_bench_record(
+    producer: &outboxd::kafka::RelayProducer,
+    topic: &str,
+    payload: &str,
+    i: u64,
+    target: Arc<dyn DeliveryTarget>,
+    index: usize,
+) -> anyhow::Result<()> {
+    let key = format!("agg-{}", i % AGGREGATES);
+    let id = i.to_string();
+    let header = |key, value| rdkafka::message::Header {
+        key,
+        value: Some(value),
+    };
+    let headers = rdkafka::message::OwnedHeaders::new_with_capacity(6)
+        .insert(header("event_id", id.as_bytes()))
+        .insert(header("event_type", b"bench.event"))
+        .insert(header("aggregate_type", b"bench"))
+        .insert(header("aggregate_id", key.as_bytes()))
+        .insert(header("outbox_id", id.as_bytes()))
+        .insert(header("created_at", b"2026-11-22T12:00:00.000000Z"));
+    let token = Box::new(DeliveryToken { target, index });
+    let rec = BaseRecord::with_opaque_to(topic, token)
+        .key(key.as_bytes())
+        .payload(payload.as_bytes())
+        .headers(headers);
+    producer
+        .send(rec)
+        .map_err(|(e, _)| anyhow::anyhow!("send: {e}"))
+}
+
+/// Delivery times by record index, for the produce latency floor.
+#[derive(Default)]
+struct AckTimes {
+    at: Mutex<Vec<(usize, Instant)>>,
+    failed: AtomicU64,
+}
+
+impl DeliveryTarget for AckTimes {
+    fn delivered(&self, index: usize, result: Result<(), rdkafka::error::KafkaError>) {
+        match result {
+            Ok(()) => self.at.lock().expect("acks").push((index, Instant::now())),
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The broker's own share of commit→ack latency at one rate: rdkafka alone (the relay's
+/// producer configuration and record shape, no PostgreSQL, no relay), records sent at
+/// `rate`/s in the clumps the sustained phase's writers commit them in (one per tick up
+/// to 1,000/s, else 500 ticks/s), each timed from `send` to its delivery report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProduceLatency {
+    /// Records per second offered.
+    pub rate: u32,
+    /// send → delivery report, ms.
+    pub p50_ms: f64,
+    /// p99.
+    pub p99_ms: f64,
+    /// p99.9.
+    pub p999_ms: f64,
+    /// Records timed (after a warm-up).
+    pub records: u64,
+}
+
+async fn produce_latency(rate: u32, seconds: u64) -> anyhow::Result<ProduceLatency> {
+    let w = World::new().await?;
+    let health = Arc::new(outboxd::health::Health::default());
+    let producer = outboxd::kafka::create_producer(&w.config().kafka, health)?;
+    let payload = format!(r#"{{"pad": "{}", "seq": 1}}"#, "x".repeat(468));
+    let acks = Arc::new(AckTimes::default());
+    let target: Arc<dyn DeliveryTarget> = acks.clone();
+    let ticks_per_sec = if rate <= 1_000 { rate.max(1) } else { 500 };
+    let per_tick = (rate / ticks_per_sec).max(1) as u64;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(ticks_per_sec)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let b = bar(seconds, &format!("produce latency {rate}/s"));
+    let start = Instant::now();
+    let warmup = Duration::from_secs(2.min(seconds / 4));
+    let end = start + Duration::from_secs(seconds);
+    let mut sent: Vec<Instant> = Vec::new();
+    let mut i = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        let now = Instant::now();
+        for _ in 0..per_tick {
+            send_bench_record(&producer, &w.topic, &payload, i, target.clone(), sent.len())?;
+            sent.push(now);
+            i += 1;
+        }
+        b.set_position(start.elapsed().as_secs());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (acks.at.lock().expect("acks").len() as u64 + acks.failed.load(Ordering::Relaxed)) < i
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.finish_and_clear();
+    anyhow::ensure!(
+        acks.failed.load(Ordering::Relaxed) == 0,
+        "produce latency: deliveries failed"
+    );
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
+    for (index, at) in acks.at.lock().expect("acks").iter() {
+        if sent[*index] >= start + warmup {
+            hist.record(at.saturating_duration_since(sent[*index]).as_micros() as u64)?;
+        }
+    }
+    drop(producer);
+    w.close().await;
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(ProduceLatency {
+        rate,
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        records: hist.len(),
+    })
 }
 
 /// Acknowledged row ids, for the minimal relay.
@@ -1093,20 +1207,32 @@ fn relay_threads_cpu_secs() -> f64 {
 /// commit→acknowledgement latency is measured exactly with the relay's delivery hook.
 async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
     let w = World::new().await?;
-    let acks: Arc<Mutex<Vec<(uuid::Uuid, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
-    let a = acks.clone();
+    // Per event: when the relay's query that read it went out and came back, when its
+    // batch went to the producer, when the broker acknowledged it.
+    let acks: Arc<Mutex<Vec<(uuid::Uuid, Instant, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let reads: Arc<Mutex<Vec<(uuid::Uuid, ReadTimes)>>> = Arc::new(Mutex::new(Vec::new()));
+    let (a, rd) = (acks.clone(), reads.clone());
     let hooks = Hooks {
         on_delivered: Some(Arc::new(move |batch: &[Delivered]| {
             let mut v = a.lock().expect("acks");
-            v.extend(batch.iter().map(|d| (d.row.event_id, d.acked_at)));
+            v.extend(
+                batch
+                    .iter()
+                    .map(|d| (d.row.event_id, d.sent_at, d.acked_at)),
+            );
+        })),
+        on_read: Some(Arc::new(move |rows: &[OutboxRow], t: ReadTimes| {
+            let mut v = rd.lock().expect("reads");
+            v.extend(rows.iter().map(|r| (r.event_id, t)));
         })),
     };
+    let cfg = w.config();
+    // The relay on a runtime of its own, sized as `outboxd run` sizes its own.
     let relay_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(cfg.relay.worker_threads as usize)
         .thread_name("outboxd-relay")
         .enable_all()
         .build()?;
-    let cfg = w.config();
     let relay = relay_rt
         .spawn(async move {
             Relay::start(
@@ -1198,18 +1324,30 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
     relay_rt.spawn(relay.shutdown()).await??;
     relay_rt.shutdown_background();
 
-    let acked: std::collections::HashMap<uuid::Uuid, Instant> =
-        acks.lock().expect("acks").iter().copied().collect();
+    let acked: std::collections::HashMap<uuid::Uuid, (Instant, Instant)> = acks
+        .lock()
+        .expect("acks")
+        .iter()
+        .map(|(id, sent, ack)| (*id, (*sent, *ack)))
+        .collect();
+    // The last read of each event is the one that handed it out (a deferred row is read
+    // twice: once for its id, once for itself).
+    let read: std::collections::HashMap<uuid::Uuid, ReadTimes> =
+        reads.lock().expect("reads").iter().copied().collect();
     let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
     let window_end = window_start + window;
     let mut in_window = 0u64;
+    let mut paths = Vec::new();
     for (id, committed_at) in &commits {
         if *committed_at < window_start || *committed_at > window_end {
             continue;
         }
         in_window += 1;
-        if let Some(ack) = acked.get(id) {
+        if let Some((sent, ack)) = acked.get(id) {
             hist.record(ack.saturating_duration_since(*committed_at).as_micros() as u64)?;
+            if let Some(r) = read.get(id) {
+                paths.push(EventPath::of(*committed_at, *r, *sent, *ack));
+            }
         }
     }
     let missing = commits
@@ -1242,9 +1380,87 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
         cpu_us_per_event: (cpu1 - cpu0) * 1e6 / relay_events as f64,
         events: in_window,
         cpu: Some(cpu_use),
+        stages: Stages::of(&paths),
     };
     w.close().await;
     Ok(result)
+}
+
+/// One event's way through the relay, in microseconds per stage.
+#[derive(Debug, Clone, Copy)]
+struct EventPath {
+    stages: [u64; 4],
+    total: u64,
+}
+
+impl EventPath {
+    /// From the writer's commit, the poller's read, the hand-off to the producer and the
+    /// acknowledgement. The writer notes its commit when `COMMIT` returns to it, which can
+    /// be a little after the row became visible: a query that started in between found it,
+    /// and that first stage counts as zero.
+    fn of(committed: Instant, read: ReadTimes, sent: Instant, acked: Instant) -> EventPath {
+        let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u64;
+        let stages = [
+            us(committed, read.started),
+            us(read.started.max(committed), read.returned),
+            us(read.returned, sent),
+            us(sent, acked),
+        ];
+        EventPath {
+            stages,
+            total: us(committed, acked),
+        }
+    }
+}
+
+/// Names of the stages of [`EventPath`], in order.
+pub const STAGE_NAMES: [&str; 4] = [
+    "commit → query sent (NOTIFY, poller busy)",
+    "query (sent → rows decoded)",
+    "rows → producer (dispatch, publisher, record)",
+    "producer → ack (linger, request, broker, report)",
+];
+
+/// Where commit→ack latency goes, stage by stage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stages {
+    /// Events measured (read, sent and acknowledged within the window).
+    pub events: u64,
+    /// Median of each stage, ms.
+    pub p50_ms: Vec<f64>,
+    /// 99th percentile of each stage on its own, ms.
+    pub p99_ms: Vec<f64>,
+    /// Mean of each stage over the slowest 1 % of events (commit→ack at or above its
+    /// p99), ms: where the tail's time goes.
+    pub tail_mean_ms: Vec<f64>,
+}
+
+impl Stages {
+    fn of(paths: &[EventPath]) -> Option<Stages> {
+        if paths.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        let quantile = |mut v: Vec<u64>, q: f64| {
+            v.sort_unstable();
+            v[((v.len() - 1) as f64 * q).round() as usize]
+        };
+        let totals: Vec<u64> = paths.iter().map(|p| p.total).collect();
+        let cut = quantile(totals, 0.99);
+        let tail: Vec<&EventPath> = paths.iter().filter(|p| p.total >= cut).collect();
+        let mut out = Stages {
+            events: paths.len() as u64,
+            ..Default::default()
+        };
+        for i in 0..STAGE_NAMES.len() {
+            let v: Vec<u64> = paths.iter().map(|p| p.stages[i]).collect();
+            out.p50_ms.push(ms(quantile(v.clone(), 0.5)));
+            out.p99_ms.push(ms(quantile(v, 0.99)));
+            let sum: u64 = tail.iter().map(|p| p.stages[i]).sum();
+            out.tail_mean_ms.push(ms(sum) / tail.len() as f64);
+        }
+        Some(out)
+    }
 }
 
 /// One word on a sustained step: flat, growing, or not offered (the writers could not).
@@ -1632,6 +1848,7 @@ fn summary(r: &Results) -> String {
             runs.iter().all(|x| x.flat)
         ));
     }
+    s.push_str(&stage_table(&r.sustained, &r.produce_latency));
     s.push_str("\nEvery step, sustained runs and the flat-backlog search:\n");
     s.push_str("\n| offered/s | achieved/s | events/txn | p50 ms | p99 ms | p99.9 ms | max ms | backlog slope/s | verdict | relay CPU µs/event |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut all: Vec<&Sustained> = r.sustained.iter().chain(r.search.iter()).collect();
@@ -1679,6 +1896,56 @@ fn summary(r: &Results) -> String {
             s.push_str(&format!(
                 "| {} | {:.0} | {:.0} | {} |\n",
                 b.phase, b.at_secs, b.events_per_sec, b.dead_tuples
+            ));
+        }
+    }
+    s
+}
+
+/// Where commit→ack latency went at each sustained rate: per stage, the median over the
+/// runs of the stage's p50, p99 and mean over the slowest 1 % of events.
+fn stage_table(sustained: &[Sustained], floor: &[ProduceLatency]) -> String {
+    let mut rates: Vec<u32> = sustained
+        .iter()
+        .filter(|x| x.stages.is_some())
+        .map(|x| x.offered)
+        .collect();
+    rates.sort_unstable();
+    rates.dedup();
+    if rates.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\nWhere commit→ack latency went, stage by stage (ms; medians over the runs of each \
+         stage's p50 / p99 / mean over the slowest 1 % of events):\n\n| offered/s | stage | p50 | p99 | slowest 1 % |\n|---|---|---|---|---|\n",
+    );
+    for rate in rates {
+        let runs: Vec<&Stages> = sustained
+            .iter()
+            .filter(|x| x.offered == rate)
+            .filter_map(|x| x.stages.as_ref())
+            .collect();
+        for (i, name) in STAGE_NAMES.iter().enumerate() {
+            let med = |f: fn(&Stages) -> &Vec<f64>| {
+                Stat::of(runs.iter().map(|x| f(x)[i]).collect()).median
+            };
+            s.push_str(&format!(
+                "| {rate} | {name} | {:.2} | {:.2} | {:.2} |\n",
+                med(|x| &x.p50_ms),
+                med(|x| &x.p99_ms),
+                med(|x| &x.tail_mean_ms)
+            ));
+        }
+        let alone: Vec<&ProduceLatency> = floor.iter().filter(|l| l.rate == rate).collect();
+        if !alone.is_empty() {
+            let med = |f: fn(&ProduceLatency) -> f64| {
+                Stat::of(alone.iter().map(|l| f(l)).collect()).median
+            };
+            s.push_str(&format!(
+                "| {rate} | *the broker alone: rdkafka send → ack, no relay, no PostgreSQL* | {:.2} | {:.2} | p99.9 {:.2} |\n",
+                med(|l| l.p50_ms),
+                med(|l| l.p99_ms),
+                med(|l| l.p999_ms)
             ));
         }
     }
