@@ -2,12 +2,14 @@
 //! Tansu, with 500-byte JSON payloads over 10,000 aggregates and the idempotent `acks=all`
 //! producer, it measures in one run:
 //!
-//! - ceilings: raw PostgreSQL drain (the relay's read + delete SQL, no Kafka) and raw
-//!   produce (rdkafka into the same broker, no PostgreSQL);
+//! - ceilings: raw PostgreSQL drain (the relay's read + delete SQL, no Kafka), raw
+//!   produce (rdkafka into the same broker, no PostgreSQL), a minimal relay, and the
+//!   broker's own send → acknowledgement latency at the sustained rates;
 //! - drain: a pre-filled backlog drained by `outboxd run` (a separate process), with its CPU
 //!   per event, peak RSS and database round trips per 1,000 events;
 //! - sustained: offered rates (1k, 10k, 20k events/s) written through the library API, the
-//!   relay in-process so that every event's commit→acknowledgement latency is exact, and a
+//!   relay in-process so that every event's commit→acknowledgement latency is exact (and
+//!   split into stages: commit → query, query, hand-off to the producer, broker), and a
 //!   search for the highest rate with a flat backlog;
 //! - bloat (`--mode long`): drain throughput while a transaction holds the xmin horizon.
 //!
