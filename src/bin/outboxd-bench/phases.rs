@@ -838,6 +838,16 @@ fn send_bench_record(
         .map_err(|(e, _)| anyhow::anyhow!("send: {e}"))
 }
 
+/// How the sustained writers offer `rate` events/s: (transactions per second, events per
+/// transaction). One event per transaction up to 1,000/s; above that 500 transactions per
+/// second with more events each (the writers share the two cores with everything
+/// measured). The produce latency floor sends its records in the same clumps.
+fn clumps(rate: u32) -> (u32, usize) {
+    let per_sec = if rate <= 1_000 { rate.max(1) } else { 500 };
+    let per = (f64::from(rate) / f64::from(per_sec)).round().max(1.0) as usize;
+    (per_sec, per)
+}
+
 /// Delivery times by record index, for the produce latency floor.
 #[derive(Default)]
 struct AckTimes {
@@ -881,8 +891,7 @@ async fn produce_latency(rate: u32, seconds: u64) -> anyhow::Result<ProduceLaten
     let payload = format!(r#"{{"pad": "{}", "seq": 1}}"#, "x".repeat(468));
     let acks = Arc::new(AckTimes::default());
     let target: Arc<dyn DeliveryTarget> = acks.clone();
-    let ticks_per_sec = if rate <= 1_000 { rate.max(1) } else { 500 };
-    let per_tick = (rate / ticks_per_sec).max(1) as u64;
+    let (ticks_per_sec, per_tick) = clumps(rate);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(ticks_per_sec)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let b = bar(seconds, &format!("produce latency {rate}/s"));
@@ -1247,14 +1256,8 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
         .await??;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // One event per transaction up to 1,000/s; above that 500 transactions per second with
-    // more events each (the writers share the two cores with everything measured).
-    let txn_rate = if rate <= 1_000 {
-        f64::from(rate)
-    } else {
-        500.0
-    };
-    let per_txn = (f64::from(rate) / txn_rate).round().max(1.0) as usize;
+    let (txn_rate, per_txn) = clumps(rate);
+    let txn_rate = f64::from(txn_rate);
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
@@ -1441,10 +1444,8 @@ impl Stages {
             return None;
         }
         let ms = |us: u64| us as f64 / 1000.0;
-        let quantile = |mut v: Vec<u64>, q: f64| {
-            v.sort_unstable();
-            v[((v.len() - 1) as f64 * q).round() as usize]
-        };
+        let quantile =
+            |sorted: &[u64], q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
         let mut by_total: Vec<&EventPath> = paths.iter().collect();
         by_total.sort_unstable_by_key(|p| p.total);
         let tail = &by_total[by_total.len() - (paths.len() / 100).max(1)..];
@@ -1453,9 +1454,10 @@ impl Stages {
             ..Default::default()
         };
         for i in 0..STAGE_NAMES.len() {
-            let v: Vec<u64> = paths.iter().map(|p| p.stages[i]).collect();
-            out.p50_ms.push(ms(quantile(v.clone(), 0.5)));
-            out.p99_ms.push(ms(quantile(v, 0.99)));
+            let mut v: Vec<u64> = paths.iter().map(|p| p.stages[i]).collect();
+            v.sort_unstable();
+            out.p50_ms.push(ms(quantile(&v, 0.5)));
+            out.p99_ms.push(ms(quantile(&v, 0.99)));
             let sum: u64 = tail.iter().map(|p| p.stages[i]).sum();
             out.tail_mean_ms.push(ms(sum) / tail.len() as f64);
         }
@@ -1955,6 +1957,14 @@ fn stage_table(sustained: &[Sustained], floor: &[ProduceLatency]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writers_and_the_latency_floor_offer_a_rate_in_the_same_clumps() {
+        assert_eq!(clumps(1_000), (1_000, 1));
+        assert_eq!(clumps(10_000), (500, 20));
+        assert_eq!(clumps(20_000), (500, 40));
+        assert_eq!(clumps(1_250), (500, 3));
+    }
 
     #[test]
     fn an_event_path_splits_commit_to_ack_into_four_stages() {
