@@ -16,15 +16,8 @@ scripts/setup.sh
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release --bin outboxd
-admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-db=outboxd_callgrind
-url="${admin%/*}/$db"
-psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db" >/dev/null
-OUTBOXD__DATABASE__URL=$url "$target/release/outboxd" migrate >/dev/null
-psql "$url" -qc "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload)
-  SELECT 'bench', 'agg-' || (s % 10000), 'bench.event', 'callgrind',
-         jsonb_build_object('seq', s / 10000 + 1, 'pad', repeat('x', 468))
-  FROM generate_series(0, $rows - 1) AS s" -qc "VACUUM ANALYZE outbox" >/dev/null
+. scripts/backlog.sh
+fresh_backlog outboxd_callgrind "$rows" callgrind "$target/release/outboxd"
 out="$target/callgrind"
 rm -rf "$out" && mkdir -p "$out"
 OUTBOXD__DATABASE__URL=$url OUTBOXD__METRICS__LISTEN="" OUTBOXD__LOG__LEVEL=warn \

@@ -20,9 +20,6 @@ cargo build --release --bin outboxd 2>/dev/null
 bin="$target/release/outboxd"
 out="$target/perf"
 mkdir -p "$out"
-admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-db=outboxd_perf
-url="${admin%/*}/$db"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 .tools/bin/tansu broker --listener-url "tcp://127.0.0.1:$port" \
@@ -39,12 +36,8 @@ trap cleanup EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 .tools/bin/tansu topic create --broker "tcp://127.0.0.1:$port" --partitions 8 perf >/dev/null
 
-psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db" 2>/dev/null
-OUTBOXD__DATABASE__URL=$url "$bin" migrate >/dev/null
-psql "$url" -qc "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload)
-  SELECT 'bench', 'agg-' || (s % 10000), 'bench.event', 'perf',
-         jsonb_build_object('seq', s / 10000 + 1, 'pad', repeat('x', 468))
-  FROM generate_series(0, $rows - 1) AS s" -qc "VACUUM ANALYZE outbox" >/dev/null
+. scripts/backlog.sh
+fresh_backlog outboxd_perf "$rows" perf "$bin"
 
 OUTBOXD__DATABASE__URL=$url OUTBOXD__KAFKA__BROKERS="127.0.0.1:$port" \
     OUTBOXD__METRICS__LISTEN="" OUTBOXD__LOG__LEVEL=warn "$bin" run 2>"$out/relay.log" &
