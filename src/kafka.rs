@@ -2,6 +2,7 @@
 //! publish failures are classified.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -51,6 +52,8 @@ pub const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
 /// Client context: routes librdkafka logs to `tracing` and broker-level errors to health.
 pub struct RelayContext {
     health: Arc<Health>,
+    /// Produce requests librdkafka had sent at its last statistics report.
+    produce_requests: AtomicI64,
 }
 
 impl ClientContext for RelayContext {
@@ -69,6 +72,22 @@ impl ClientContext for RelayContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         self.client_error(error, reason);
+    }
+
+    /// Only called when `statistics.interval.ms` is set under `[kafka.producer]` (off by
+    /// default: librdkafka then builds a JSON document every interval).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let produce: i64 = statistics
+            .brokers
+            .values()
+            .filter_map(|b| b.req.get("Produce"))
+            .sum();
+        // librdkafka counts from the producer's start; a replaced producer starts again at 0.
+        let before = self.produce_requests.swap(produce, Ordering::Relaxed);
+        if produce > before {
+            metrics::counter!("outboxd_kafka_produce_requests_total")
+                .increment((produce - before) as u64);
+        }
     }
 }
 
@@ -114,7 +133,10 @@ pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
 /// Builds the shared idempotent producer (`enable.idempotence=true`, `acks=all`).
 pub fn create_producer(cfg: &KafkaConfig, health: Arc<Health>) -> anyhow::Result<RelayProducer> {
     producer_config(cfg)
-        .create_with_context(RelayContext { health })
+        .create_with_context(RelayContext {
+            health,
+            produce_requests: AtomicI64::new(0),
+        })
         .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))
 }
 

@@ -11,12 +11,17 @@
 //!   relay in-process so that every event's commit→acknowledgement latency is exact (and
 //!   split into stages: commit → query, query, hand-off to the producer, broker), and a
 //!   search for the highest rate with a flat backlog;
+//! - single: single-event transactions at 1k, 2k and 5k/s, outboxd beside a naive relay
+//!   (select 500 → produce → wait → delete) as an in-run yardstick: writers' achieved
+//!   rate, relay and PostgreSQL CPU per event, statements and produce requests per 1,000
+//!   events, latency;
 //! - bloat (`--mode long`): drain throughput while a transaction holds the xmin horizon.
 //!
 //! Results: `<out>/results.json`, `<out>/summary.md`, `<out>/latency.svg`.
 
 mod chart;
 mod phases;
+mod single;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,7 +47,11 @@ pub struct Args {
     /// Offered rates, events/s.
     #[arg(long, value_delimiter = ',')]
     pub rates: Option<Vec<u32>>,
-    /// Phases to run (default: all): ceilings, drain, sustained, search, bloat.
+    /// Offered rates of the single-event phase, transactions/s (one event each).
+    #[arg(long, value_delimiter = ',')]
+    pub single_rates: Option<Vec<u32>>,
+    /// Phases to run (default: all but bloat): ceilings, drain, sustained, single, search,
+    /// bloat.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Output directory.

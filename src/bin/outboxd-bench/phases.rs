@@ -42,6 +42,12 @@ pub struct Plan {
     pub search_seconds: u64,
     /// How long the bloat phase holds the xmin horizon.
     pub bloat_hold_secs: u64,
+    /// Offered rates of the single-event phase, transactions/s.
+    #[serde(default)]
+    pub single_rates: Vec<u32>,
+    /// Seconds per single-event run.
+    #[serde(default)]
+    pub single_seconds: u64,
     /// Phases to run.
     pub phases: Vec<String>,
     #[serde(skip)]
@@ -51,14 +57,14 @@ pub struct Plan {
 impl Plan {
     /// From the command line.
     pub fn from_args(a: &Args) -> anyhow::Result<Plan> {
-        let (runs, rows, seconds, search, hold) = match a.mode.as_str() {
-            "quick" => (1, 200_000, 15, 10, 60),
-            "standard" => (3, 1_000_000, 60, 20, 600),
-            "long" => (3, 1_000_000, 60, 20, 600),
+        let (runs, rows, seconds, search, hold, single) = match a.mode.as_str() {
+            "quick" => (1, 200_000, 15, 10, 60, 15),
+            "standard" => (3, 1_000_000, 60, 20, 600, 30),
+            "long" => (3, 1_000_000, 60, 20, 600, 30),
             other => anyhow::bail!("unknown mode {other:?} (quick, standard, long)"),
         };
         let mut phases: Vec<String> = if a.only.is_empty() {
-            ["ceilings", "drain", "sustained", "search"]
+            ["ceilings", "drain", "sustained", "single", "search"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect()
@@ -79,6 +85,11 @@ impl Plan {
                 .unwrap_or_else(|| vec![1_000, 10_000, 20_000]),
             search_seconds: search,
             bloat_hold_secs: hold,
+            single_rates: a
+                .single_rates
+                .clone()
+                .unwrap_or_else(|| vec![1_000, 2_000, 5_000]),
+            single_seconds: a.seconds.unwrap_or(single),
             phases,
             out: a.out.clone(),
         })
@@ -103,7 +114,7 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn of(mut v: Vec<f64>) -> Stat {
+    pub(crate) fn of(mut v: Vec<f64>) -> Stat {
         v.sort_by(|a, b| a.total_cmp(b));
         let median = if v.is_empty() {
             0.0
@@ -153,14 +164,14 @@ pub struct CpuUse {
 }
 
 /// CPU ticks of every process, and the machine's, at one moment.
-struct ProcCpu {
+pub(crate) struct ProcCpu {
     at: Instant,
     machine: CpuTicks,
     procs: std::collections::HashMap<u32, (String, u64)>,
 }
 
 impl ProcCpu {
-    fn now() -> ProcCpu {
+    pub(crate) fn now() -> ProcCpu {
         let mut procs = std::collections::HashMap::new();
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for e in dir.flatten() {
@@ -183,7 +194,7 @@ impl ProcCpu {
 
     /// Cores used by each kind of process since `self` (processes that ended meanwhile are
     /// not counted; ones that started are counted whole).
-    fn used_since(&self) -> CpuUse {
+    pub(crate) fn used_since(&self) -> CpuUse {
         let now = ProcCpu::now();
         let secs = now.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let hz = clock_ticks_per_sec();
@@ -315,6 +326,9 @@ pub struct Results {
     pub max_flat_achieved: Option<f64>,
     /// Bloat bursts.
     pub bloat: Vec<BloatBurst>,
+    /// Single-event transactions, outboxd and the naive relay.
+    #[serde(default)]
+    pub single: Vec<crate::single::SingleRun>,
     /// Share of the machine's CPU time the hypervisor gave to other guests ("steal" in
     /// `/proc/stat`) during each measurement, %: how noisy the shared machine was.
     #[serde(default)]
@@ -332,7 +346,7 @@ pub struct Steal {
 
 /// The machine's CPU time counters (`/proc/stat`, all CPUs): total and stolen ticks.
 #[derive(Debug, Clone, Copy)]
-struct CpuTicks {
+pub(crate) struct CpuTicks {
     total: u64,
     steal: u64,
     /// Idle and waiting for I/O.
@@ -340,7 +354,7 @@ struct CpuTicks {
 }
 
 impl CpuTicks {
-    fn now() -> CpuTicks {
+    pub(crate) fn now() -> CpuTicks {
         let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let f: Vec<u64> = stat
             .lines()
@@ -367,7 +381,7 @@ impl CpuTicks {
     }
 
     /// Records (and prints) the stolen share since `self` for `what`.
-    fn note(self, what: impl Into<String>) {
+    pub(crate) fn note(self, what: impl Into<String>) {
         let what = what.into();
         let pct = self.steal_pct_since();
         if pct >= 1.0 {
@@ -382,7 +396,7 @@ impl CpuTicks {
 /// Every measurement's stolen CPU share, in order.
 static STEAL: Mutex<Vec<Steal>> = Mutex::new(Vec::new());
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let b = ProgressBar::new(len);
     b.set_style(
         ProgressStyle::with_template(&format!(
@@ -394,7 +408,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     b
 }
 
-fn say(msg: impl AsRef<str>) {
+pub(crate) fn say(msg: impl AsRef<str>) {
     eprintln!("[bench] {}", msg.as_ref());
 }
 
@@ -412,19 +426,24 @@ fn free_port() -> u16 {
 }
 
 /// A fresh database and a fresh broker with the topic.
-struct World {
+pub(crate) struct World {
     /// The relay's configuration: the defaults with the `OUTBOXD__…` environment applied
     /// (as `outboxd run` applies it), database and broker set below.
     base: Config,
-    url: String,
-    pool: sqlx::PgPool,
+    pub(crate) url: String,
+    pub(crate) pool: sqlx::PgPool,
     broker: LocalBroker,
     brokers: String,
-    topic: String,
+    pub(crate) topic: String,
 }
 
 impl World {
     async fn new() -> anyhow::Result<World> {
+        World::with_partitions(TOPIC_PARTITIONS).await
+    }
+
+    /// A fresh database, and a fresh broker whose topic has `partitions` partitions.
+    pub(crate) async fn with_partitions(partitions: i32) -> anyhow::Result<World> {
         let base = Config::load(&outboxd::config::ConfigSource {
             path: None,
             required: false,
@@ -442,7 +461,7 @@ impl World {
         let broker =
             tokio::task::spawn_blocking(move || LocalBroker::start(&a, &a, &log)).await??;
         let topic = "bench".to_string();
-        create_topic(&addr, &topic, TOPIC_PARTITIONS).await?;
+        create_topic(&addr, &topic, partitions).await?;
         Ok(World {
             base,
             url,
@@ -453,7 +472,7 @@ impl World {
         })
     }
 
-    fn config(&self) -> Config {
+    pub(crate) fn config(&self) -> Config {
         let mut c = self.base.clone();
         c.database.url = self.url.clone();
         c.kafka.brokers = self.brokers.clone();
@@ -497,7 +516,7 @@ impl World {
         Ok(())
     }
 
-    async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         self.pool.close().await;
         self.broker.stop();
     }
@@ -527,6 +546,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         max_flat_rate: None,
         max_flat_achieved: None,
         bloat: Vec::new(),
+        single: Vec::new(),
         steal: Vec::new(),
     };
     say(format!("plan: {}", serde_json::to_string(&plan)?));
@@ -597,6 +617,24 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
                     s.cpu_us_per_event
                 ));
                 r.sustained.push(s);
+            }
+        }
+    }
+    if plan.has("single") {
+        use crate::single::{Which, single};
+        // Interleaved, and each run in the other order, so that a slow spell of the shared
+        // machine does not fall on one relay or one rate only.
+        for run in 0..plan.runs {
+            for &rate in &plan.single_rates {
+                let order = if run % 2 == 0 {
+                    [Which::Naive, Which::Outboxd]
+                } else {
+                    [Which::Outboxd, Which::Naive]
+                };
+                for which in order {
+                    r.single
+                        .push(single(which, rate, plan.single_seconds).await?);
+                }
             }
         }
     }
@@ -1189,7 +1227,7 @@ async fn drain(rows: u64) -> anyhow::Result<Drain> {
 
 /// CPU seconds of this process's threads that belong to the in-process relay: its runtime
 /// (`outboxd-relay`) and librdkafka's (`rdk:*`, and rust-rdkafka's polling thread).
-fn relay_threads_cpu_secs() -> f64 {
+pub(crate) fn relay_threads_cpu_secs() -> f64 {
     let mut total = 0u64;
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for t in tasks.flatten() {
@@ -1851,6 +1889,7 @@ fn summary(r: &Results) -> String {
         ));
     }
     s.push_str(&stage_table(&r.sustained, &r.produce_latency));
+    s.push_str(&crate::single::table(&r.single));
     s.push_str("\nEvery step, sustained runs and the flat-backlog search:\n");
     s.push_str("\n| offered/s | achieved/s | events/txn | p50 ms | p99 ms | p99.9 ms | max ms | backlog slope/s | verdict | relay CPU µs/event |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut all: Vec<&Sustained> = r.sustained.iter().chain(r.search.iter()).collect();
