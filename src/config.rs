@@ -177,6 +177,10 @@ pub struct PollerConfig {
     /// It walks every index entry below the cursor, dead ones included until vacuum
     /// removes them: every few minutes is plenty.
     pub rescan_interval_ms: u64,
+    /// Group commit for reads, in milliseconds: while rows of the latest dispatch are with
+    /// the broker, a wake-up waits for their acknowledgement — this long at most — and
+    /// everything committed meanwhile goes in the same read. 0 reads on every wake-up.
+    pub coalesce_ms: u64,
 }
 
 impl Default for PollerConfig {
@@ -186,6 +190,7 @@ impl Default for PollerConfig {
             interval_ms: 250,
             gap_grace_ms: 1_000,
             rescan_interval_ms: 300_000,
+            coalesce_ms: 5,
         }
     }
 }
@@ -524,6 +529,7 @@ impl Config {
             100,
             86_400_000,
         );
+        range("poller.coalesce_ms", self.poller.coalesce_ms, 0, 1_000);
         range(
             "retry.initial_backoff_ms",
             self.retry.initial_backoff_ms,

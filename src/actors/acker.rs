@@ -25,10 +25,12 @@ use crate::outbox::store::{self, StoreError};
 /// Rows per statement, at most.
 const MAX_BATCH: usize = 10_000;
 
-/// How long acknowledgements may gather before a statement goes out. At low rates this
-/// turns one statement per event into one per few milliseconds; at high rates the batches
-/// are large anyway. A mark that waits only delays the row's deletion, never its delivery.
-const GATHER: Duration = Duration::from_millis(5);
+/// How long acknowledgements may gather before a statement goes out: one statement per
+/// busy period of this length, however many events it carried (at 2,000 single-event
+/// transactions a second, 40 rows each). A mark that waits only delays the row's
+/// deletion, never its delivery; the rows it holds count against `relay.max_in_flight`,
+/// and when the poller waits for that room the acker writes at once.
+const GATHER: Duration = Duration::from_millis(20);
 
 /// Rows that make a statement worth sending without gathering more.
 const FLUSH_AT: usize = 1_000;

@@ -17,8 +17,8 @@ pub mod publisher;
 pub mod retry;
 pub mod supervisor;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
@@ -159,6 +159,10 @@ pub struct Shared {
     unmarked: AtomicUsize,
     /// The poller waits for the acker to free room (see [`Shared::want_room`]).
     room_wanted: AtomicBool,
+    /// Publishers' batch outcomes not yet taken by the poller.
+    reports: Mutex<Vec<poller::Completion>>,
+    /// A `Reports` message is on its way to the poller.
+    reports_signalled: AtomicBool,
 }
 
 impl Shared {
@@ -195,6 +199,8 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             unmarked: AtomicUsize::new(0),
             room_wanted: AtomicBool::new(false),
+            reports: Mutex::new(Vec::new()),
+            reports_signalled: AtomicBool::new(false),
         }
     }
 
@@ -282,6 +288,23 @@ impl Shared {
     /// Whether the poller asked to be woken (and the request is taken).
     pub fn take_room_wanted(&self) -> bool {
         self.room_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// A publisher's batch is complete: its outcome waits for the poller, which is woken
+    /// only if no wake-up is on its way already — outcomes that arrive while the poller is
+    /// busy are taken together.
+    pub fn report(&self, completion: poller::Completion, poller: &ActorRef<poller::PollerMsg>) {
+        self.reports.lock().expect("reports").push(completion);
+        if !self.reports_signalled.swap(true, Ordering::AcqRel) {
+            let _ = poller.send_message(poller::PollerMsg::Reports);
+        }
+    }
+
+    /// Every outcome reported so far (the poller, on `Reports`).
+    pub fn take_reports(&self) -> Vec<poller::Completion> {
+        // Cleared first: an outcome pushed after the take below signals again.
+        self.reports_signalled.store(false, Ordering::Release);
+        std::mem::take(&mut *self.reports.lock().expect("reports"))
     }
 
     /// The relay's partition count.

@@ -1,11 +1,17 @@
 //! Poller: finds pending rows and hands them out, one row per aggregate at a time.
 //!
-//! In: `Wake` (a NOTIFY from the insert trigger), `Tick` (`poller.interval_ms` fallback),
-//! `Completed` (a publisher's batch outcome), `RetryAt` / `DeadLettered` (the retry
-//! actor's decision), `Rescan` (`dead-letters replay|discard`, or every
-//! `poller.rescan_interval_ms`).
+//! In: `Wake` (a NOTIFY from the insert trigger), `ReadDue` (a coalesced read's window
+//! ended), `Tick` (`poller.interval_ms` fallback), `Reports` (publishers' batch outcomes),
+//! `RetryAt` / `DeadLettered` (the retry actor's decision), `Rescan` (`dead-letters
+//! replay|discard`, or every `poller.rescan_interval_ms`).
 //! Out: `Publish(rows)` to publisher `hash(aggregate_id) % partitions`; acknowledged ids to
 //! the acker; failures to the retry actor.
+//!
+//! When it reads. Like group commit: at most one read at a time, and a wake-up that comes
+//! while the rows of the last dispatch are with the broker waits for their acknowledgement
+//! (at most `poller.coalesce_ms`), so that everything committed meanwhile shares one read,
+//! one dispatch and one report. A backlog (a read cut by `poller.batch_size`) is read on at
+//! once; a lone event is read at once.
 //!
 //! How rows are found. The poller reads `id > cursor` (oldest first) and never skips a row
 //! that commits late: every id missing between two rows it read is remembered as a *gap*
@@ -91,8 +97,11 @@ pub enum PollerMsg {
     /// The rescan's query came back: pending ids below the cursor it had then (or the
     /// error).
     RescanFound(Result<Vec<i64>, sqlx::Error>),
-    /// A publisher's batch outcome.
-    Completed(Completion),
+    /// Publishers' batch outcomes wait in [`Shared::take_reports`] (one message for
+    /// however many arrived meanwhile).
+    Reports,
+    /// The coalescing window of a wanted read ended (`poller.coalesce_ms`).
+    ReadDue,
     /// The retry actor's decision: try the row again at `at`.
     RetryAt {
         /// The row, with its attempts updated.
@@ -254,6 +263,8 @@ struct Agg {
     in_flight: Option<Row>,
     /// Its publisher, computed once.
     partition: usize,
+    /// The dispatch round that sent `in_flight`.
+    round: u64,
 }
 
 impl Agg {
@@ -264,13 +275,14 @@ impl Agg {
             busy: false,
             in_flight: None,
             partition: partition_of(aggregate_id, partitions),
+            round: 0,
         }
     }
 
-    /// Takes the in-flight row if it is the one with this id.
-    fn take_in_flight(&mut self, id: i64) -> Option<Row> {
+    /// Takes the in-flight row if it is the one with this id; with the round that sent it.
+    fn take_in_flight(&mut self, id: i64) -> Option<(Row, u64)> {
         if self.in_flight.as_ref().is_some_and(|r| r.id == id) {
-            self.in_flight.take()
+            self.in_flight.take().map(|r| (r, self.round))
         } else {
             None
         }
@@ -320,6 +332,16 @@ pub struct PollerState {
     db_failures: u32,
     db_retry_at: Option<Instant>,
     reports: u64,
+    /// The latest dispatch round (every dispatch that sends rows starts one).
+    round: u64,
+    /// Rows of the latest round still with the producer.
+    round_pending: usize,
+    /// When the latest round was dispatched.
+    round_started: Instant,
+    /// A wake-up asked for a read that waits for the latest round (or the window).
+    read_wanted: bool,
+    /// A `ReadDue` is scheduled.
+    read_due_armed: bool,
 }
 
 impl Actor for Poller {
@@ -373,6 +395,11 @@ impl Actor for Poller {
             db_failures: 0,
             db_retry_at: None,
             reports: 0,
+            round: 0,
+            round_pending: 0,
+            round_started: Instant::now(),
+            read_wanted: false,
+            read_due_armed: false,
         })
     }
 
@@ -387,9 +414,12 @@ impl Actor for Poller {
                 st.wiring = Some(w);
                 st.cycle(&myself).await;
             }
-            PollerMsg::Wake => {
-                st.wake_flag.store(false, Ordering::Release);
-                st.cycle(&myself).await;
+            PollerMsg::Wake => st.want_read(&myself).await,
+            PollerMsg::ReadDue => {
+                st.read_due_armed = false;
+                if st.read_wanted {
+                    st.want_read(&myself).await;
+                }
             }
             PollerMsg::Tick => {
                 st.cycle(&myself).await;
@@ -420,13 +450,15 @@ impl Actor for Poller {
                 }
                 st.dispatch(&myself);
             }
-            PollerMsg::Completed(c) => {
-                st.reports += 1;
-                let every = st.shared.faults.panic_poller_every;
-                if every > 0 && st.reports.is_multiple_of(every) {
-                    panic!("test fault: poller crashes (OUTBOXD_TEST_PANIC_POLLER_EVERY)");
+            PollerMsg::Reports => {
+                for c in st.shared.take_reports() {
+                    st.reports += 1;
+                    let every = st.shared.faults.panic_poller_every;
+                    if every > 0 && st.reports.is_multiple_of(every) {
+                        panic!("test fault: poller crashes (OUTBOXD_TEST_PANIC_POLLER_EVERY)");
+                    }
+                    st.completed(c);
                 }
-                st.completed(c);
                 st.dispatch(&myself);
                 let batch = st.shared.config.poller.batch_size as usize;
                 let want_rows = st.more || !st.refills.is_empty();
@@ -436,6 +468,8 @@ impl Actor for Poller {
                     } else {
                         st.shared.want_room();
                     }
+                } else if st.read_wanted && st.may_read_now() {
+                    st.want_read(&myself).await;
                 }
             }
             PollerMsg::RetryAt { row, at } => {
@@ -537,6 +571,40 @@ impl PollerState {
     /// Deferred ids are small, but not free: past this many, reading waits for them.
     fn max_deferred(&self) -> usize {
         self.max_in_memory().saturating_mul(100)
+    }
+
+    /// Group commit for reads. A wake-up (NOTIFY) reads at once when nothing of the latest
+    /// round is with the producer, or when the last read was cut by the batch size (a
+    /// backlog: read on). Otherwise the read waits until that round is acknowledged, at
+    /// most `poller.coalesce_ms` after it went out, and every wake-up meanwhile joins it:
+    /// under load one read, one dispatch and one acknowledgement report carry many events;
+    /// when events come slowly each is read at once.
+    async fn want_read(&mut self, myself: &ActorRef<PollerMsg>) {
+        if self.may_read_now() {
+            self.read_wanted = false;
+            // NOTIFYs from here on wake the poller again.
+            self.wake_flag.store(false, Ordering::Release);
+            self.cycle(myself).await;
+            return;
+        }
+        // The listener's flag stays set: it sends no more wake-ups until this read.
+        self.read_wanted = true;
+        if !self.read_due_armed {
+            self.read_due_armed = true;
+            let due = self.round_started + self.coalesce();
+            myself.send_after(due.saturating_duration_since(Instant::now()), || {
+                PollerMsg::ReadDue
+            });
+        }
+    }
+
+    fn coalesce(&self) -> Duration {
+        Duration::from_millis(self.shared.config.poller.coalesce_ms)
+    }
+
+    /// Whether a wanted read may go now (see [`PollerState::want_read`]).
+    fn may_read_now(&self) -> bool {
+        self.more || self.round_pending == 0 || self.round_started.elapsed() >= self.coalesce()
     }
 
     /// Reads what there is to read (if allowed), then hands out what is ready.
@@ -906,6 +974,8 @@ impl PollerState {
         let limited = limits.any();
         let mut deferred = Vec::new();
         let mut wait: Option<Duration> = None;
+        let round = self.round + 1;
+        let mut sent = 0;
         while let Some(key) = self.runnable.pop_front() {
             let Some(agg) = self.aggs.get_mut(&key.aggregate_id) else {
                 continue;
@@ -934,8 +1004,15 @@ impl PollerState {
             let row = agg.queue.pop_front().expect("head exists");
             agg.busy = true;
             agg.in_flight = Some(row.clone());
+            agg.round = round;
             self.in_flight += 1;
+            sent += 1;
             batches[agg.partition].push(row);
+        }
+        if sent > 0 {
+            self.round = round;
+            self.round_pending = sent;
+            self.round_started = Instant::now();
         }
         for key in deferred.into_iter().rev() {
             self.runnable.push_front(key);
@@ -1046,11 +1123,14 @@ impl PollerState {
 
     /// The aggregate's in-flight row, if it is this one; counts it out.
     fn take_in_flight(&mut self, row: &Row) -> Option<Row> {
-        let taken = self
+        let (taken, round) = self
             .aggs
             .get_mut(&row.aggregate_id)?
             .take_in_flight(row.id)?;
         self.in_flight -= 1;
+        if round == self.round {
+            self.round_pending = self.round_pending.saturating_sub(1);
+        }
         Some(taken)
     }
 

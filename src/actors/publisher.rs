@@ -3,8 +3,9 @@
 //! In: `Publish(rows)` from the poller — at most one row per aggregate, in id order.
 //! Out: every row is sent through the shared idempotent producer without waiting for the
 //! previous one (pipelined); the delivery reports come back on librdkafka's polling thread
-//! and, once the last row of the batch has one, the batch reports one `Completed` to the
-//! poller: delivered rows, and failed rows with their classified failure. A row that
+//! and, once the last row of the batch has one, the batch reports its outcome to the
+//! poller (delivered rows, and failed rows with their classified failure) through
+//! [`Shared::report`], which folds the reports that arrive together into one wake-up. A row that
 //! cannot become a record fails here, permanently.
 //! Failure: a crash loses nothing — the poller still holds every row it handed out and
 //! sends them again to the restarted publisher.
@@ -132,13 +133,16 @@ impl Batch {
         if !delivered.is_empty() {
             self.shared.note_delivery(now);
         }
-        let _ = self.poller.send_message(PollerMsg::Completed(Completion {
-            partition: self.partition,
-            generation: self.generation,
-            delivered,
-            failed,
-            sent_at: self.sent_at,
-        }));
+        self.shared.report(
+            Completion {
+                partition: self.partition,
+                generation: self.generation,
+                delivered,
+                failed,
+                sent_at: self.sent_at,
+            },
+            &self.poller,
+        );
     }
 }
 
