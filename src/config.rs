@@ -132,7 +132,9 @@ pub struct RelayConfig {
     pub on_publish: OnPublish,
     /// `hold` or `continue` an aggregate after one of its rows is dead-lettered.
     pub dead_letter_policy: DeadLetterPolicy,
-    /// Name of this instance in the lease table; empty = a random name per process.
+    /// Name of this instance in the lease table; empty = the host name (in Kubernetes the
+    /// pod's name), stable across restarts so that a restarted process reclaims its own
+    /// lease at once. Instances sharing a host need a name each.
     pub instance_id: String,
     /// How long a lease lasts without renewal, in milliseconds.
     pub lease_ttl_ms: u64,

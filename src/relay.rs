@@ -47,12 +47,12 @@ impl Relay {
             .acquire_timeout(Duration::from_millis(config.database.connect_timeout_ms))
             .connect_lazy_with(ack_opts);
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        // Stable across restarts: a restarted process reclaims its own lease at once.
         let owner = if config.relay.instance_id.is_empty() {
-            let host = nix::unistd::gethostname()
+            nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "host".into());
-            format!("{host}-{}-{tag}", std::process::id())
+                .unwrap_or_else(|| "outboxd".into())
         } else {
             config.relay.instance_id.clone()
         };

@@ -54,11 +54,22 @@ async fn sql_rows_arrive_in_order_across_kill_dash_nine_and_restart() {
             .unwrap()
     };
 
+    let oldest_pending = || async {
+        sqlx::query_scalar::<_, Option<i64>>("SELECT min(id) FROM outbox")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+
+    // No instance id: every process goes by the host's name, as a restarted systemd unit
+    // or Kubernetes container does.
     let env = env_for(&db);
     for cycle in 0..2 {
         let before = epoch().await;
+        let oldest = oldest_pending().await;
+        let started = Instant::now();
         let mut relay = RelayProcess::spawn(&env);
-        // It takes the lease once the killed one's has expired (relay.lease_ttl_ms)...
+        // It takes the lease: after a kill -9 its own, at once (not after the 10 s TTL)...
         let took_over =
             eventually(Duration::from_secs(30), || async { epoch().await > before }).await;
         assert!(
@@ -66,6 +77,19 @@ async fn sql_rows_arrive_in_order_across_kill_dash_nine_and_restart() {
             "cycle {cycle}: relay took the lease\n{}",
             relay.output()
         );
+        let publishing = eventually(Duration::from_secs(30), || async {
+            oldest_pending().await.is_none_or(|o| Some(o) > oldest)
+        })
+        .await;
+        assert!(publishing, "cycle {cycle}: publishing\n{}", relay.output());
+        let resumed = started.elapsed();
+        if cycle > 0 {
+            assert!(
+                resumed < Duration::from_secs(2),
+                "cycle {cycle}: restarted relay published again after {resumed:?}\n{}",
+                relay.output()
+            );
+        }
         // ...publishes a while, and dies mid-run.
         let pending_before = db.pending().await;
         tokio::time::sleep(Duration::from_millis(1_500)).await;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use rdkafka::producer::{Producer, PurgeConfig};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::acker::{Acker, AckerArgs, AckerMsg};
 use super::cleanup::{Cleanup, CleanupMsg};
@@ -149,6 +149,9 @@ pub struct SupervisorState {
     generations: Vec<u64>,
     standby_logged: bool,
     shutting_down: bool,
+    /// The connection that holds this process's instance-name lock (see
+    /// [`store::lock_instance`]); `None` while another live session holds it.
+    identity: Option<sqlx::PgConnection>,
 }
 
 impl Actor for Supervisor {
@@ -183,6 +186,7 @@ impl Actor for Supervisor {
             generations: vec![0; partitions],
             standby_logged: false,
             shutting_down: false,
+            identity: None,
         })
     }
 
@@ -290,11 +294,13 @@ impl SupervisorState {
         }
         let ttl = self.ttl();
         let asked_at = Instant::now();
+        let reclaim = self.hold_identity().await;
         match store::acquire_lease(
             &self.args.pool,
             RELAY_LEASE,
             &self.args.owner,
             ttl.as_millis() as i64,
+            reclaim,
         )
         .await
         {
@@ -333,6 +339,35 @@ impl SupervisorState {
                 }
                 myself.send_after(Duration::from_secs(1), || SupervisorMsg::AcquireLease);
             }
+        }
+    }
+
+    /// Whether this process holds the lock on its instance name, taking it if it can: a
+    /// process restarted under the same name (systemd, Kubernetes) then reclaims its lease
+    /// at once, while another instance — or a second process given the same name by
+    /// mistake — waits for the lease to expire.
+    async fn hold_identity(&mut self) -> bool {
+        if let Some(conn) = &mut self.identity {
+            if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
+                return true;
+            }
+            // The session and its lock are gone: take it again below, if nobody else has.
+            self.identity = None;
+        }
+        let Ok(conn) = self.args.pool.acquire().await else {
+            return false;
+        };
+        let mut conn = conn.detach();
+        match store::lock_instance(&mut conn, &self.args.owner).await {
+            Ok(true) => {
+                self.identity = Some(conn);
+                true
+            }
+            Ok(false) => {
+                debug!(owner = %self.args.owner, "Another live process runs under this instance name.");
+                false
+            }
+            Err(_) => false,
         }
     }
 

@@ -330,6 +330,22 @@ pub async fn dead_letter(
     Ok(n > 0)
 }
 
+/// Takes, on `conn`, the session-level advisory lock on an instance name. Only one session
+/// can hold it, and it goes with the session: when the process exits or is killed its
+/// connection closes and PostgreSQL releases the lock. So a process that gets it knows
+/// that no other live process runs under that name, and may reclaim the name's lease at
+/// once instead of waiting for it to expire.
+pub async fn lock_instance(
+    conn: &mut sqlx::PgConnection,
+    owner: &str,
+) -> Result<bool, sqlx::Error> {
+    count_query();
+    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('outboxd.instance'), hashtext($1))")
+        .bind(owner)
+        .fetch_one(conn)
+        .await
+}
+
 /// Aggregates with an open (not replayed, not discarded) dead letter.
 pub async fn held_aggregates(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::Error> {
     count_query();
@@ -340,12 +356,16 @@ pub async fn held_aggregates(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::E
     .await
 }
 
-/// Takes the lease if it is free, expired, or already ours; returns the new epoch.
+/// Takes the lease if it is free or expired — or, with `reclaim`, held under this owner
+/// name (by this process, or by an earlier incarnation of it that cannot be alive: see
+/// [`lock_instance`]); returns the new epoch. The epoch goes up on every take, so the
+/// writes of any earlier holder, an earlier incarnation included, are fenced.
 pub async fn acquire_lease(
     pool: &sqlx::PgPool,
     name: &str,
     owner: &str,
     ttl_ms: i64,
+    reclaim: bool,
 ) -> Result<Option<i64>, sqlx::Error> {
     count_query();
     sqlx::query_scalar(
@@ -354,12 +374,13 @@ pub async fn acquire_lease(
          ON CONFLICT (name) DO UPDATE \
             SET owner = EXCLUDED.owner, epoch = l.epoch + 1, acquired_at = now(), \
                 renewed_at = now(), expires_at = EXCLUDED.expires_at \
-            WHERE l.expires_at < now() OR l.owner = EXCLUDED.owner \
+            WHERE l.expires_at < now() OR (l.owner = EXCLUDED.owner AND $4) \
          RETURNING epoch",
     )
     .bind(name)
     .bind(owner)
     .bind(ttl_ms)
+    .bind(reclaim)
     .fetch_optional(pool)
     .await
 }

@@ -205,7 +205,8 @@ impl Env {
             .replace("127.0.0.1:5432", &self.pg_proxy.addr().to_string())
     }
 
-    /// Starts `outboxd run` with the scenario's settings and this instance id.
+    /// Starts `outboxd run` with the scenario's settings and this instance id (empty: the
+    /// default, the host name).
     pub fn spawn_relay(&mut self, instance: &str) -> anyhow::Result<RelayProc> {
         self.relay_count += 1;
         let log = self
@@ -227,11 +228,14 @@ impl Env {
             .env("OUTBOXD__DATABASE__URL", self.relay_db_url())
             .env("OUTBOXD__KAFKA__BROKERS", &self.brokers)
             .env("OUTBOXD__METRICS__LISTEN", "")
-            .env("OUTBOXD__RELAY__INSTANCE_ID", instance)
             .env("OUTBOXD__RELAY__LEASE_TTL_MS", "3000")
             .env("OUTBOXD__KAFKA__STALL_TIMEOUT_MS", "5000")
             .env("OUTBOXD__KAFKA__PRODUCER__MESSAGE.TIMEOUT.MS", "8000")
             .env("OUTBOXD__DATABASE__CONNECT_TIMEOUT_MS", "3000");
+        // Empty: the relay's default name (the host's).
+        if !instance.is_empty() {
+            cmd.env("OUTBOXD__RELAY__INSTANCE_ID", instance);
+        }
         for (k, v) in &self.relay_env {
             cmd.env(k, v);
         }

@@ -352,20 +352,49 @@ async fn kill9(p: &Profile) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut env = Env::new("kill9", None).await?;
     env.start_consumer();
-    let mut relay = start_relay(&mut env, "kill9").await?;
+    // No instance id: the relay goes by its default name, the host's, as a restarted
+    // systemd unit or Kubernetes container does.
+    let mut relay = start_relay(&mut env, "").await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
     let mut report = new_report("kill9");
+    let (mut to_lease, mut to_publish) = (Vec::new(), Vec::new());
     for _ in 0..p.kill_cycles {
         sleep(pause(300, 3_000)).await;
         relay.signal(Signal::SIGKILL);
         relay.wait_for(Duration::from_secs(5));
         env.faults += 1;
-        relay = start_relay(&mut env, "kill9").await?;
+        let consumed = env.consumed.load(std::sync::atomic::Ordering::Relaxed);
+        let restarted = Instant::now();
+        relay = start_relay(&mut env, "").await?;
+        to_lease.push(restarted.elapsed());
+        // The first record the ledger consumer reads after the restart (it polls every
+        // 100 ms, so this is an upper bound).
+        while env.consumed.load(std::sync::atomic::Ordering::Relaxed) == consumed
+            && restarted.elapsed() < Duration::from_secs(15)
+        {
+            sleep(Duration::from_millis(10)).await;
+        }
+        to_publish.push(restarted.elapsed());
     }
     report.notes.push(format!(
         "{} kill -9 at random moments (0.3–3 s apart)",
         p.kill_cycles
     ));
+    let worst_lease = to_lease.iter().max().copied().unwrap_or_default();
+    report.notes.push(format!(
+        "restart → lease reclaimed: p50 {:.0} ms, max {:.0} ms; restart → first record consumed: p50 {:.0} ms, max {:.0} ms",
+        quantile_ms(to_lease.clone(), 0.5),
+        worst_lease.as_secs_f64() * 1000.0,
+        quantile_ms(to_publish.clone(), 0.5),
+        quantile_ms(to_publish, 1.0),
+    ));
+    // A stranger would wait for the old lease to expire: 2–3 s of the 3 s TTL, plus its
+    // standby poll.
+    if worst_lease > Duration::from_millis(1_500) {
+        report.failures.push(format!(
+            "a restarted relay took {worst_lease:?} to reclaim its own lease (waited for it to expire?)"
+        ));
+    }
     sleep(Duration::from_secs(2)).await;
     Ok(finish(env, Some(generator), vec![relay], started, report).await)
 }
