@@ -233,7 +233,7 @@ pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<Sin
     if let Some(relay) = relay {
         relay_rt.spawn(relay.shutdown()).await??;
     }
-    relay_rt.shutdown_timeout(Duration::from_secs(5));
+    relay_rt.shutdown_background();
 
     let acked: std::collections::HashMap<uuid::Uuid, Instant> =
         acks.lock().expect("acks").iter().copied().collect();
