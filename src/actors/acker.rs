@@ -1,11 +1,12 @@
 //! Acker: marks acknowledged rows published — deletes them (default) or sets
 //! `published_at` — in batches, in the order the acknowledgements arrived.
 //!
-//! In: `Delivered(ids)` from the poller, `Flush` (RPC) before a rescan or at shutdown.
+//! In: `Delivered(ids)` from the poller, `FlushNow` from the poller when it waits for
+//! room, `Flush` (RPC) before a rescan or at shutdown.
 //! Out: one fenced statement per batch on the `synchronous_commit = off` pool: ids gather
-//! for a few milliseconds, and those that arrive while a statement runs go together in
-//! the next one. Rows it holds count against `relay.max_in_flight`; when the poller waits
-//! for that room, a `Tick` after the write wakes it.
+//! for 20 ms, and those that arrive while a statement runs go together in the next one.
+//! Rows it holds count against `relay.max_in_flight`; when the poller waits for that room
+//! the acker writes at once, and a `Tick` after the write wakes the poller.
 //! Failure: a database error keeps the ids and retries with back-off (the rows are sent
 //! again only if the process dies first — the bounded duplicates of design.md §2.3). A
 //! fenced write means another instance owns the lease: the ids are dropped (that instance
@@ -42,8 +43,11 @@ pub struct Acker;
 pub enum AckerMsg {
     /// These rows were acknowledged by the broker.
     Delivered(Vec<i64>),
-    /// Write out what is buffered now (internal).
+    /// Write out what is buffered now (the poller, when it waits for room; and after a
+    /// failed write).
     FlushNow,
+    /// The gathering window is over (internal).
+    Gathered,
     /// Write out everything received so far; replies whether nothing is left buffered.
     Flush(RpcReplyPort<bool>),
 }
@@ -61,6 +65,10 @@ pub struct AckerState {
     shared: Arc<Shared>,
     poller: ActorRef<PollerMsg>,
     buffer: Vec<i64>,
+    /// A `Gathered` is scheduled.
+    gathering: bool,
+    /// A `FlushNow` of its own is queued (behind the acknowledgements that arrived
+    /// meanwhile, which it then writes too).
     flush_queued: bool,
     failures: u32,
 }
@@ -79,6 +87,7 @@ impl Actor for Acker {
             shared: args.shared,
             poller: args.poller,
             buffer: Vec::new(),
+            gathering: false,
             flush_queued: false,
             failures: 0,
         })
@@ -95,26 +104,23 @@ impl Actor for Acker {
                 state.buffer.extend(ids);
                 // Everything that arrives meanwhile joins the same statement. A batch that
                 // is big already, or rows the poller waits for, need not gather longer.
-                if !state.flush_queued {
-                    state.flush_queued = true;
-                    if state.buffer.len() >= FLUSH_AT || state.shared.room_wanted() {
+                if state.buffer.len() >= FLUSH_AT || state.shared.room_wanted() {
+                    if !state.flush_queued {
+                        state.flush_queued = true;
                         myself.send_message(AckerMsg::FlushNow)?;
-                    } else {
-                        myself.send_after(GATHER, || AckerMsg::FlushNow);
                     }
+                } else if !state.gathering {
+                    state.gathering = true;
+                    myself.send_after(GATHER, || AckerMsg::Gathered);
                 }
+            }
+            AckerMsg::Gathered => {
+                state.gathering = false;
+                write_or_retry(&myself, state).await;
             }
             AckerMsg::FlushNow => {
                 state.flush_queued = false;
-                if !flush(state).await && !state.buffer.is_empty() {
-                    state.flush_queued = true;
-                    let delay = super::exponential(
-                        Duration::from_millis(50),
-                        Duration::from_secs(5),
-                        state.failures,
-                    );
-                    myself.send_after(delay, || AckerMsg::FlushNow);
-                }
+                write_or_retry(&myself, state).await;
             }
             AckerMsg::Flush(reply) => {
                 let ok = flush(state).await;
@@ -132,6 +138,20 @@ impl Actor for Acker {
         // A clean stop (shutdown, pipeline restart) writes what it still holds.
         flush(state).await;
         Ok(())
+    }
+}
+
+/// Writes the buffer; after a failure, tries again after a back-off (unless a gathering
+/// window will).
+async fn write_or_retry(myself: &ActorRef<AckerMsg>, state: &mut AckerState) {
+    if !flush(state).await && !state.buffer.is_empty() && !state.gathering {
+        state.gathering = true;
+        let delay = super::exponential(
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+            state.failures,
+        );
+        myself.send_after(delay, || AckerMsg::Gathered);
     }
 }
 

@@ -466,7 +466,7 @@ impl Actor for Poller {
                     if st.room() >= batch.min(st.max_in_memory() / 2).max(1) {
                         st.cycle(&myself).await;
                     } else {
-                        st.shared.want_room();
+                        st.want_room();
                     }
                 } else if st.read_wanted && st.may_read_now() {
                     st.want_read(&myself).await;
@@ -530,6 +530,18 @@ impl PollerState {
     fn room(&self) -> usize {
         self.max_in_memory()
             .saturating_sub(self.in_memory + self.shared.unmarked())
+    }
+
+    /// Rows are waiting to be read but the memory bound is used up: when part of it is
+    /// acknowledged rows the acker has not marked yet, ask it to write them now rather than
+    /// at the end of its gathering window, and to wake the poller after.
+    fn want_room(&self) {
+        self.shared.want_room();
+        if self.shared.room_wanted()
+            && let Some(w) = &self.wiring
+        {
+            let _ = w.acker.send_message(AckerMsg::FlushNow);
+        }
     }
 
     fn max_rows_per_aggregate(&self) -> usize {
@@ -668,7 +680,7 @@ impl PollerState {
             self.room() as i64
         };
         if room < batch {
-            self.shared.want_room();
+            self.want_room();
         }
         if room > 0 {
             let now = Instant::now();
