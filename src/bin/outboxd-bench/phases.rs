@@ -1890,9 +1890,11 @@ fn summary(r: &Results) -> String {
     }
     s.push_str(&stage_table(&r.sustained, &r.produce_latency));
     s.push_str(&crate::single::table(&r.single));
-    s.push_str("\nEvery step, sustained runs and the flat-backlog search:\n");
-    s.push_str("\n| offered/s | achieved/s | events/txn | p50 ms | p99 ms | p99.9 ms | max ms | backlog slope/s | verdict | relay CPU µs/event |\n|---|---|---|---|---|---|---|---|---|---|\n");
     let mut all: Vec<&Sustained> = r.sustained.iter().chain(r.search.iter()).collect();
+    if !all.is_empty() {
+        s.push_str("\nEvery step, sustained runs and the flat-backlog search:\n");
+        s.push_str("\n| offered/s | achieved/s | events/txn | p50 ms | p99 ms | p99.9 ms | max ms | backlog slope/s | verdict | relay CPU µs/event |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    }
     all.sort_by_key(|x| x.offered);
     for x in all {
         s.push_str(&format!(
