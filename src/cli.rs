@@ -166,6 +166,7 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
                 .fetch_one(&pool)
                 .await
                 .unwrap_or_default();
+            let tls = db::tls_description(&pool).await;
             let migrated = applied_migrations(&pool).await;
             let expected = crate::MIGRATOR.iter().count() as i64;
             let schema = if migrated >= expected {
@@ -174,7 +175,7 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
                 format!("{migrated}/{expected} migrations applied — run `outboxd migrate`")
             };
             println!(
-                "database: ok ({}, PostgreSQL {version}, schema {schema})",
+                "database: ok ({}, PostgreSQL {version}, {tls}, schema {schema})",
                 db::redact(&config.database.url)
             );
         }
@@ -184,13 +185,29 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
         }
     }
     let health = std::sync::Arc::new(health::Health::default());
-    let producer = kafka::create_producer(&config.kafka, health)?;
+    let producer = match kafka::create_producer(&config.kafka, health.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            // Only the configuration can make this fail (librdkafka connects later).
+            eprintln!("error: invalid configuration (1 problem):\n  - kafka.producer: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1_000));
     let brokers = config.kafka.brokers.clone();
     match tokio::task::spawn_blocking(move || kafka::fetch_metadata(&producer, timeout)).await? {
-        Ok(n) => println!("broker: ok ({brokers}, {n} broker(s) in the cluster)"),
+        Ok(n) => println!(
+            "broker: ok ({brokers}, {n} broker(s) in the cluster, {}; librdkafka {} with {})",
+            kafka::connection_description(&config.kafka),
+            rdkafka::util::get_rdkafka_version().1,
+            kafka::builtin_features()
+        ),
         Err(e) => {
-            println!("broker: UNREACHABLE — {brokers}: {e}");
+            // A TLS or SASL failure says more than the metadata request's timeout.
+            match health.broker_problem() {
+                Some(problem) => println!("broker: UNREACHABLE — {brokers}: {problem}"),
+                None => println!("broker: UNREACHABLE — {brokers}: {e}"),
+            }
             unreachable.push("broker");
         }
     }

@@ -58,6 +58,19 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Timeout for opening a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// TLS, as libpq's `sslmode`: `disable`, `prefer`, `require`, `verify-ca` or
+    /// `verify-full`; empty = the URL's `sslmode` (libpq's default, `prefer`, without one).
+    pub sslmode: String,
+    /// CA certificate(s) the server's certificate may be signed by (PEM file), trusted
+    /// besides the public web roots built in; empty = the URL's `sslrootcert`.
+    pub sslrootcert: String,
+    /// Client certificate for mutual TLS (PEM file); empty = the URL's `sslcert`.
+    pub sslcert: String,
+    /// The client certificate's private key (PEM file); empty = the URL's `sslkey`.
+    pub sslkey: String,
+    /// A file whose content is the password (a Kubernetes secret mounted as a file; one
+    /// trailing newline is ignored); when set it wins over a password in the URL.
+    pub password_file: String,
 }
 
 impl Default for DatabaseConfig {
@@ -66,6 +79,11 @@ impl Default for DatabaseConfig {
             url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             max_connections: 10,
             connect_timeout_ms: 5_000,
+            sslmode: String::new(),
+            sslrootcert: String::new(),
+            sslcert: String::new(),
+            sslkey: String::new(),
+            password_file: String::new(),
         }
     }
 }
@@ -76,8 +94,14 @@ impl Default for DatabaseConfig {
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma separated `host:port`.
     pub brokers: String,
-    /// Raw librdkafka options, passed through (`"linger.ms" = "5"`).
+    /// Raw librdkafka options, passed through (`"linger.ms" = "5"`), TLS and SASL
+    /// included. Values of secret-bearing options (passwords, secrets, keys) are never
+    /// shown.
     pub producer: BTreeMap<String, String>,
+    /// librdkafka options whose value is read from a file at start-up (Kubernetes secrets
+    /// mounted as files): `"sasl.password" = "/run/secrets/kafka-password"`. One trailing
+    /// newline is ignored.
+    pub secret_files: BTreeMap<String, String>,
     /// Rows waiting on the producer, nothing acknowledged for this long, yet the broker
     /// answers: the producer is wedged (e.g. its idempotence state was lost in a broker
     /// restart) and is replaced, in milliseconds.
@@ -89,6 +113,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: "127.0.0.1:9092".into(),
             producer: BTreeMap::new(),
+            secret_files: BTreeMap::new(),
             stall_timeout_ms: 30_000,
         }
     }
@@ -333,7 +358,7 @@ impl Default for LogConfig {
 }
 
 /// Maps whose keys are the user's own (not checked against a list of known keys).
-const FREE_MAPS: &[&str] = &["kafka.producer", "rate_limit.topics"];
+const FREE_MAPS: &[&str] = &["kafka.producer", "kafka.secret_files", "rate_limit.topics"];
 
 /// librdkafka options outboxd sets itself; overriding them would break a guarantee.
 const RESERVED_PRODUCER_OPTIONS: &[(&str, &str)] = &[
@@ -609,6 +634,8 @@ impl Config {
         if let Err(why) = check_database_url(&self.database.url) {
             e.push(format!("database.url: {why}"));
         }
+        e.extend(check_database_tls(&self.database));
+        e.extend(crate::kafka::check_options(&self.kafka));
         if let Err(why) = check_brokers(&self.kafka.brokers) {
             e.push(format!("kafka.brokers: {why}"));
         }
@@ -655,14 +682,111 @@ impl Config {
 }
 
 fn check_database_url(url: &str) -> Result<(), String> {
+    let shown = crate::db::redact(url);
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(format!(
-            "{url:?} is not a PostgreSQL URL (postgres://user@host:port/database)"
+            "{shown:?} is not a PostgreSQL URL (postgres://user@host:port/database)"
         ));
     }
     url.parse::<sqlx::postgres::PgConnectOptions>()
         .map(|_| ())
-        .map_err(|err| format!("{url:?} is not a valid URL: {err}"))
+        // An unknown sslmode is reported by check_database_tls, naming the mode.
+        .or_else(|err| {
+            if err.to_string().contains("ssl_mode") {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        })
+        .map_err(|err| {
+            format!(
+                "{shown:?} is not a valid URL: {}",
+                crate::db::redact(&err.to_string())
+            )
+        })
+}
+
+/// libpq's `sslmode` values.
+pub const SSL_MODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// TLS settings of `[database]` and of its URL: known modes, files that exist and can be
+/// read, a client certificate together with its key.
+fn check_database_tls(db: &DatabaseConfig) -> Vec<String> {
+    let mut e = Vec::new();
+    let query: Vec<(String, String)> = url::Url::parse(&db.url)
+        .map(|u| u.query_pairs().into_owned().collect())
+        .unwrap_or_default();
+    let from_url = |names: &[&str]| {
+        query
+            .iter()
+            .find(|(k, _)| names.contains(&k.as_str()))
+            .map(|(k, v)| (format!("database.url ({k})"), v.clone()))
+    };
+    let pick = |key: &str, value: &str, names: &[&str]| {
+        if value.is_empty() {
+            from_url(names)
+        } else {
+            Some((format!("database.{key}"), value.to_string()))
+        }
+    };
+    if let Some((key, mode)) = pick("sslmode", &db.sslmode, &["sslmode", "ssl-mode"])
+        && !SSL_MODES.contains(&mode.as_str())
+    {
+        e.push(format!(
+            "{key}: {mode:?} is not a TLS mode (one of {})",
+            SSL_MODES.join(", ")
+        ));
+    }
+    let root = pick(
+        "sslrootcert",
+        &db.sslrootcert,
+        &["sslrootcert", "ssl-root-cert", "ssl-ca"],
+    );
+    let cert = pick("sslcert", &db.sslcert, &["sslcert", "ssl-cert"]);
+    let key = pick("sslkey", &db.sslkey, &["sslkey", "ssl-key"]);
+    for (what, setting) in [
+        ("the CA certificate", &root),
+        ("the client certificate", &cert),
+        ("the client key", &key),
+    ] {
+        if let Some((name, path)) = setting
+            && let Err(why) = readable(path)
+        {
+            e.push(format!("{name}: cannot read {what} {path:?}: {why}"));
+        }
+    }
+    match (&cert, &key) {
+        (Some((name, _)), None) => e.push(format!(
+            "{name}: a client certificate needs its key (database.sslkey)"
+        )),
+        (None, Some((name, _))) => e.push(format!(
+            "{name}: a client key needs its certificate (database.sslcert)"
+        )),
+        _ => {}
+    }
+    if !db.password_file.is_empty()
+        && let Err(why) = readable(&db.password_file)
+    {
+        e.push(format!(
+            "database.password_file: cannot read {:?}: {why}",
+            db.password_file
+        ));
+    }
+    e
+}
+
+/// Whether a file can be opened for reading, or why not.
+fn readable(path: &str) -> Result<(), String> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn check_brokers(brokers: &str) -> Result<(), String> {

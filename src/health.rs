@@ -1,5 +1,6 @@
 //! Shared liveness and readiness facts, set by the actors and read by `/readyz`.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// Lease state of this instance.
@@ -18,6 +19,8 @@ pub enum LeaseState {
 pub struct Health {
     db_up: AtomicBool,
     broker_up: AtomicBool,
+    /// Why the broker cannot be used (a TLS or authentication failure), until it can.
+    broker_problem: Mutex<Option<String>>,
     lease: AtomicU8,
 }
 
@@ -26,6 +29,7 @@ impl Default for Health {
         Self {
             db_up: AtomicBool::new(false),
             broker_up: AtomicBool::new(true),
+            broker_problem: Mutex::new(None),
             lease: AtomicU8::new(LeaseState::None as u8),
         }
     }
@@ -52,12 +56,27 @@ impl Health {
     /// Records broker reachability; returns whether it changed (logs the recovery).
     pub fn set_broker_up(&self, up: bool) -> bool {
         let changed = self.broker_up.swap(up, Ordering::Relaxed) != up;
+        if up {
+            self.set_broker_problem(None);
+        }
         if changed {
             metrics::gauge!("outboxd_broker_up").set(if up { 1.0 } else { 0.0 });
             if up {
                 tracing::info!("Broker reachable again.");
             }
         }
+        changed
+    }
+    /// Why the broker cannot be used, when a TLS or authentication failure says so.
+    pub fn broker_problem(&self) -> Option<String> {
+        self.broker_problem.lock().expect("broker problem").clone()
+    }
+    /// Records (or clears) why the broker cannot be used; returns whether it changed, so
+    /// that a problem is logged once, not on every connection attempt.
+    pub fn set_broker_problem(&self, problem: Option<String>) -> bool {
+        let mut current = self.broker_problem.lock().expect("broker problem");
+        let changed = *current != problem;
+        *current = problem;
         changed
     }
     /// This instance's lease state.

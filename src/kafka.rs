@@ -58,6 +58,13 @@ pub struct RelayContext {
 
 impl ClientContext for RelayContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // TLS and SASL failures repeat on every connection attempt; `client_error` reports
+        // each once, with what to do about it.
+        let level = if security_hint(log_message).is_some() {
+            RDKafkaLogLevel::Debug
+        } else {
+            level
+        };
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
@@ -105,18 +112,80 @@ impl ProducerContext for RelayContext {
 
 impl RelayContext {
     fn client_error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            if self.health.set_broker_up(false) {
-                tracing::warn!(%reason, "All brokers are down; sends wait and are retried.");
+        use RDKafkaErrorCode as C;
+        match error.rdkafka_error_code() {
+            Some(C::AllBrokersDown) => {
+                if self.health.set_broker_up(false) {
+                    tracing::warn!(%reason, "All brokers are down; sends wait and are retried.");
+                }
             }
-        } else {
-            tracing::warn!(%error, %reason, "Kafka client error.");
+            // The broker cannot be trusted or does not take our credentials: nothing can
+            // be published until an operator fixes the configuration. Rows stay pending.
+            Some(
+                C::SSL
+                | C::Authentication
+                | C::SaslAuthenticationFailed
+                | C::ClusterAuthorizationFailed
+                | C::UnsupportedSASLMechanism
+                | C::IllegalSASLState,
+            ) => {
+                let problem = match security_hint(reason) {
+                    Some(hint) => format!("{hint} ({})", without_timing(reason)),
+                    None => without_timing(reason).to_string(),
+                };
+                self.health.set_broker_up(false);
+                if self.health.set_broker_problem(Some(problem.clone())) {
+                    tracing::error!(%problem, "Cannot connect to the broker; rows stay pending until this is fixed.");
+                }
+            }
+            _ => tracing::warn!(%error, %reason, "Kafka client error."),
         }
     }
 }
 
-/// The full librdkafka configuration for the relay's producer.
-pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+/// librdkafka ends connection errors with how long the attempt took; without it the same
+/// problem reads the same on every attempt (logged once).
+fn without_timing(reason: &str) -> &str {
+    reason.rfind(" (after ").map_or(reason, |i| &reason[..i])
+}
+
+/// What an operator should do about a TLS or SASL failure, in words.
+pub fn security_hint(reason: &str) -> Option<&'static str> {
+    const HINTS: &[(&str, &str)] = &[
+        (
+            "certificate verify failed",
+            "the broker's certificate is not signed by the CA in ssl.ca.location (or has expired, or is not issued for this host name)",
+        ),
+        (
+            "broker certificate could not be verified",
+            "the broker's certificate is not signed by the CA in ssl.ca.location",
+        ),
+        (
+            "client SSL authentication might be required",
+            "the broker wants a client certificate: set ssl.certificate.location and ssl.key.location",
+        ),
+        (
+            "wrong version number",
+            "the broker does not speak TLS on this port: check security.protocol and kafka.brokers",
+        ),
+        (
+            "Authentication failed",
+            "the broker refused the SASL credentials: check sasl.username and sasl.password",
+        ),
+        (
+            "Unsupported SASL mechanism",
+            "the broker does not offer this sasl.mechanism",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(needle, _)| reason.contains(needle))
+        .map(|(_, hint)| *hint)
+}
+
+/// The full librdkafka configuration for the relay's producer, secrets read from their
+/// files (`[kafka.secret_files]`).
+pub fn producer_config(cfg: &KafkaConfig) -> anyhow::Result<ClientConfig> {
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &cfg.brokers);
     for (k, v) in PRODUCER_DEFAULTS {
@@ -125,19 +194,144 @@ pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
     for (k, v) in &cfg.producer {
         cc.set(k, v);
     }
+    for (k, path) in &cfg.secret_files {
+        let value = crate::db::read_secret(path)
+            .map_err(|e| anyhow::anyhow!("kafka.secret_files.\"{k}\": {e}"))?;
+        cc.set(k, value);
+    }
     cc.set("enable.idempotence", "true");
     cc.set("acks", "all");
-    cc
+    Ok(cc)
 }
 
 /// Builds the shared idempotent producer (`enable.idempotence=true`, `acks=all`).
 pub fn create_producer(cfg: &KafkaConfig, health: Arc<Health>) -> anyhow::Result<RelayProducer> {
-    producer_config(cfg)
-        .create_with_context(RelayContext {
-            health,
-            produce_requests: AtomicI64::new(0),
-        })
-        .map_err(|e| anyhow::anyhow!("cannot create the Kafka producer: {e}"))
+    let cc = producer_config(cfg)?;
+    cc.create_with_context(RelayContext {
+        health,
+        produce_requests: AtomicI64::new(0),
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the Kafka producer: {}",
+            hide_secrets(&e.to_string(), &cc)
+        )
+    })
+}
+
+/// Whether a librdkafka option carries a secret; its value is never shown.
+pub fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "oauthbearer.config",
+        "jaas",
+        "token",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// `text` with the value of every secret option of `cc` replaced by `***`.
+fn hide_secrets(text: &str, cc: &ClientConfig) -> String {
+    let mut out = text.to_string();
+    for (k, v) in cc.config_map() {
+        if is_secret(k) && !v.is_empty() {
+            out = out.replace(v, "***");
+        }
+    }
+    out
+}
+
+/// SASL mechanisms this build of librdkafka offers (OpenSSL built in; no Cyrus SASL, so
+/// no GSSAPI; `OAUTHBEARER` with librdkafka's unsecured JWT or a token refresh callback,
+/// not OIDC, which needs libcurl).
+pub const SASL_MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
+
+/// Options naming a file (or directory) librdkafka reads when the producer starts.
+const FILE_OPTIONS: &[&str] = &[
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.crl.location",
+    "ssl.keystore.location",
+];
+
+/// Every problem with `[kafka.producer]` and `[kafka.secret_files]`, by key: options
+/// librdkafka does not know or whose value it refuses, unreadable files, SASL mechanisms
+/// this build does not offer. A secret's value is never part of a message.
+pub fn check_options(cfg: &KafkaConfig) -> Vec<String> {
+    let mut e = Vec::new();
+    for (key, path) in &cfg.secret_files {
+        let name = format!("kafka.secret_files.\"{key}\"");
+        if cfg.producer.contains_key(key) {
+            e.push(format!("{name}: also set under [kafka.producer]; keep one"));
+        }
+        if let Err(err) = crate::db::read_secret(path) {
+            e.push(format!("{name}: {err}"));
+        }
+    }
+    for (key, value) in &cfg.producer {
+        let name = format!("kafka.producer.\"{key}\"");
+        if let Err(err) = ClientConfig::new().set(key, value).create_native_config() {
+            let said = match &err {
+                KafkaError::ClientConfig(_, desc, _, _) => desc.clone(),
+                other => other.to_string(),
+            };
+            let said = if is_secret(key) && !value.is_empty() {
+                said.replace(value.as_str(), "***")
+            } else {
+                said
+            };
+            e.push(format!("{name}: librdkafka refuses it: {said}"));
+            continue;
+        }
+        if FILE_OPTIONS.contains(&key.as_str())
+            && !(key == "ssl.ca.location" && value == "probe")
+            && let Err(err) = std::fs::File::open(value)
+        {
+            e.push(format!("{name}: cannot read {value:?}: {err}"));
+        }
+        if (key == "sasl.mechanism" || key == "sasl.mechanisms")
+            && !SASL_MECHANISMS.contains(&value.to_ascii_uppercase().as_str())
+        {
+            e.push(format!(
+                "{name}: {value:?} is not a SASL mechanism this build offers ({})",
+                SASL_MECHANISMS.join(", ")
+            ));
+        }
+    }
+    e
+}
+
+/// What this build of librdkafka can do (`builtin.features`: `ssl`, `sasl_scram`, …).
+pub fn builtin_features() -> String {
+    ClientConfig::new()
+        .create_native_config()
+        .and_then(|c| c.get("builtin.features"))
+        .unwrap_or_default()
+}
+
+/// How the producer is configured to connect, for `outboxd check`: security protocol,
+/// SASL mechanism and user (never a secret).
+pub fn connection_description(cfg: &KafkaConfig) -> String {
+    let get = |k: &str| cfg.producer.get(k).map(String::as_str);
+    let protocol = get("security.protocol")
+        .unwrap_or("plaintext")
+        .to_ascii_lowercase();
+    let mut out = format!("security.protocol={protocol}");
+    if protocol.starts_with("sasl") {
+        let mechanism = get("sasl.mechanism")
+            .or(get("sasl.mechanisms"))
+            .unwrap_or("GSSAPI");
+        out.push_str(&format!(", SASL {mechanism}"));
+        if let Some(user) = get("sasl.username") {
+            out.push_str(&format!(" as {user}"));
+        }
+    }
+    out
 }
 
 /// Asks the brokers for cluster metadata; the error says which brokers could not be reached.
@@ -532,10 +726,87 @@ mod tests {
     }
 
     #[test]
+    fn this_build_offers_tls_and_scram_and_oauthbearer() {
+        let features = builtin_features();
+        for f in ["ssl", "sasl_plain", "sasl_scram", "sasl_oauthbearer"] {
+            assert!(features.split(',').any(|x| x == f), "{f} in {features}");
+        }
+    }
+
+    #[test]
+    fn secret_bearing_options_are_recognised() {
+        for k in [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.key.pem",
+            "ssl.keystore.password",
+            "sasl.oauthbearer.client.secret",
+            "sasl.oauthbearer.config",
+        ] {
+            assert!(is_secret(k), "{k}");
+        }
+        for k in [
+            "sasl.username",
+            "ssl.ca.location",
+            "security.protocol",
+            "linger.ms",
+        ] {
+            assert!(!is_secret(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn bad_producer_options_name_their_key_and_never_a_secret_value() {
+        let mut cfg = KafkaConfig::default();
+        for (k, v) in [
+            ("security.protocol", "tls"),
+            ("sasl.mechanism", "SCRAM-MD5"),
+            ("ssl.ca.location", "/nonexistent/ca.pem"),
+            ("no.such.option", "1"),
+            ("sasl.password", "hunter2-secret"),
+        ] {
+            cfg.producer.insert(k.into(), v.into());
+        }
+        cfg.secret_files
+            .insert("ssl.key.password".into(), "/nonexistent/keypass".into());
+        let problems = check_options(&cfg).join("\n");
+        for needle in [
+            "kafka.producer.\"security.protocol\": librdkafka refuses it",
+            "kafka.producer.\"sasl.mechanism\": \"SCRAM-MD5\" is not a SASL mechanism",
+            "kafka.producer.\"ssl.ca.location\": cannot read",
+            "kafka.producer.\"no.such.option\": librdkafka refuses it",
+            "kafka.secret_files.\"ssl.key.password\": cannot read",
+        ] {
+            assert!(problems.contains(needle), "{needle} in\n{problems}");
+        }
+        assert!(!problems.contains("hunter2-secret"), "{problems}");
+        assert_eq!(problems.lines().count(), 5, "{problems}");
+    }
+
+    #[test]
+    fn tls_and_sasl_failures_get_words_an_operator_acts_on() {
+        let reason = "ssl://127.0.0.1:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify failed: broker certificate could not be verified, verify that ssl.ca.location is correctly configured (after 3ms in state SSL_HANDSHAKE)";
+        assert_eq!(
+            security_hint(reason),
+            Some(
+                "the broker's certificate is not signed by the CA in ssl.ca.location (or has expired, or is not issued for this host name)"
+            )
+        );
+        assert!(!without_timing(reason).contains("after 3ms"));
+        assert!(
+            security_hint(
+                "SASL authentication error: Authentication failed: Invalid username or password"
+            )
+            .unwrap()
+            .contains("sasl.password")
+        );
+    }
+
+    #[test]
     fn guarantees_are_forced_on_the_producer() {
         let mut cfg = KafkaConfig::default();
         cfg.producer.insert("linger.ms".into(), "9".into());
-        let cc = producer_config(&cfg);
+        let cc = producer_config(&cfg).unwrap();
         assert_eq!(cc.get("enable.idempotence"), Some("true"));
         assert_eq!(cc.get("acks"), Some("all"));
         assert_eq!(cc.get("linger.ms"), Some("9"));

@@ -52,10 +52,13 @@ pub async fn serve(listen: SocketAddr, health: Arc<Health>) -> anyhow::Result<()
             get(move || {
                 let h = ready_health.clone();
                 async move {
+                    let broker = match h.broker_problem() {
+                        Some(problem) if !h.broker_up() => format!("down — {problem}"),
+                        _ => up(h.broker_up()).to_string(),
+                    };
                     let body = format!(
-                        "database: {}\nbroker: {}\nlease: {:?}\n",
+                        "database: {}\nbroker: {broker}\nlease: {:?}\n",
                         up(h.db_up()),
-                        up(h.broker_up()),
                         h.lease()
                     );
                     let code = if h.ready() {

@@ -73,7 +73,20 @@ pub struct Reader {
 impl Reader {
     /// Assigns every partition of `topics`, from offset 0.
     pub fn new(brokers: &str, topics: &[&str]) -> anyhow::Result<Reader> {
-        let consumer: BaseConsumer = ClientConfig::new()
+        Reader::with_options(brokers, topics, &[])
+    }
+
+    /// As [`Reader::new`], with more librdkafka options (TLS, SASL).
+    pub fn with_options(
+        brokers: &str,
+        topics: &[&str],
+        options: &[(&str, &str)],
+    ) -> anyhow::Result<Reader> {
+        let mut config = ClientConfig::new();
+        for (k, v) in options {
+            config.set(*k, *v);
+        }
+        let consumer: BaseConsumer = config
             .set("bootstrap.servers", brokers)
             .set(
                 "group.id",

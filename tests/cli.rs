@@ -59,12 +59,17 @@ async fn check_passes_against_the_running_broker_and_database() {
     let out = outboxd(&["check"])
         .current_dir(std::env::temp_dir())
         .env("OUTBOXD__DATABASE__URL", &db.url)
+        .env("OUTBOXD__DATABASE__SSLMODE", "require")
         .env("OUTBOXD__KAFKA__BROKERS", brokers())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(text.contains("database: ok"), "{text}");
+    assert!(
+        text.contains(", TLS TLSv1."),
+        "says how it connected: {text}"
+    );
     assert!(text.contains("schema migrated"), "{text}");
     assert!(text.contains("broker: ok"), "{text}");
 }
@@ -285,6 +290,42 @@ fn each_invalid_configuration_names_its_key_and_exits_2() {
             "[log]\nformat = \"xml\"\n",
             &[],
             "log.format",
+        ),
+        (
+            "unknown TLS mode",
+            "[database]\nsslmode = \"required\"\n",
+            &[],
+            "database.sslmode: \"required\" is not a TLS mode",
+        ),
+        (
+            "unknown TLS mode in the URL",
+            "[database]\nurl = \"postgres://u@h/db?sslmode=strict\"\n",
+            &[],
+            "database.url (sslmode): \"strict\" is not a TLS mode",
+        ),
+        (
+            "missing CA file",
+            "[database]\nsslmode = \"verify-full\"\nsslrootcert = \"/nonexistent/ca.crt\"\n",
+            &[],
+            "database.sslrootcert: cannot read the CA certificate \"/nonexistent/ca.crt\"",
+        ),
+        (
+            "missing CA file in the URL",
+            "[database]\nurl = \"postgres://u@h/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem\"\n",
+            &[],
+            "database.url (sslrootcert): cannot read the CA certificate",
+        ),
+        (
+            "client certificate without its key",
+            "[database]\nsslcert = \"/etc/hostname\"\n",
+            &[],
+            "database.sslcert: a client certificate needs its key",
+        ),
+        (
+            "missing password file",
+            "",
+            &[("OUTBOXD__DATABASE__PASSWORD_FILE", "/nonexistent/pw")],
+            "database.password_file: cannot read \"/nonexistent/pw\"",
         ),
         ("TOML syntax", "[relay\n", &[], "TOML parse error"),
     ];

@@ -2,6 +2,8 @@
 //! PostgreSQL, unique topics on the real broker, the built binary.
 #![allow(dead_code)]
 
+pub mod sasl_proxy;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -297,6 +299,35 @@ impl Drop for RelayProcess {
     }
 }
 
+/// `GET path` from the relay's HTTP endpoint: status code and body.
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Some((code, body))
+}
+
+/// A file of the test PKI that `scripts/pg-tls-cluster.sh` (run by `scripts/setup.sh`)
+/// makes: `ca.crt`, `other-ca.crt`, `server.crt`/`.key`, `client.crt`/`.key`, `port`.
+pub fn pki(name: &str) -> String {
+    let dir: std::path::PathBuf = std::env::var("OUTBOXD_TEST_PG_TLS_DIR")
+        .unwrap_or_else(|_| "/var/lib/outboxd-tests/pg-tls".into())
+        .into();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh (it makes the TLS test cluster)",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -351,11 +382,30 @@ pub async fn read_back_from(
     expected: usize,
     timeout: Duration,
 ) -> Vec<outboxd::verify::Consumed> {
+    read_back_with(brokers, &[], topics, expected, timeout).await
+}
+
+/// As [`read_back_from`], with more librdkafka options for the reader (TLS).
+pub async fn read_back_with(
+    brokers: &str,
+    options: &[(&str, &str)],
+    topics: &[&str],
+    expected: usize,
+    timeout: Duration,
+) -> Vec<outboxd::verify::Consumed> {
     let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    let options: Vec<(String, String)> = options
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let brokers = brokers.to_string();
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let reader = outboxd::verify::Reader::new(&brokers, &refs).expect("reader");
+        let opts: Vec<(&str, &str)> = options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let reader = outboxd::verify::Reader::with_options(&brokers, &refs, &opts).expect("reader");
         let mut seen = std::collections::HashSet::new();
         let mut counted = 0;
         reader.read_until(timeout, Duration::from_secs(5), |rs| {

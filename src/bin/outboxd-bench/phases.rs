@@ -1274,12 +1274,7 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
         })),
     };
     let cfg = w.config();
-    // The relay on a runtime of its own, sized as `outboxd run` sizes its own.
-    let relay_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.relay.worker_threads as usize)
-        .thread_name("outboxd-relay")
-        .enable_all()
-        .build()?;
+    let relay_rt = relay_runtime(&cfg)?;
     let relay = relay_rt
         .spawn(async move {
             Relay::start(
@@ -1425,6 +1420,16 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
     };
     w.close().await;
     Ok(result)
+}
+
+/// The in-process relay's runtime, sized as `outboxd run` sizes its own; its threads'
+/// names are what [`relay_threads_cpu_secs`] counts.
+pub(crate) fn relay_runtime(cfg: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.relay.worker_threads as usize)
+        .thread_name("outboxd-relay")
+        .enable_all()
+        .build()
 }
 
 /// One event's way through the relay, in microseconds per stage.

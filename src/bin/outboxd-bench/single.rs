@@ -118,11 +118,7 @@ pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<Sin
         .producer
         .insert("statistics.interval.ms".into(), STATS_MS.into());
     let acks: Acks = Arc::new(Mutex::new(Vec::new()));
-    let relay_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.relay.worker_threads as usize)
-        .thread_name("outboxd-relay")
-        .enable_all()
-        .build()?;
+    let relay_rt = crate::phases::relay_runtime(&cfg)?;
     let stop_relay = Arc::new(AtomicBool::new(false));
     let naive_statements = Arc::new(AtomicU64::new(0));
     let relay = match which {
