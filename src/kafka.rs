@@ -113,14 +113,15 @@ impl ProducerContext for RelayContext {
 impl RelayContext {
     fn client_error(&self, error: KafkaError, reason: &str) {
         use RDKafkaErrorCode as C;
+        // With TLS 1.3 a refused client certificate arrives after the handshake, as a
+        // transport failure: the words say what it is.
+        let security = security_hint(reason).is_some();
         match error.rdkafka_error_code() {
-            Some(C::AllBrokersDown) => {
+            Some(C::AllBrokersDown) if !security => {
                 if self.health.set_broker_up(false) {
                     tracing::warn!(%reason, "All brokers are down; sends wait and are retried.");
                 }
             }
-            // The broker cannot be trusted or does not take our credentials: nothing can
-            // be published until an operator fixes the configuration. Rows stay pending.
             Some(
                 C::SSL
                 | C::Authentication
@@ -128,17 +129,22 @@ impl RelayContext {
                 | C::ClusterAuthorizationFailed
                 | C::UnsupportedSASLMechanism
                 | C::IllegalSASLState,
-            ) => {
-                let problem = match security_hint(reason) {
-                    Some(hint) => format!("{hint} ({})", without_timing(reason)),
-                    None => without_timing(reason).to_string(),
-                };
-                self.health.set_broker_up(false);
-                if self.health.set_broker_problem(Some(problem.clone())) {
-                    tracing::error!(%problem, "Cannot connect to the broker; rows stay pending until this is fixed.");
-                }
-            }
+            ) => self.security_problem(reason),
+            _ if security => self.security_problem(reason),
             _ => tracing::warn!(%error, %reason, "Kafka client error."),
+        }
+    }
+
+    /// The broker cannot be trusted or does not take our credentials: nothing can be
+    /// published until an operator fixes the configuration. Rows stay pending.
+    fn security_problem(&self, reason: &str) {
+        let problem = match security_hint(reason) {
+            Some(hint) => format!("{hint} ({})", without_timing(reason)),
+            None => without_timing(reason).to_string(),
+        };
+        self.health.set_broker_up(false);
+        if self.health.set_broker_problem(Some(problem.clone())) {
+            tracing::error!(%problem, "Cannot connect to the broker; rows stay pending until this is fixed.");
         }
     }
 }
@@ -159,6 +165,10 @@ pub fn security_hint(reason: &str) -> Option<&'static str> {
         (
             "broker certificate could not be verified",
             "the broker's certificate is not signed by the CA in ssl.ca.location",
+        ),
+        (
+            "certificate required",
+            "the broker wants a client certificate: set ssl.certificate.location and ssl.key.location",
         ),
         (
             "client SSL authentication might be required",

@@ -24,15 +24,26 @@ struct TlsBroker {
 
 impl TlsBroker {
     fn start() -> TlsBroker {
+        TlsBroker::start_with(false)
+    }
+
+    /// With `client_certificates`, the terminator accepts only clients that show a
+    /// certificate signed by the test CA (mutual TLS).
+    fn start_with(client_certificates: bool) -> TlsBroker {
         let (plain_port, tls_port) = (free_port(), free_port());
         let plain = format!("127.0.0.1:{plain_port}");
         let tls = format!("127.0.0.1:{tls_port}");
         let log = std::env::temp_dir().join(format!("outboxd-tls-tansu-{tls_port}.log"));
         // Tansu advertises the TLS port: every connection a client opens goes through socat.
         let broker = LocalBroker::start(&plain, &tls, &log).expect("tansu");
+        let verify = if client_certificates {
+            format!("verify=1,cafile={}", pki("ca.crt"))
+        } else {
+            "verify=0".into()
+        };
         let socat = Command::new("socat")
             .arg(format!(
-                "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={},key={}",
+                "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,{verify},cert={},key={}",
                 pki("server.crt"),
                 pki("server.key")
             ))
@@ -349,6 +360,80 @@ async fn sasl_plain_publishes_with_the_right_password_and_holds_rows_with_a_wron
     relay.signal(Signal::SIGTERM);
     assert!(relay.wait_for(Duration::from_secs(15)).is_some());
     assert!(!relay.output().contains("right-password-77"));
+    let (report, ledger) = check_ledger(&written, &records);
+    assert_eq!(report.lost, 0, "{:?}", ledger.missing());
+    assert_eq!(report.reordered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_an_encrypted_client_key_publishes_and_without_a_certificate_says_so() {
+    let broker = TlsBroker::start_with(true);
+    let db = TestDb::new().await;
+    let t = topic("mtls");
+    let aggs: Vec<String> = (0..3).map(|i| format!("m-{i}")).collect();
+    let written = insert_sql(&db.pool, &t, &aggs, 5).await;
+
+    // No client certificate: refused by the broker, said in words, nothing lost.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut relay = RelayProcess::spawn(&relay_env(&db, &broker.tls, &pki("ca.crt"), &metrics));
+    let refused = eventually(Duration::from_secs(20), || async {
+        matches!(http_get(&metrics, "/readyz").await, Some((503, body)) if body.contains("wants a client certificate"))
+    })
+    .await;
+    assert!(
+        refused,
+        "readyz asks for a client certificate\n{}",
+        relay.output()
+    );
+    assert_eq!(db.pending().await, 15);
+    relay.signal(Signal::SIGTERM);
+    assert!(relay.wait_for(Duration::from_secs(15)).is_some());
+
+    // The client certificate, its key encrypted, the key's password from a file.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("client.enc.key");
+    let status = Command::new("openssl")
+        .args(["pkey", "-aes256", "-passout", "pass:keypass-6626", "-in"])
+        .arg(pki("client.key"))
+        .arg("-out")
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pass = dir.path().join("keypass");
+    std::fs::write(&pass, "keypass-6626\n").unwrap();
+    let mut env = relay_env(&db, &broker.tls, &pki("ca.crt"), "");
+    env.push((
+        "OUTBOXD__KAFKA__PRODUCER__SSL.CERTIFICATE.LOCATION",
+        pki("client.crt"),
+    ));
+    env.push((
+        "OUTBOXD__KAFKA__PRODUCER__SSL.KEY.LOCATION",
+        key.to_string_lossy().into(),
+    ));
+    env.push((
+        "OUTBOXD__KAFKA__SECRET_FILES__SSL.KEY.PASSWORD",
+        pass.to_string_lossy().into(),
+    ));
+    let mut relay = RelayProcess::spawn(&env);
+    assert!(
+        drained(&db, Duration::from_secs(30)).await,
+        "{}",
+        relay.output()
+    );
+    let key_path = key.to_string_lossy().into_owned();
+    let (ca, cert) = (pki("ca.crt"), pki("client.crt"));
+    let opts = [
+        ("security.protocol", "ssl"),
+        ("ssl.ca.location", ca.as_str()),
+        ("ssl.certificate.location", cert.as_str()),
+        ("ssl.key.location", key_path.as_str()),
+        ("ssl.key.password", "keypass-6626"),
+    ];
+    let records = read_back_with(&broker.tls, &opts, &[&t], 15, Duration::from_secs(30)).await;
+    relay.signal(Signal::SIGTERM);
+    assert!(relay.wait_for(Duration::from_secs(15)).is_some());
+    assert!(!relay.output().contains("keypass-6626"));
     let (report, ledger) = check_ledger(&written, &records);
     assert_eq!(report.lost, 0, "{:?}", ledger.missing());
     assert_eq!(report.reordered, 0);
