@@ -22,6 +22,36 @@ struct TlsBroker {
     tls: String,
 }
 
+/// `socat` terminating TLS on `tls_port` (the test CA's certificate for 127.0.0.1) and
+/// forwarding to `target`; with `client_certificates` it takes only clients showing a
+/// certificate from the test CA.
+fn tls_terminator(tls_port: u16, target: &str, client_certificates: bool) -> Child {
+    let verify = if client_certificates {
+        format!("verify=1,cafile={}", pki("ca.crt"))
+    } else {
+        "verify=0".into()
+    };
+    let socat = Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,{verify},cert={},key={}",
+            pki("server.crt"),
+            pki("server.key")
+        ))
+        .arg(format!("TCP:{target}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat (scripts/setup.sh installs it)");
+    let tls = format!("127.0.0.1:{tls_port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reachable(&tls) {
+        assert!(std::time::Instant::now() < deadline, "socat did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    socat
+}
+
 impl TlsBroker {
     fn start() -> TlsBroker {
         TlsBroker::start_with(false)
@@ -36,28 +66,7 @@ impl TlsBroker {
         let log = std::env::temp_dir().join(format!("outboxd-tls-tansu-{tls_port}.log"));
         // Tansu advertises the TLS port: every connection a client opens goes through socat.
         let broker = LocalBroker::start(&plain, &tls, &log).expect("tansu");
-        let verify = if client_certificates {
-            format!("verify=1,cafile={}", pki("ca.crt"))
-        } else {
-            "verify=0".into()
-        };
-        let socat = Command::new("socat")
-            .arg(format!(
-                "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,{verify},cert={},key={}",
-                pki("server.crt"),
-                pki("server.key")
-            ))
-            .arg(format!("TCP:{plain}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat (scripts/setup.sh installs it)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !reachable(&tls) {
-            assert!(std::time::Instant::now() < deadline, "socat did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let socat = tls_terminator(tls_port, &plain, client_certificates);
         TlsBroker {
             _broker: broker,
             socat,
@@ -293,31 +302,50 @@ async fn secrets_appear_in_no_output_log_metric_or_readiness_at_trace_level() {
     assert_no_secret("a configuration error", &err);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sasl_plain_publishes_with_the_right_password_and_holds_rows_with_a_wrong_one() {
+/// A relay authenticating with `mechanism` (over TLS with `tls`) to a front that checks
+/// the password: with `wrong` first a wrong password (rows held, readyz says why), then the
+/// right one (every row arrives, in order).
+async fn sasl_round(mechanism: &str, tls: bool, wrong: bool) {
     use common::sasl_proxy::SaslProxy;
     let plain = format!("127.0.0.1:{}", free_port());
-    let proxy = SaslProxy::start("127.0.0.1:0", &plain, "relay", "right-password-77").await;
+    let proxy = SaslProxy::start(
+        "127.0.0.1:0",
+        &plain,
+        mechanism,
+        "relay",
+        "right-password-77",
+    )
+    .await;
+    // With TLS, socat in front of the SASL front: sasl_ssl.
+    let tls_port = free_port();
+    let (protocol, addr, socat) = if tls {
+        let socat = tls_terminator(tls_port, &proxy.addr, false);
+        ("sasl_ssl", format!("127.0.0.1:{tls_port}"), Some(socat))
+    } else {
+        ("sasl_plaintext", proxy.addr.clone(), None)
+    };
     let log = std::env::temp_dir().join(format!("outboxd-sasl-tansu-{}.log", free_port()));
-    // Tansu advertises the front: every connection a client opens authenticates.
-    let _broker = LocalBroker::start(&plain, &proxy.addr, &log).expect("tansu");
+    // Tansu advertises the outermost front: every connection a client opens authenticates.
+    let _broker = LocalBroker::start(&plain, &addr, &log).expect("tansu");
     let db = TestDb::new().await;
     let t = topic("sasl");
     let aggs: Vec<String> = (0..4).map(|i| format!("s-{i}")).collect();
     let written = insert_sql(&db.pool, &t, &aggs, 5).await;
     let dir = tempfile::tempdir().unwrap();
+    let ca = pki("ca.crt");
     let env = |password: &str, metrics: &str| -> Vec<(&'static str, String)> {
         let file = dir.path().join(format!("pw-{}", free_port()));
         std::fs::write(&file, format!("{password}\n")).unwrap();
         vec![
             ("OUTBOXD__DATABASE__URL", db.url.clone()),
-            ("OUTBOXD__KAFKA__BROKERS", proxy.addr.clone()),
+            ("OUTBOXD__KAFKA__BROKERS", addr.clone()),
             (
                 "OUTBOXD__KAFKA__PRODUCER__SECURITY.PROTOCOL",
-                "sasl_plaintext".into(),
+                protocol.into(),
             ),
-            ("OUTBOXD__KAFKA__PRODUCER__SASL.MECHANISM", "PLAIN".into()),
+            ("OUTBOXD__KAFKA__PRODUCER__SASL.MECHANISM", mechanism.into()),
             ("OUTBOXD__KAFKA__PRODUCER__SASL.USERNAME", "relay".into()),
+            ("OUTBOXD__KAFKA__PRODUCER__SSL.CA.LOCATION", ca.clone()),
             (
                 "OUTBOXD__KAFKA__SECRET_FILES__SASL.PASSWORD",
                 file.to_string_lossy().into(),
@@ -327,42 +355,64 @@ async fn sasl_plain_publishes_with_the_right_password_and_holds_rows_with_a_wron
         ]
     };
 
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut relay = RelayProcess::spawn(&env("wrong-password-13", &metrics));
-    let refused = eventually(Duration::from_secs(20), || async {
-        matches!(http_get(&metrics, "/readyz").await, Some((503, body)) if body.contains("refused the SASL credentials"))
-    })
-    .await;
-    assert!(
-        refused,
-        "readyz says the password was refused\n{}",
-        relay.output()
-    );
-    assert_eq!(db.pending().await, 20, "nothing published, nothing lost");
-    assert!(!relay.output().contains("wrong-password-13"));
-    relay.signal(Signal::SIGTERM);
-    assert!(relay.wait_for(Duration::from_secs(15)).is_some());
+    if wrong {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let mut relay = RelayProcess::spawn(&env("wrong-password-13", &metrics));
+        let refused = eventually(Duration::from_secs(20), || async {
+            matches!(http_get(&metrics, "/readyz").await, Some((503, body)) if body.contains("refused the SASL credentials"))
+        })
+        .await;
+        assert!(
+            refused,
+            "{mechanism}: readyz says the password was refused\n{}",
+            relay.output()
+        );
+        assert_eq!(db.pending().await, 20, "nothing published, nothing lost");
+        assert!(!relay.output().contains("wrong-password-13"));
+        relay.signal(Signal::SIGTERM);
+        assert!(relay.wait_for(Duration::from_secs(15)).is_some());
+    }
 
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut relay = RelayProcess::spawn(&env("right-password-77", &metrics));
     assert!(
         drained(&db, Duration::from_secs(30)).await,
-        "{}",
+        "{mechanism}: {}",
         relay.output()
     );
     let opts = [
-        ("security.protocol", "sasl_plaintext"),
-        ("sasl.mechanism", "PLAIN"),
+        ("security.protocol", protocol),
+        ("sasl.mechanism", mechanism),
         ("sasl.username", "relay"),
         ("sasl.password", "right-password-77"),
+        ("ssl.ca.location", ca.as_str()),
     ];
-    let records = read_back_with(&proxy.addr, &opts, &[&t], 20, Duration::from_secs(30)).await;
+    let records = read_back_with(&addr, &opts, &[&t], 20, Duration::from_secs(30)).await;
     relay.signal(Signal::SIGTERM);
     assert!(relay.wait_for(Duration::from_secs(15)).is_some());
     assert!(!relay.output().contains("right-password-77"));
     let (report, ledger) = check_ledger(&written, &records);
-    assert_eq!(report.lost, 0, "{:?}", ledger.missing());
-    assert_eq!(report.reordered, 0);
+    assert_eq!(report.lost, 0, "{mechanism}: {:?}", ledger.missing());
+    assert_eq!(report.reordered, 0, "{mechanism}");
+    drop(socat.map(|mut s| {
+        let _ = s.kill();
+        s.wait()
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_plain_publishes_with_the_right_password_and_holds_rows_with_a_wrong_one() {
+    sasl_round("PLAIN", false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_sha_512_over_tls_publishes_and_a_wrong_password_holds_rows() {
+    sasl_round("SCRAM-SHA-512", true, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_scram_sha_256_publishes() {
+    sasl_round("SCRAM-SHA-256", false, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
