@@ -196,12 +196,26 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1_000));
     let brokers = config.kafka.brokers.clone();
     match tokio::task::spawn_blocking(move || kafka::fetch_metadata(&producer, timeout)).await? {
-        Ok(n) => println!(
-            "broker: ok ({brokers}, {n} broker(s) in the cluster, {}; librdkafka {} with {})",
-            kafka::connection_description(&config.kafka),
-            rdkafka::util::get_rdkafka_version().1,
-            kafka::builtin_features()
-        ),
+        Ok(n) => {
+            let tls = if kafka::uses_tls(&config.kafka) {
+                let b = brokers.clone();
+                let version =
+                    tokio::task::spawn_blocking(move || kafka::probe_tls_version(&b, timeout))
+                        .await?;
+                format!(
+                    ", TLS {}",
+                    version.as_deref().unwrap_or("(version not known)")
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "broker: ok ({brokers}, {n} broker(s) in the cluster, {}{tls}; librdkafka {} with {})",
+                kafka::connection_description(&config.kafka),
+                rdkafka::util::get_rdkafka_version().1,
+                kafka::builtin_features()
+            )
+        }
         Err(e) => {
             // A TLS or SASL failure says more than the metadata request's timeout.
             match health.broker_problem() {

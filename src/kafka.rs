@@ -316,6 +316,97 @@ pub fn check_options(cfg: &KafkaConfig) -> Vec<String> {
     e
 }
 
+/// Whether `security.protocol` asks for TLS.
+pub fn uses_tls(cfg: &KafkaConfig) -> bool {
+    cfg.producer
+        .get("security.protocol")
+        .is_some_and(|p| p.eq_ignore_ascii_case("ssl") || p.eq_ignore_ascii_case("sasl_ssl"))
+}
+
+/// The TLS version the first bootstrap broker negotiates (`TLSv1.3`), for `outboxd
+/// check`: librdkafka does not tell. The probe only looks at the version: it takes any
+/// certificate (librdkafka's own connection is the one that verifies it, and `check` makes
+/// that first), shows none and sends nothing but a handshake.
+pub fn probe_tls_version(brokers: &str, timeout: Duration) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let first = brokers.split(',').next()?.trim();
+    let first = first
+        .strip_prefix("SSL://")
+        .or_else(|| first.strip_prefix("SASL_SSL://"))
+        .unwrap_or(first);
+    let (host, _) = first.rsplit_once(':')?;
+    let addr = first.to_socket_addrs().ok()?.next()?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).ok()?;
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    let mut socket = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    socket.set_read_timeout(Some(timeout)).ok()?;
+    socket.set_write_timeout(Some(timeout)).ok()?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut socket).ok()?;
+    }
+    Some(match tls.protocol_version()? {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".into(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".into(),
+        other => format!("{other:?}"),
+    })
+}
+
+/// Takes any server certificate: for [`probe_tls_version`] only, which reads the version.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// What this build of librdkafka can do (`builtin.features`: `ssl`, `sasl_scram`, …).
 pub fn builtin_features() -> String {
     ClientConfig::new()

@@ -175,6 +175,10 @@ async fn over_tls_every_row_arrives_in_order_and_a_wrong_ca_holds_rows_until_fix
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("security.protocol=ssl"), "{text}");
     assert!(
+        text.contains(", TLS TLSv1."),
+        "says the TLS version: {text}"
+    );
+    assert!(
         text.contains("ssl") && text.contains("sasl_scram"),
         "builtin features: {text}"
     );
