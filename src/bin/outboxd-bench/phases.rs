@@ -1275,18 +1275,7 @@ async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
     };
     let cfg = w.config();
     let relay_rt = relay_runtime(&cfg)?;
-    let relay = relay_rt
-        .spawn(async move {
-            Relay::start(
-                cfg,
-                RelayOptions {
-                    hooks,
-                    ..Default::default()
-                },
-            )
-            .await
-        })
-        .await??;
+    let relay = start_relay_on(&relay_rt, cfg, hooks).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let (txn_rate, per_txn) = clumps(rate);
@@ -1430,6 +1419,25 @@ pub(crate) fn relay_runtime(cfg: &Config) -> std::io::Result<tokio::runtime::Run
         .thread_name("outboxd-relay")
         .enable_all()
         .build()
+}
+
+/// Starts the in-process relay with `hooks` on its own runtime.
+pub(crate) async fn start_relay_on(
+    rt: &tokio::runtime::Runtime,
+    cfg: Config,
+    hooks: Hooks,
+) -> anyhow::Result<Relay> {
+    rt.spawn(async move {
+        Relay::start(
+            cfg,
+            RelayOptions {
+                hooks,
+                ..Default::default()
+            },
+        )
+        .await
+    })
+    .await?
 }
 
 /// One event's way through the relay, in microseconds per stage.

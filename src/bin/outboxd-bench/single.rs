@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use outboxd::actors::{Delivered, Hooks};
 use outboxd::kafka::{DeliveryTarget, DeliveryToken, RelayProducer};
 use outboxd::outbox::store;
-use outboxd::{NewEvent, Relay, RelayOptions, enqueue};
+use outboxd::{NewEvent, enqueue};
 use serde::{Deserialize, Serialize};
 
 use crate::phases::{CpuTicks, CpuUse, ProcCpu, World, bar, relay_threads_cpu_secs, say};
@@ -131,19 +131,7 @@ pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<Sin
                 })),
                 on_read: None,
             };
-            let relay = relay_rt
-                .spawn(async move {
-                    Relay::start(
-                        cfg,
-                        RelayOptions {
-                            hooks,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                })
-                .await??;
-            Some(relay)
+            Some(crate::phases::start_relay_on(&relay_rt, cfg, hooks).await?)
         }
         Which::Naive => {
             let health = Arc::new(outboxd::health::Health::default());
