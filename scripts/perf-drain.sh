@@ -9,6 +9,8 @@
 #   PERF=record scripts/perf-drain.sh                  # + perf record -> target/perf/perf.data
 #   PERF=poll scripts/perf-drain.sh                    # + poll()/sendmsg() counts (perf stat)
 #   OUTBOXD__RELAY__WORKER_THREADS=2 scripts/perf-drain.sh   # any setting, by environment
+#   KAFKA_TLS=1 scripts/perf-drain.sh                  # the relay reaches Tansu over TLS
+#                                                      # (socat in front, the test CA's certificate)
 #
 # Needs perf (Debian's linux-perf) for PERF=…; CPU times are read from /proc either way.
 set -euo pipefail
@@ -21,26 +23,42 @@ bin="$target/release/outboxd"
 out="$target/perf"
 mkdir -p "$out"
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+# With KAFKA_TLS=1 clients reach Tansu only through a TLS terminator on another port, which
+# Tansu advertises.
+advertised=$port
+[ "${KAFKA_TLS:-0}" = 1 ] && advertised=$(free_port)
 .tools/bin/tansu broker --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --advertised-listener-url "tcp://127.0.0.1:$advertised" \
     --storage-engine memory://tansu/ >"$out/tansu.log" 2>&1 &
 tansu=$!
 relay=
+socat=
 cleanup() {
     [ -n "$relay" ] && kill -TERM "$relay" 2>/dev/null && wait "$relay" 2>/dev/null
+    [ -n "$socat" ] && kill "$socat" 2>/dev/null && wait "$socat" 2>/dev/null
     kill "$tansu" 2>/dev/null && wait "$tansu" 2>/dev/null
     return 0
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 .tools/bin/tansu topic create --broker "tcp://127.0.0.1:$port" --partitions 8 perf >/dev/null
+tls_env=()
+if [ "${KAFKA_TLS:-0}" = 1 ]; then
+    pki=${OUTBOXD_TEST_PG_TLS_DIR:-/var/lib/outboxd-tests/pg-tls}
+    socat "OPENSSL-LISTEN:$advertised,bind=127.0.0.1,reuseaddr,fork,verify=0,cert=$pki/server.crt,key=$pki/server.key" \
+        "TCP:127.0.0.1:$port" &
+    socat=$!
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$advertised") 2>/dev/null && break; sleep 0.1; done
+    tls_env=(OUTBOXD__KAFKA__PRODUCER__SECURITY.PROTOCOL=ssl "OUTBOXD__KAFKA__PRODUCER__SSL.CA.LOCATION=$pki/ca.crt")
+fi
 
 . scripts/backlog.sh
 fresh_backlog outboxd_perf "$rows" perf "$bin"
 
-OUTBOXD__DATABASE__URL=$url OUTBOXD__KAFKA__BROKERS="127.0.0.1:$port" \
-    OUTBOXD__METRICS__LISTEN="" OUTBOXD__LOG__LEVEL=warn "$bin" run 2>"$out/relay.log" &
+env OUTBOXD__DATABASE__URL="$url" OUTBOXD__KAFKA__BROKERS="127.0.0.1:$advertised" \
+    OUTBOXD__METRICS__LISTEN="" OUTBOXD__LOG__LEVEL=warn "${tls_env[@]}" "$bin" run 2>"$out/relay.log" &
 relay=$!
 t0=$(date +%s.%N)
 profiler=
