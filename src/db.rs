@@ -84,13 +84,17 @@ pub fn explain(error: &str) -> Option<&'static str> {
             "UnknownIssuer",
             "the server's certificate is not signed by the CA in database.sslrootcert (or the URL's sslrootcert)",
         ),
+        // rustls's own words (its `Display`), not its variant names.
         (
-            "NotValidForName",
+            "certificate not valid for name",
             "the server's certificate is not issued for this host name: connect by the name in the certificate, or use sslmode=verify-ca",
         ),
-        ("Expired", "the server's certificate has expired"),
         (
-            "NotValidYet",
+            "certificate expired",
+            "the server's certificate has expired",
+        ),
+        (
+            "certificate not valid yet",
             "the server's certificate is not valid yet (check the clocks)",
         ),
         (
@@ -154,6 +158,35 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn connection_errors_get_words_an_operator_acts_on() {
+        // As sqlx and rustls print them.
+        for (error, hint) in [
+            (
+                "error communicating with database: invalid peer certificate: UnknownIssuer",
+                "not signed by the CA in database.sslrootcert",
+            ),
+            (
+                "error communicating with database: invalid peer certificate: certificate not valid for name \"127.0.0.1\"; certificate is only valid for DnsName(\"localhost\")",
+                "not issued for this host name",
+            ),
+            (
+                "invalid peer certificate: certificate expired: verification time 1800000000 (UNIX), but certificate is not valid after 1700000000 (100000000 seconds ago)",
+                "has expired",
+            ),
+            (
+                "error returned from database: password authentication failed for user \"outboxd_pw\"",
+                "wrong password",
+            ),
+        ] {
+            assert!(
+                super::explain(error).is_some_and(|h| h.contains(hint)),
+                "{error}"
+            );
+        }
+        assert_eq!(super::explain("connection refused"), None);
+    }
+
     #[test]
     fn passwords_are_not_printed() {
         assert_eq!(
