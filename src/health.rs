@@ -56,7 +56,9 @@ impl Health {
     /// Records broker reachability; returns whether it changed (logs the recovery).
     pub fn set_broker_up(&self, up: bool) -> bool {
         let changed = self.broker_up.swap(up, Ordering::Relaxed) != up;
-        if up {
+        // A problem is only ever recorded with the broker down, so it can only need
+        // clearing when the broker comes back: no lock per acknowledged batch.
+        if up && changed {
             self.set_broker_problem(None);
         }
         if changed {
