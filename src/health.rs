@@ -19,8 +19,9 @@ pub enum LeaseState {
 pub struct Health {
     db_up: AtomicBool,
     broker_up: AtomicBool,
-    /// Why the broker cannot be used (a TLS or authentication failure), until it can.
-    broker_problem: Mutex<Option<String>>,
+    /// Why the broker cannot be used (a TLS or authentication failure), until it can:
+    /// what kind of problem, and the last attempt's words.
+    broker_problem: Mutex<Option<(String, String)>>,
     lease: AtomicU8,
 }
 
@@ -71,14 +72,22 @@ impl Health {
     }
     /// Why the broker cannot be used, when a TLS or authentication failure says so.
     pub fn broker_problem(&self) -> Option<String> {
-        self.broker_problem.lock().expect("broker problem").clone()
+        self.broker_problem
+            .lock()
+            .expect("broker problem")
+            .as_ref()
+            .map(|(_, words)| words.clone())
     }
-    /// Records (or clears) why the broker cannot be used; returns whether it changed, so
-    /// that a problem is logged once, not on every connection attempt.
-    pub fn set_broker_problem(&self, problem: Option<String>) -> bool {
+    /// Records (or, with `None`, clears) why the broker cannot be used: `(kind, words)`,
+    /// where `kind` names the problem the same way on every connection attempt and
+    /// `words` are the last attempt's (librdkafka words one failure differently from one
+    /// attempt to the next). Returns whether the kind changed, so that a problem is logged
+    /// once, not on every attempt.
+    pub fn set_broker_problem(&self, problem: Option<(&str, String)>) -> bool {
         let mut current = self.broker_problem.lock().expect("broker problem");
-        let changed = *current != problem;
-        *current = problem;
+        let changed = current.as_ref().map(|(kind, _)| kind.as_str())
+            != problem.as_ref().map(|(kind, _)| *kind);
+        *current = problem.map(|(kind, words)| (kind.to_string(), words));
         changed
     }
     /// This instance's lease state.
@@ -101,5 +110,29 @@ impl Health {
     /// Ready: the database and the broker are reachable.
     pub fn ready(&self) -> bool {
         self.db_up() && self.broker_up()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn a_broker_problem_is_new_only_when_its_kind_changes() {
+        let h = Health::default();
+        assert!(h.set_broker_problem(Some(("bad CA", "attempt 1 words".into()))));
+        assert!(
+            !h.set_broker_problem(Some(("bad CA", "attempt 2, other words".into()))),
+            "same problem, worded differently: not logged again"
+        );
+        assert_eq!(
+            h.broker_problem().as_deref(),
+            Some("attempt 2, other words")
+        );
+        assert!(h.set_broker_problem(Some(("bad password", "w".into()))));
+        h.set_broker_up(false);
+        h.set_broker_up(true);
+        assert_eq!(h.broker_problem(), None, "cleared when the broker is back");
+        assert!(h.set_broker_problem(Some(("bad password", "w".into()))));
     }
 }

@@ -138,12 +138,16 @@ impl RelayContext {
     /// The broker cannot be trusted or does not take our credentials: nothing can be
     /// published until an operator fixes the configuration. Rows stay pending.
     fn security_problem(&self, reason: &str) {
-        let problem = match security_hint(reason) {
-            Some(hint) => format!("{hint} ({})", without_timing(reason)),
-            None => without_timing(reason).to_string(),
+        let reason = without_timing(reason);
+        let (kind, problem) = match security_hint(reason) {
+            Some(hint) => (hint, format!("{hint} ({reason})")),
+            None => (reason, reason.to_string()),
         };
         self.health.set_broker_up(false);
-        if self.health.set_broker_problem(Some(problem.clone())) {
+        if self
+            .health
+            .set_broker_problem(Some((kind, problem.clone())))
+        {
             tracing::error!(%problem, "Cannot connect to the broker; rows stay pending until this is fixed.");
         }
     }
