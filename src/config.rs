@@ -26,8 +26,14 @@ pub const ENV_PREFIX: &str = "OUTBOXD__";
 pub struct Config {
     /// PostgreSQL connection.
     pub database: DatabaseConfig,
-    /// Kafka producer.
+    /// Which broker the relay publishes to.
+    pub sink: SinkConfig,
+    /// Kafka producer (`sink.kind = "kafka"`).
     pub kafka: KafkaConfig,
+    /// Redis Streams (`sink.kind = "redis"`).
+    pub redis: RedisConfig,
+    /// NATS JetStream (`sink.kind = "nats"`).
+    pub nats: NatsConfig,
     /// The relay pipeline as a whole.
     pub relay: RelayConfig,
     /// How pending rows are found.
@@ -115,6 +121,116 @@ impl Default for KafkaConfig {
             producer: BTreeMap::new(),
             secret_files: BTreeMap::new(),
             stall_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// `[sink]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `kafka` (the default), `redis` or `nats`; only that sink's section is used.
+    pub kind: crate::sink::SinkKind,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user[:password]@]host:port[/db]`, or `rediss://` for TLS. An ACL user
+    /// and password may be given here or as `username` / `password_file`.
+    pub url: String,
+    /// ACL user name (wins over the URL's); empty = the URL's, or `default`.
+    pub username: String,
+    /// A file whose content is the password (one trailing newline ignored); wins over a
+    /// password in the URL.
+    pub password_file: String,
+    /// CA certificate(s) (PEM) the server's certificate must be signed by, for
+    /// `rediss://`; empty = the public web roots built in.
+    pub ca_file: String,
+    /// Client certificate (PEM) for mutual TLS.
+    pub cert_file: String,
+    /// The client certificate's private key (PEM).
+    pub key_file: String,
+    /// A command not answered within this many milliseconds has an unknown outcome: it
+    /// fails as a transient `timeout` and is sent again with the same `event_id`.
+    pub timeout_ms: u64,
+    /// Opening a connection gives up after this many milliseconds (and is tried again).
+    pub connect_timeout_ms: u64,
+    /// `XADD … MAXLEN ~ N`: keep about this many entries per stream; 0 = no trimming
+    /// (the default: trimming can drop entries no consumer has read).
+    pub maxlen: u64,
+    /// `XADD … MINID ~`: drop entries older than this many seconds; 0 = no trimming.
+    pub min_age_secs: u64,
+    /// The largest payload sent, in bytes: a bigger one is dead-lettered as
+    /// `record_too_large`. Set it to the server's `proto-max-bulk-len` if you changed
+    /// that (a bigger argument makes Redis close the connection).
+    pub max_payload_bytes: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            username: String::new(),
+            password_file: String::new(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+            maxlen: 0,
+            min_age_secs: 0,
+            max_payload_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[nats]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Servers, comma separated: `nats://host:4222`, `tls://host:4222` for TLS.
+    pub url: String,
+    /// User name (user/password authentication).
+    pub user: String,
+    /// A file whose content is the password.
+    pub password_file: String,
+    /// A file whose content is the authentication token.
+    pub token_file: String,
+    /// A `.creds` file (JWT and NKey seed), as `nsc` writes them.
+    pub credentials_file: String,
+    /// Require TLS even with `nats://` URLs.
+    pub tls_required: bool,
+    /// CA certificate(s) (PEM) the server's certificate must be signed by; empty = the
+    /// public web roots built in.
+    pub ca_file: String,
+    /// Client certificate (PEM) for mutual TLS.
+    pub cert_file: String,
+    /// The client certificate's private key (PEM).
+    pub key_file: String,
+    /// A publish not acknowledged (PubAck) within this many milliseconds has an unknown
+    /// outcome: it fails as a transient `timeout` and is sent again with the same
+    /// `Nats-Msg-Id`, which the stream drops if the first copy arrived.
+    pub timeout_ms: u64,
+    /// Opening a connection gives up after this many milliseconds (and is tried again).
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            user: String::new(),
+            password_file: String::new(),
+            token_file: String::new(),
+            credentials_file: String::new(),
+            tls_required: false,
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
         }
     }
 }
@@ -361,18 +477,6 @@ impl Default for LogConfig {
 const FREE_MAPS: &[&str] = &["kafka.producer", "kafka.secret_files", "rate_limit.topics"];
 
 /// librdkafka options outboxd sets itself; overriding them would break a guarantee.
-const RESERVED_PRODUCER_OPTIONS: &[(&str, &str)] = &[
-    ("bootstrap.servers", "set kafka.brokers instead"),
-    (
-        "enable.idempotence",
-        "outboxd needs the idempotent producer for per-aggregate order",
-    ),
-    (
-        "acks",
-        "outboxd needs acks=all so an acknowledged row is durable",
-    ),
-];
-
 /// Every problem found in a configuration, in the order found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -499,12 +603,6 @@ impl Config {
             self.database.connect_timeout_ms,
             1,
             600_000,
-        );
-        range(
-            "kafka.stall_timeout_ms",
-            self.kafka.stall_timeout_ms,
-            1_000,
-            3_600_000,
         );
         range("relay.partitions", self.relay.partitions.into(), 1, 1_024);
         range(
@@ -635,28 +733,19 @@ impl Config {
             e.push(format!("database.url: {why}"));
         }
         e.extend(check_database_tls(&self.database));
-        e.extend(crate::kafka::check_options(&self.kafka));
-        if let Err(why) = check_brokers(&self.kafka.brokers) {
-            e.push(format!("kafka.brokers: {why}"));
-        }
-        for (key, why) in RESERVED_PRODUCER_OPTIONS {
-            if let Some(v) = self.kafka.producer.get(*key) {
-                let allowed = matches!(
-                    (*key, v.as_str()),
-                    ("enable.idempotence", "true") | ("acks", "all" | "-1")
-                );
-                if !allowed {
-                    e.push(format!("kafka.producer.\"{key}\": cannot be set ({why})"));
-                }
-            }
-        }
+        e.extend(crate::sink::check_config(self));
+        let kind = self.sink.kind;
         if !self.dead_letter.topic.is_empty()
-            && let Err(why) = crate::outbox::validate_topic(&self.dead_letter.topic)
+            && let Err(why) = kind.validate_destination(&self.dead_letter.topic)
         {
-            e.push(format!("dead_letter.topic: {why}"));
+            e.push(format!(
+                "dead_letter.topic: {:?} is not a {kind} {}: {why}",
+                self.dead_letter.topic,
+                kind.destination_word()
+            ));
         }
         for (topic, limit) in &self.rate_limit.topics {
-            if let Err(why) = crate::outbox::validate_topic(topic) {
+            if let Err(why) = kind.validate_destination(topic) {
                 e.push(format!("rate_limit.topics.\"{topic}\": {why}"));
             }
             if *limit == 0 {
@@ -787,30 +876,6 @@ fn readable(path: &str) -> Result<(), String> {
     std::fs::File::open(path)
         .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-fn check_brokers(brokers: &str) -> Result<(), String> {
-    let list: Vec<&str> = brokers
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if list.is_empty() {
-        return Err("no broker given (host:port, comma separated)".into());
-    }
-    for broker in list {
-        let b = broker
-            .strip_prefix("PLAINTEXT://")
-            .or_else(|| broker.strip_prefix("SSL://"))
-            .unwrap_or(broker);
-        let Some((host, port)) = b.rsplit_once(':') else {
-            return Err(format!("{broker:?} has no port (host:port)"));
-        };
-        if host.is_empty() || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
-            return Err(format!("{broker:?} is not host:port"));
-        }
-    }
-    Ok(())
 }
 
 /// Reads one figment provider into a JSON tree.
@@ -1147,9 +1212,9 @@ mod tests {
 
     #[test]
     fn broker_list_is_checked() {
-        assert!(check_brokers("a:1,b:2").is_ok());
-        assert!(check_brokers("").is_err());
-        assert!(check_brokers("localhost").is_err());
-        assert!(check_brokers("h:0").is_err());
+        assert!(crate::sink::kafka::check_brokers("a:1,b:2").is_ok());
+        assert!(crate::sink::kafka::check_brokers("").is_err());
+        assert!(crate::sink::kafka::check_brokers("localhost").is_err());
+        assert!(crate::sink::kafka::check_brokers("h:0").is_err());
     }
 }

@@ -1,7 +1,9 @@
-//! `outboxd demo`: the whole flow on one machine. Starts (or reuses) the local broker,
+//! `outboxd demo [--sink kafka|redis|nats]`: the whole flow on one machine. Starts (or
+//! reuses) the local Kafka broker, or uses the Redis / NATS of the configuration,
 //! recreates a demo database, writes events through the library API from concurrent
-//! writers, runs the relay in-process, shows progress, reads the topic back and verifies:
-//! delivered, lost, reordered, duplicates, throughput, commit→ack latency.
+//! writers, runs the relay in-process, shows progress, reads the topic / stream back with
+//! a consumer of that sink and verifies: delivered, lost, reordered, duplicates,
+//! throughput, commit→ack latency.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -15,8 +17,8 @@ use uuid::Uuid;
 use crate::actors::{Delivered, Hooks};
 use crate::config::Config;
 use crate::relay::{Relay, RelayOptions};
-use crate::verify::{Ledger, Reader, create_topic};
-use crate::{NewEvent, broker, db, enqueue_batch};
+use crate::verify::{self, Ledger, Reader, create_topic};
+use crate::{NewEvent, SinkKind, broker, db, enqueue_batch};
 
 /// `outboxd demo` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -42,6 +44,18 @@ pub struct DemoArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// The sink to publish to: kafka (a local Tansu is started if nothing listens on
+    /// kafka.brokers), redis (redis.url) or nats (nats.url, JetStream on); default
+    /// sink.kind.
+    #[arg(long, value_parser = parse_sink)]
+    pub sink: Option<SinkKind>,
+}
+
+fn parse_sink(s: &str) -> Result<SinkKind, String> {
+    SinkKind::ALL
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| format!("{s:?} is not a sink (kafka, redis, nats)"))
 }
 
 /// Replaces the database name in a PostgreSQL URL.
@@ -77,18 +91,49 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.writers > 0 && args.aggregates > 0,
         "writers and aggregates must be > 0"
     );
+    let mut config = config;
+    let kind = args.sink.unwrap_or(config.sink.kind);
+    config.sink.kind = kind;
     let brokers = config.kafka.brokers.clone();
-    let b = brokers.clone();
-    let _broker = tokio::task::spawn_blocking(move || broker::ensure_local(&b)).await??;
+    let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let mut _broker = None;
+    let (topic, destination) = match kind {
+        SinkKind::Kafka => {
+            let b = brokers.clone();
+            _broker = Some(tokio::task::spawn_blocking(move || broker::ensure_local(&b)).await??);
+            let topic = format!("outboxd-demo-{stamp}");
+            create_topic(&brokers, &topic, args.topic_partitions).await?;
+            let d = format!("Kafka topic {topic} ({} partitions)", args.topic_partitions);
+            (topic, d)
+        }
+        SinkKind::Redis => {
+            let topic = format!("outboxd:demo:{stamp}");
+            let d = format!(
+                "Redis stream {topic} at {}",
+                crate::sink::redis::redact(&config.redis.url)
+            );
+            (topic, d)
+        }
+        SinkKind::Nats => {
+            let topic = format!("outboxd.demo.{stamp}");
+            verify::create_nats_stream(
+                &config.nats.url,
+                &format!("OUTBOXD_DEMO_{stamp}"),
+                &[&topic],
+                Duration::from_secs(120),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the demo's JetStream stream: {e}"))?;
+            let d = format!("NATS JetStream stream OUTBOXD_DEMO_{stamp}, subject {topic}");
+            (topic, d)
+        }
+    };
     let url = fresh_database(&config.database.url, &args.database).await?;
-    let topic = format!("outboxd-demo-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
-    create_topic(&brokers, &topic, args.topic_partitions).await?;
     eprintln!(
-        "outboxd demo: {} events over {} aggregates from {} writers -> topic {topic} ({} partitions), database {}",
+        "outboxd demo: {} events over {} aggregates from {} writers -> {destination}, database {}",
         args.events,
         args.aggregates,
         args.writers,
-        args.topic_partitions,
         db::redact(&url)
     );
 
@@ -174,24 +219,44 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // Read everything back and check it.
     let expected = written.load(Ordering::Relaxed);
-    let t = topic.clone();
-    let records = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let reader = Reader::new(&brokers, &[&t])?;
-        let mut seen = std::collections::HashSet::new();
-        let mut counted = 0;
-        let records = reader.read_until(Duration::from_secs(120), Duration::from_secs(5), |rs| {
-            for r in &rs[counted..] {
-                if let Some(e) = r.header("event_id") {
-                    seen.insert(e.to_string());
-                }
+    let mut seen = std::collections::HashSet::new();
+    let mut counted = 0;
+    let done = move |rs: &[verify::Consumed]| {
+        for r in &rs[counted..] {
+            if let Some(e) = r.header("event_id") {
+                seen.insert(e.to_string());
             }
-            counted = rs.len();
-            seen.len() as u64 >= expected
-        });
-        Ok((records, reader.errors()))
-    })
-    .await??;
-    let (records, (consumer_errors, last_consumer_error)) = records;
+        }
+        counted = rs.len();
+        seen.len() as u64 >= expected
+    };
+    let (timeout, idle) = (Duration::from_secs(120), Duration::from_secs(5));
+    let (records, (consumer_errors, last_consumer_error)) = match kind {
+        SinkKind::Kafka => {
+            let t = topic.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let reader = Reader::new(&brokers, &[&t])?;
+                let records = reader.read_until(timeout, idle, done);
+                Ok((records, reader.errors()))
+            })
+            .await??
+        }
+        SinkKind::Redis => (
+            verify::read_redis(&config.redis.url, &[&topic], timeout, idle, done).await?,
+            (0, None),
+        ),
+        SinkKind::Nats => (
+            verify::read_nats(
+                &config.nats.url,
+                &format!("OUTBOXD_DEMO_{stamp}"),
+                timeout,
+                idle,
+                done,
+            )
+            .await?,
+            (0, None),
+        ),
+    };
     let mut ledger = Arc::try_unwrap(ledger)
         .map_err(|_| anyhow::anyhow!("writers still running"))?
         .into_inner()
@@ -220,7 +285,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let rate = report.delivered as f64 / span.as_secs_f64().max(1e-9);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    println!("outboxd demo — topic {topic}");
+    println!("outboxd demo — {destination}");
     println!(
         "  written      {expected} events over {} aggregates",
         args.aggregates

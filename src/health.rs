@@ -1,5 +1,6 @@
 //! Shared liveness and readiness facts, set by the actors and read by `/readyz`.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
@@ -22,6 +23,11 @@ pub struct Health {
     /// Why the broker cannot be used (a TLS or authentication failure), until it can:
     /// what kind of problem, and the last attempt's words.
     broker_problem: Mutex<Option<(String, String)>>,
+    /// Destinations that refuse every row (destination-level failures): destination →
+    /// (class, the last failure's words).
+    destination_problems: Mutex<BTreeMap<String, (String, String)>>,
+    /// Whether `destination_problems` has anything (read per acknowledged batch).
+    any_destination_problem: AtomicBool,
     lease: AtomicU8,
 }
 
@@ -31,6 +37,8 @@ impl Default for Health {
             db_up: AtomicBool::new(false),
             broker_up: AtomicBool::new(true),
             broker_problem: Mutex::new(None),
+            destination_problems: Mutex::new(BTreeMap::new()),
+            any_destination_problem: AtomicBool::new(false),
             lease: AtomicU8::new(LeaseState::None as u8),
         }
     }
@@ -90,6 +98,50 @@ impl Health {
         *current = problem.map(|(kind, words)| (kind.to_string(), words));
         changed
     }
+    /// Records that `destination` refuses rows for a reason only an operator can fix
+    /// (`class`, `words`); returns whether this is news (not the same class as before), so
+    /// that it is logged once.
+    pub fn set_destination_problem(&self, destination: &str, class: &str, words: &str) -> bool {
+        let mut map = self
+            .destination_problems
+            .lock()
+            .expect("destination problems");
+        let new = map.get(destination).is_none_or(|(c, _)| c != class);
+        map.insert(
+            destination.to_string(),
+            (class.to_string(), words.to_string()),
+        );
+        self.any_destination_problem.store(true, Ordering::Release);
+        metrics::gauge!("outboxd_destinations_blocked").set(map.len() as f64);
+        new
+    }
+    /// These destinations took rows: whatever was wrong with them is fixed (logged).
+    pub fn clear_destination_problems<'a>(&self, delivered: impl Iterator<Item = &'a str>) {
+        if !self.any_destination_problem.load(Ordering::Acquire) {
+            return;
+        }
+        let mut map = self
+            .destination_problems
+            .lock()
+            .expect("destination problems");
+        for destination in delivered {
+            if map.remove(destination).is_some() {
+                tracing::info!(%destination, "The destination takes rows again.");
+            }
+        }
+        self.any_destination_problem
+            .store(!map.is_empty(), Ordering::Release);
+        metrics::gauge!("outboxd_destinations_blocked").set(map.len() as f64);
+    }
+    /// Destinations refusing rows now: (destination, class, words).
+    pub fn destination_problems(&self) -> Vec<(String, String, String)> {
+        self.destination_problems
+            .lock()
+            .expect("destination problems")
+            .iter()
+            .map(|(d, (c, w))| (d.clone(), c.clone(), w.clone()))
+            .collect()
+    }
     /// This instance's lease state.
     pub fn lease(&self) -> LeaseState {
         match self.lease.load(Ordering::Relaxed) {
@@ -134,5 +186,20 @@ mod tests {
         h.set_broker_up(true);
         assert_eq!(h.broker_problem(), None, "cleared when the broker is back");
         assert!(h.set_broker_problem(Some(("bad password", "w".into()))));
+    }
+
+    #[test]
+    fn a_destination_problem_is_news_once_and_cleared_by_a_delivery_there() {
+        let h = Health::default();
+        assert!(h.set_destination_problem("a", "wrong_type", "WRONGTYPE 1"));
+        assert!(!h.set_destination_problem("a", "wrong_type", "WRONGTYPE 2"));
+        assert!(h.set_destination_problem("b", "no_stream", "no responders"));
+        h.clear_destination_problems(["c", "b"].into_iter());
+        assert_eq!(
+            h.destination_problems(),
+            [("a".into(), "wrong_type".into(), "WRONGTYPE 2".into())]
+        );
+        h.clear_destination_problems(["a"].into_iter());
+        assert!(h.destination_problems().is_empty());
     }
 }

@@ -13,14 +13,16 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod health;
-pub mod kafka;
 pub mod outbox;
 pub mod ratelimit;
 pub mod relay;
+pub mod sink;
 pub mod telemetry;
 pub mod verify;
 
-pub use outbox::{NewEvent, NewEventBuilder, Payload, ValidationError, enqueue, enqueue_batch};
+pub use outbox::{
+    NewEvent, NewEventBuilder, Payload, SinkKind, ValidationError, enqueue, enqueue_batch,
+};
 pub use relay::{Relay, RelayOptions};
 
 /// The schema migrations (`outbox`, `outbox_dead_letter`, `outbox_lease`, the NOTIFY

@@ -56,11 +56,18 @@ pub async fn serve(listen: SocketAddr, health: Arc<Health>) -> anyhow::Result<()
                         Some(problem) if !h.broker_up() => format!("down — {problem}"),
                         _ => up(h.broker_up()).to_string(),
                     };
-                    let body = format!(
+                    let mut body = format!(
                         "database: {}\nbroker: {broker}\nlease: {:?}\n",
                         up(h.db_up()),
                         h.lease()
                     );
+                    // Not a readiness failure (other destinations flow), but the first
+                    // place an operator looks.
+                    for (destination, class, words) in h.destination_problems() {
+                        body.push_str(&format!(
+                            "destination {destination:?}: held — {class}: {words}\n"
+                        ));
+                    }
                     let code = if h.ready() {
                         StatusCode::OK
                     } else {

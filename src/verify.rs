@@ -324,6 +324,161 @@ impl Ledger {
     }
 }
 
+/// An entry as `XRANGE` returns it: id and fields.
+type StreamEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// Reads Redis streams from the beginning (`XRANGE`, in stream order) until `done` says
+/// so, nothing new arrived for `idle`, or `timeout` passed. Each entry becomes a
+/// [`Consumed`]: key = its `aggregate_id` field, value = `payload`, headers = the other
+/// fields in entry order, offset = its position in the stream.
+pub async fn read_redis(
+    url: &str,
+    streams: &[&str],
+    timeout: Duration,
+    idle: Duration,
+    mut done: impl FnMut(&[Consumed]) -> bool,
+) -> anyhow::Result<Vec<Consumed>> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let deadline = Instant::now() + timeout;
+    let mut last_new = Instant::now();
+    let mut cursors: Vec<String> = streams.iter().map(|_| "-".to_string()).collect();
+    let mut all = Vec::new();
+    loop {
+        let mut got = 0;
+        for (s, stream) in streams.iter().enumerate() {
+            let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+                .arg(*stream)
+                .arg(&cursors[s])
+                .arg("+")
+                .arg("COUNT")
+                .arg(10_000)
+                .query_async(&mut conn)
+                .await?;
+            for (id, fields) in entries {
+                cursors[s] = format!("({id}");
+                got += 1;
+                let mut c = Consumed {
+                    topic: stream.to_string(),
+                    partition: 0,
+                    offset: all.len() as i64,
+                    key: String::new(),
+                    value: Vec::new(),
+                    headers: Vec::new(),
+                };
+                for (k, v) in fields {
+                    if k == b"payload" {
+                        c.value = v;
+                        continue;
+                    }
+                    let (k, v) = (
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    );
+                    if k == "aggregate_id" {
+                        c.key = v.clone();
+                    }
+                    c.headers.push((k, v));
+                }
+                all.push(c);
+            }
+        }
+        if got > 0 {
+            last_new = Instant::now();
+            if done(&all) {
+                break;
+            }
+        } else if last_new.elapsed() >= idle || Instant::now() >= deadline {
+            break;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+/// Creates (or keeps) a JetStream stream capturing `subjects`, with a duplicate window of
+/// `duplicate_window`.
+pub async fn create_nats_stream(
+    url: &str,
+    name: &str,
+    subjects: &[&str],
+    duplicate_window: Duration,
+) -> anyhow::Result<()> {
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_string(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        duplicate_window,
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Reads a JetStream stream from its first message, in stream order, until `done` says
+/// so, nothing new arrived for `idle`, or `timeout` passed. key = the `aggregate_id`
+/// header, value = the body, offset = the stream sequence.
+pub async fn read_nats(
+    url: &str,
+    stream: &str,
+    timeout: Duration,
+    idle: Duration,
+    mut done: impl FnMut(&[Consumed]) -> bool,
+) -> anyhow::Result<Vec<Consumed>> {
+    use futures::StreamExt;
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    let stream_handle = js.get_stream(stream).await?;
+    let consumer = stream_handle
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let deadline = Instant::now() + timeout;
+    let mut all = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(idle.min(left), messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut c = Consumed {
+                    topic: m.subject.to_string(),
+                    partition: 0,
+                    offset: info.stream_sequence as i64,
+                    key: String::new(),
+                    value: m.payload.to_vec(),
+                    headers: Vec::new(),
+                };
+                if let Some(h) = &m.headers {
+                    for (k, vs) in h.iter() {
+                        for v in vs {
+                            c.headers.push((k.to_string(), v.to_string()));
+                        }
+                    }
+                }
+                c.key = c.header("aggregate_id").unwrap_or_default().to_string();
+                all.push(c);
+                if done(&all) {
+                    break;
+                }
+            }
+            Ok(Some(Err(e))) => anyhow::bail!("reading stream {stream}: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

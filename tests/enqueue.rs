@@ -3,7 +3,7 @@
 mod common;
 
 use common::TestDb;
-use outboxd::{NewEvent, ValidationError, enqueue, enqueue_batch};
+use outboxd::{NewEvent, SinkKind, ValidationError, enqueue, enqueue_batch};
 use serde_json::json;
 
 async fn business_table(db: &TestDb) {
@@ -169,9 +169,19 @@ async fn invalid_events_are_refused_before_anything_is_written() {
             "aggregate id is empty",
         ),
         (base().event_type("").build(), "event type is empty"),
-        (base().topic("no spaces").build(), "invalid topic"),
-        (base().topic("..").build(), "invalid topic"),
-        (base().topic("x".repeat(250)).build(), "longer than 249"),
+        (
+            base().topic("no spaces").build_for(SinkKind::Kafka),
+            "invalid topic",
+        ),
+        (
+            base().topic("..").build_for(SinkKind::Kafka),
+            "invalid topic",
+        ),
+        (base().topic("").build(), "invalid topic"),
+        (
+            base().topic("x".repeat(250)).build_for(SinkKind::Kafka),
+            "longer than 249",
+        ),
         (
             base().headers_json(&json!({"retries": 3})).build(),
             "is not a string",

@@ -4,8 +4,8 @@
 //!   back-off, stops the relay past a restart budget, drives graceful shutdown;
 //! - [`poller`] — reads pending rows (NOTIFY-woken), keeps per-aggregate order, hands rows
 //!   to publishers, applies back-pressure and rate limits;
-//! - [`publisher`] — `relay.partitions` of them; turn rows into records and send them
-//!   through the shared idempotent producer;
+//! - [`publisher`] — `relay.partitions` of them; hand rows to the sink (Kafka, Redis
+//!   Streams, NATS JetStream: [`crate::sink`]) in pipelined batches;
 //! - [`acker`] — marks acknowledged rows published (delete or mark), in batches;
 //! - [`retry`] — classifies failures: back-off and retry, or dead-letter;
 //! - [`cleanup`] — deletes old published rows and resolved dead letters.
@@ -25,9 +25,9 @@ use ractor::ActorRef;
 
 use crate::config::Config;
 use crate::health::Health;
-use crate::kafka::RelayProducer;
 use crate::outbox::store::{Fence, OutboxRow};
 use crate::ratelimit::RateLimits;
+use crate::sink::Sink;
 
 /// A row as it travels between actors.
 pub type Row = Arc<OutboxRow>;
@@ -54,7 +54,7 @@ pub mod names {
 pub struct Delivered {
     /// The row.
     pub row: Row,
-    /// When its batch was handed to the producer.
+    /// When its batch was handed to the sink.
     pub sent_at: Instant,
     /// When the acknowledgement reached the relay.
     pub acked_at: Instant,
@@ -122,7 +122,7 @@ impl Faults {
 }
 
 /// What every actor of one pipeline incarnation shares. Rebuilt when the lease or the
-/// producer changes.
+/// sink changes.
 pub struct Shared {
     /// The configuration.
     pub config: Arc<Config>,
@@ -131,8 +131,8 @@ pub struct Shared {
     /// Pool for marking published rows (`synchronous_commit = off`: a mark lost in a
     /// Postgres crash only means the row is sent again).
     pub ack_pool: sqlx::PgPool,
-    /// The shared idempotent producer.
-    pub producer: RelayProducer,
+    /// Where rows are published.
+    pub sink: Arc<dyn Sink>,
     /// Readiness facts.
     pub health: Arc<Health>,
     /// The lease every write is checked against.
@@ -143,7 +143,7 @@ pub struct Shared {
     pub hooks: Hooks,
     /// Test faults.
     pub faults: Faults,
-    /// The supervisor, told about lost leases and fatal producer errors.
+    /// The supervisor, told about lost leases and fatal sink errors.
     pub supervisor: ActorRef<supervisor::SupervisorMsg>,
     /// Time base for the atomics below.
     pub epoch: Instant,
@@ -153,7 +153,7 @@ pub struct Shared {
     last_delivery_ms: AtomicU64,
     /// When (ms after `epoch`) a send last timed out.
     last_timeout_ms: AtomicU64,
-    /// Rows with the producer now (set by the poller).
+    /// Rows with the sink now (set by the poller).
     in_flight: AtomicUsize,
     /// Rows acknowledged by the broker and not yet marked by the acker.
     unmarked: AtomicUsize,
@@ -172,7 +172,7 @@ impl Shared {
         config: Arc<Config>,
         pool: sqlx::PgPool,
         ack_pool: sqlx::PgPool,
-        producer: RelayProducer,
+        sink: Arc<dyn Sink>,
         health: Arc<Health>,
         fence: Fence,
         hooks: Hooks,
@@ -185,7 +185,7 @@ impl Shared {
             config,
             pool,
             ack_pool,
-            producer,
+            sink,
             health,
             fence,
             limits,
@@ -239,12 +239,12 @@ impl Shared {
             .fetch_max(self.ms(at) + 1, Ordering::Relaxed);
     }
 
-    /// Records how many rows are with the producer.
+    /// Records how many rows are with the sink.
     pub fn set_in_flight(&self, n: usize) {
         self.in_flight.store(n, Ordering::Relaxed);
     }
 
-    /// How long the producer has had work (rows in flight, or sends timing out) without
+    /// How long the sink has had work (rows in flight, or sends timing out) without
     /// acknowledging anything; `None` when it is not waiting on anything.
     pub fn stalled_for(&self, now: Instant) -> Option<Duration> {
         let delivered = self.last_delivery_ms.load(Ordering::Relaxed);

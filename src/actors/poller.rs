@@ -50,10 +50,10 @@ use super::publisher::PublisherMsg;
 use super::retry::RetryMsg;
 use super::{Delivered, Row, Shared, partition_of};
 use crate::config::DeadLetterPolicy;
-use crate::kafka::PublishFailure;
 use crate::outbox::store::{self, OutboxRow};
 use crate::outbox::{NOTIFY_CHANNEL, NOTIFY_RESCAN};
 use crate::ratelimit::Throttled;
+use crate::sink::PublishFailure;
 
 /// The poller behaviour.
 pub struct Poller;
@@ -1112,7 +1112,8 @@ impl PollerState {
             if let Some(hook) = &self.shared.hooks.on_delivered {
                 hook(&c.delivered);
             }
-            metrics::counter!("outboxd_events_published_total").increment(ids.len() as u64);
+            metrics::counter!("outboxd_events_published_total", "sink" => self.shared.sink.kind().name())
+                .increment(ids.len() as u64);
             // Held against the memory bound until the acker has marked them.
             self.shared.add_unmarked(ids.len());
             let _ = wiring.acker.send_message(AckerMsg::Delivered(ids));

@@ -1,28 +1,24 @@
 //! Publisher: one of `relay.partitions`; rows reach it by `hash(aggregate_id) % partitions`.
 //!
 //! In: `Publish(rows)` from the poller — at most one row per aggregate, in id order.
-//! Out: every row is sent through the shared idempotent producer without waiting for the
-//! previous one (pipelined); the delivery reports come back on librdkafka's polling thread
-//! and, once the last row of the batch has one, the batch reports its outcome to the
-//! poller (delivered rows, and failed rows with their classified failure) through
-//! [`Shared::report`], which folds the reports that arrive together into one wake-up. A row that
-//! cannot become a record fails here, permanently.
+//! Out: the rows go to the sink as one [`Batch`]; the sink sends every row without waiting
+//! for the previous one (pipelined) and settles each from wherever its acknowledgement
+//! arrives (librdkafka's polling thread, a Redis or NATS task). Once the last row has an
+//! outcome, the batch reports to the poller (delivered rows, and failed rows with their
+//! classified failure) through [`Shared::report`], which folds the reports that arrive
+//! together into one wake-up. The publisher knows nothing about any broker.
 //! Failure: a crash loses nothing — the poller still holds every row it handed out and
 //! sends them again to the restarted publisher.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rdkafka::error::KafkaError;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::poller::{Completion, PollerMsg};
 use super::{Delivered, Row, Shared};
-use crate::kafka::{
-    DeliveryTarget, DeliveryToken, FailureKind, PublishFailure, build_record_with, classify,
-};
+use crate::sink::Batch;
 
 /// The publisher behaviour.
 pub struct Publisher;
@@ -85,126 +81,66 @@ impl Actor for Publisher {
     }
 }
 
-/// One batch handed to the producer: it collects the delivery reports (on librdkafka's
-/// polling thread) and, when the last one is in, reports the batch to the poller.
-struct Batch {
-    rows: Vec<Row>,
-    /// One slot per row, each written once from librdkafka's polling thread (or from the
-    /// publisher for rows the producer refused): no lock per delivery report.
-    outcomes: Vec<OnceLock<Result<Instant, PublishFailure>>>,
-    remaining: AtomicUsize,
-    shared: Arc<Shared>,
-    poller: ActorRef<PollerMsg>,
-    partition: usize,
-    generation: u64,
-    sent_at: Instant,
-    /// Exact acknowledgement times only for a delivery hook (demo, benchmark): reading the
-    /// clock per row showed up in the relay's profile.
-    exact_times: bool,
-}
-
-impl Batch {
-    fn settle(&self, index: usize, outcome: Result<Instant, PublishFailure>) {
-        // Each record has exactly one delivery report; a second one would be a librdkafka
-        // bug, and the first outcome stands.
-        let _ = self.outcomes[index].set(outcome);
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.report();
-        }
+/// Hands the rows to the sink as one batch, which reports to the poller once every row
+/// has an outcome. `crash_after` is the test fault: only that many rows are sent, then
+/// the publisher panics (the rest stay in flight at the poller, which sends them to the
+/// restarted publisher).
+fn send_batch(args: &PublisherArgs, mut rows: Vec<Row>, crash_after: Option<usize>) {
+    let shared = args.shared.clone();
+    if let Some(k) = crash_after {
+        rows.truncate(k);
     }
-
-    /// Runs once, after the last outcome is in (the `AcqRel` countdown orders every
-    /// slot's write before this read).
-    fn report(&self) {
-        let now = Instant::now();
-        let mut delivered = Vec::with_capacity(self.rows.len());
-        let mut failed = Vec::new();
-        for (row, outcome) in self.rows.iter().zip(&self.outcomes) {
-            match outcome.get() {
-                Some(Ok(acked_at)) => delivered.push(Delivered {
-                    row: row.clone(),
-                    sent_at: self.sent_at,
-                    acked_at: if self.exact_times { *acked_at } else { now },
-                }),
-                Some(Err(f)) => failed.push((row.clone(), f.clone())),
-                None => {}
-            }
-        }
-        if !delivered.is_empty() {
-            self.shared.note_delivery(now);
-        }
-        self.shared.report(
-            Completion {
-                partition: self.partition,
-                generation: self.generation,
-                delivered,
-                failed,
-                sent_at: self.sent_at,
-            },
-            &self.poller,
+    let poller = args.poller.clone();
+    let (partition, generation) = (args.partition, args.generation);
+    let exact_times = shared.hooks.on_delivered.is_some();
+    let sink = shared.sink.clone();
+    let batch = Batch::new(rows, exact_times, move |batch| {
+        report(&shared, &poller, partition, generation, batch)
+    });
+    sink.send(batch);
+    if crash_after.is_some() {
+        panic!(
+            "test fault: publisher {} crashes mid-batch (OUTBOXD_TEST_PANIC_PUBLISHER_EVERY)",
+            args.partition
         );
     }
 }
 
-impl DeliveryTarget for Batch {
-    fn delivered(&self, index: usize, result: Result<(), KafkaError>) {
-        let outcome = match result {
-            Ok(()) => Ok(if self.exact_times {
-                Instant::now()
-            } else {
-                self.sent_at
+/// Runs once per batch, after its last outcome: delivered and failed rows to the poller.
+fn report(
+    shared: &Shared,
+    poller: &ActorRef<PollerMsg>,
+    partition: usize,
+    generation: u64,
+    batch: &Batch,
+) {
+    let now = Instant::now();
+    let mut delivered = Vec::with_capacity(batch.rows().len());
+    let mut failed = Vec::new();
+    for (row, outcome) in batch.outcomes() {
+        match outcome {
+            Ok(acked_at) => delivered.push(Delivered {
+                row: row.clone(),
+                sent_at: batch.sent_at(),
+                acked_at: if batch.exact_times() { *acked_at } else { now },
             }),
-            Err(e) => Err(classify(&e)),
-        };
-        self.settle(index, outcome);
-    }
-}
-
-/// Sends every row without waiting for the previous one; the batch reports itself once
-/// every row has an outcome. `crash_after` is the test fault: panic after that many rows.
-fn send_batch(args: &PublisherArgs, rows: Vec<Row>, crash_after: Option<usize>) {
-    let shared = &args.shared;
-    let n = rows.len();
-    let batch = Arc::new(Batch {
-        outcomes: (0..n).map(|_| OnceLock::new()).collect(),
-        remaining: AtomicUsize::new(n),
-        rows,
-        shared: shared.clone(),
-        poller: args.poller.clone(),
-        partition: args.partition,
-        generation: args.generation,
-        sent_at: Instant::now(),
-        exact_times: shared.hooks.on_delivered.is_some(),
-    });
-    let target: Arc<dyn DeliveryTarget> = batch.clone();
-    // Rows of a batch mostly share a topic: check its name once per run of equal topics.
-    let mut valid_topic: Option<&str> = None;
-    for (i, row) in batch.rows.iter().enumerate() {
-        if crash_after == Some(i) {
-            panic!(
-                "test fault: publisher {} crashes mid-batch (OUTBOXD_TEST_PANIC_PUBLISHER_EVERY)",
-                args.partition
-            );
-        }
-        let topic_checked = valid_topic == Some(row.topic.as_str());
-        let record = match build_record_with(row, topic_checked) {
-            Ok(r) => r,
-            Err(f) => {
-                batch.settle(i, Err(f));
-                continue;
-            }
-        };
-        valid_topic = Some(row.topic.as_str());
-        let token = Box::new(DeliveryToken {
-            target: target.clone(),
-            index: i,
-        });
-        if let Err((e, _)) = shared.producer.send(record.into_base_record(token)) {
-            let f = classify(&e);
-            if f.kind != FailureKind::Permanent {
-                warn!(partition = args.partition, error = %e, "Producer refused a record.");
-            }
-            batch.settle(i, Err(f));
+            Err(f) => failed.push((row.clone(), f.clone())),
         }
     }
+    if !delivered.is_empty() {
+        shared.note_delivery(now);
+        shared
+            .health
+            .clear_destination_problems(delivered.iter().map(|d| d.row.topic.as_str()));
+    }
+    shared.report(
+        Completion {
+            partition,
+            generation,
+            delivered,
+            failed,
+            sent_at: batch.sent_at(),
+        },
+        poller,
+    );
 }

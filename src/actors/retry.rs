@@ -24,10 +24,8 @@ use super::poller::PollerMsg;
 use super::supervisor::SupervisorMsg;
 use super::{Row, Shared};
 use crate::config::RetryConfig;
-use crate::kafka::{
-    DeliveryTarget, DeliveryToken, FailureKind, PublishFailure, Record, build_record,
-};
 use crate::outbox::store::{self, StoreError};
+use crate::sink::{FailureKind, PublishFailure};
 
 /// The retry / dead-letter behaviour.
 pub struct Retry;
@@ -104,6 +102,12 @@ pub fn decide(
             attempts: attempts_before + 1,
             reason: failure.message.clone(),
         },
+        // The destination cannot take anything now: hold the row without using up its
+        // attempts, however long the operator takes.
+        FailureKind::Destination => Decision::Retry {
+            attempts: attempts_before,
+            after: backoff(cfg, tries_before + 1, jitter),
+        },
         FailureKind::Transient | FailureKind::Fatal => {
             let attempts =
                 attempts_before + i32::from(counted && failure.kind == FailureKind::Transient);
@@ -171,7 +175,21 @@ impl Actor for Retry {
             counted,
             jitter,
         );
-        metrics::counter!("outboxd_publish_failures_total", "class" => failure.class).increment(1);
+        let sink = shared.sink.kind().name();
+        metrics::counter!("outboxd_publish_failures_total", "sink" => sink, "class" => failure.class)
+            .increment(1);
+        if failure.kind == FailureKind::Destination
+            && shared
+                .health
+                .set_destination_problem(&row.topic, failure.class, &failure.message)
+        {
+            warn!(
+                destination = %row.topic,
+                class = failure.class,
+                error = %failure.message,
+                "The destination refuses every row; they are held (not dead-lettered) until it is fixed."
+            );
+        }
         let outcome = match &decision {
             Decision::Retry { attempts, after } => store::record_failure(
                 &shared.pool,
@@ -204,7 +222,7 @@ impl Actor for Retry {
                         // A failure of the row's own is worth a line; one that every row
                         // in flight shares (the broker is away) is not, per row: the
                         // producer and the readiness probe say so once.
-                        if counted {
+                        if counted && failure.kind == FailureKind::Transient {
                             info!(
                                 aggregate = %row.aggregate_id,
                                 id = row.id,
@@ -242,7 +260,7 @@ impl Actor for Retry {
                                 %reason,
                                 "Dead-lettered a row."
                             );
-                            metrics::counter!("outboxd_dead_letters_total", "class" => failure.class)
+                            metrics::counter!("outboxd_dead_letters_total", "sink" => sink, "class" => failure.class)
                                 .increment(1);
                             copy_to_dlq(&shared, &row, failure.class, &reason);
                         }
@@ -279,50 +297,12 @@ impl Actor for Retry {
     }
 }
 
-/// Best effort: a copy of the dead letter on `dead_letter.topic`, with `dead_letter_reason`
-/// and `dead_letter_class` headers. The table is the record; this is a notification.
+/// Best effort: a copy of the dead letter on `dead_letter.topic` (a topic, stream or
+/// subject of the same sink). The table is the record; this is a notification.
 fn copy_to_dlq(shared: &Shared, row: &Row, class: &str, reason: &str) {
     let topic = &shared.config.dead_letter.topic;
-    if topic.is_empty() {
-        return;
-    }
-    let fallback_value = row
-        .payload
-        .as_deref()
-        .or(row.payload_bytes.as_deref())
-        .unwrap_or_default();
-    // A row that cannot become a record (bad headers) still gets a copy, with the ids.
-    let base = build_record(row).unwrap_or_else(|_| {
-        Record {
-            topic,
-            key: row.aggregate_id.as_bytes(),
-            value: fallback_value,
-            headers: rdkafka::message::OwnedHeaders::new(),
-        }
-        .with_header("event_id", &row.event_id.to_string())
-        .with_header("outbox_id", &row.id.to_string())
-    });
-    let record = Record { topic, ..base }
-        .with_header("original_topic", &row.topic)
-        .with_header("dead_letter_class", class)
-        .with_header("dead_letter_reason", reason);
-    let token = Box::new(DeliveryToken {
-        target: Arc::new(DlqCopy),
-        index: 0,
-    });
-    if let Err((e, _)) = shared.producer.send(record.into_base_record(token)) {
-        warn!(error = %e, "Could not copy a dead letter to the DLQ topic.");
-    }
-}
-
-/// Logs a DLQ copy that failed (the dead-letter table is the record).
-struct DlqCopy;
-
-impl DeliveryTarget for DlqCopy {
-    fn delivered(&self, _index: usize, result: Result<(), rdkafka::error::KafkaError>) {
-        if let Err(e) = result {
-            warn!(error = %e, "Could not copy a dead letter to the DLQ topic.");
-        }
+    if !topic.is_empty() {
+        shared.sink.copy_dead_letter(row, topic, class, reason);
     }
 }
 

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use rdkafka::producer::{Producer, PurgeConfig};
 use tracing::{debug, error, info, warn};
 
 use super::acker::{Acker, AckerArgs, AckerMsg};
@@ -34,8 +33,8 @@ use super::retry::{Retry, RetryArgs, RetryMsg};
 use super::{Faults, Hooks, Shared, names};
 use crate::config::Config;
 use crate::health::{Health, LeaseState};
-use crate::kafka::{self, RelayProducer};
 use crate::outbox::store::{self, Fence, RELAY_LEASE};
+use crate::sink::{self, Sink};
 
 /// The supervisor behaviour.
 pub struct Supervisor;
@@ -63,7 +62,7 @@ pub enum Scope {
 /// What `Shutdown` did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Rows still with the producer at the deadline (they stay pending and are sent
+    /// Rows still with the sink at the deadline (they stay pending and are sent
     /// again by the next run).
     pub abandoned_in_flight: usize,
     /// Whether every acknowledged row was marked.
@@ -91,7 +90,7 @@ pub enum SupervisorMsg {
     Restart(Scope),
     /// A write was fenced: the lease with this epoch is gone.
     LeaseLost(String),
-    /// The producer hit a fatal error and must be replaced.
+    /// The sink's client hit a fatal error and must be replaced.
     ProducerFatal(String),
     /// Graceful shutdown.
     Shutdown(RpcReplyPort<ShutdownReport>),
@@ -99,7 +98,7 @@ pub enum SupervisorMsg {
     Info(RpcReplyPort<SupervisorInfo>),
     /// The poller, for tests (`PollNow`).
     Poller(RpcReplyPort<Option<ActorRef<PollerMsg>>>),
-    /// Look for a wedged producer.
+    /// Look for a wedged sink client.
     CheckProducer,
 }
 
@@ -137,7 +136,7 @@ struct Refs {
 /// What the supervisor owns.
 pub struct SupervisorState {
     args: SupervisorArgs,
-    producer: Option<RelayProducer>,
+    sink: Option<Arc<dyn Sink>>,
     shared: Option<Arc<Shared>>,
     fence: Option<Fence>,
     lease_deadline: Option<Instant>,
@@ -166,6 +165,8 @@ impl Actor for Supervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let ttl = Duration::from_millis(args.config.relay.lease_ttl_ms);
         myself.send_interval(ttl / 3, || SupervisorMsg::RenewLease);
+        // Only Kafka's stall timeout is configurable; the others never wedge (see
+        // `Sink::stall_timeout`), and the check is then a no-op.
         let stall = Duration::from_millis(args.config.kafka.stall_timeout_ms);
         myself.send_interval((stall / 4).max(Duration::from_millis(250)), || {
             SupervisorMsg::CheckProducer
@@ -174,7 +175,7 @@ impl Actor for Supervisor {
         let partitions = args.config.relay.partitions as usize;
         Ok(SupervisorState {
             args,
-            producer: None,
+            sink: None,
             shared: None,
             fence: None,
             lease_deadline: None,
@@ -217,8 +218,8 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::ProducerFatal(why) => {
                 if st.shared.is_some() {
-                    error!(%why, "Fatal producer error; restarting the pipeline with a new producer.");
-                    st.producer = None;
+                    error!(%why, "Fatal sink error; restarting the pipeline with a new client.");
+                    st.sink = None;
                     st.crashed(&myself, Scope::Pipeline, why).await;
                 }
             }
@@ -410,19 +411,19 @@ impl SupervisorState {
 
     async fn start_pipeline(&mut self, myself: &ActorRef<SupervisorMsg>) -> anyhow::Result<()> {
         let fence = self.fence.clone().expect("lease held");
-        let producer = match &self.producer {
-            Some(p) => p.clone(),
+        let sink = match &self.sink {
+            Some(s) => s.clone(),
             None => {
-                let p = kafka::create_producer(&self.args.config.kafka, self.args.health.clone())?;
-                self.producer = Some(p.clone());
-                p
+                let s = sink::create(&self.args.config, self.args.health.clone()).await?;
+                self.sink = Some(s.clone());
+                s
             }
         };
         let shared = Arc::new(Shared::new(
             self.args.config.clone(),
             self.args.pool.clone(),
             self.args.ack_pool.clone(),
-            producer,
+            sink,
             self.args.health.clone(),
             fence,
             self.args.hooks.clone(),
@@ -680,22 +681,19 @@ impl SupervisorState {
     /// pipeline restarts from the table (not counted as a crash). During a real outage
     /// the broker does not answer, and nothing is replaced.
     async fn check_producer(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        let (Some(shared), Some(producer)) = (self.shared.clone(), self.producer.clone()) else {
+        let (Some(shared), Some(sink)) = (self.shared.clone(), self.sink.clone()) else {
             return;
         };
-        let stall = Duration::from_millis(self.args.config.kafka.stall_timeout_ms);
+        let Some(stall) = sink.stall_timeout() else {
+            return;
+        };
         let Some(stalled) = shared.stalled_for(Instant::now()) else {
             return;
         };
         if stalled < stall {
             return;
         }
-        let probe = producer.clone();
-        let answered = tokio::task::spawn_blocking(move || {
-            kafka::fetch_metadata(&probe, Duration::from_secs(2)).is_ok()
-        })
-        .await
-        .unwrap_or(false);
+        let answered = sink.probe(Duration::from_secs(2)).await.is_ok();
         if !answered {
             let _ = shared.health.set_broker_up(false);
             return;
@@ -705,8 +703,8 @@ impl SupervisorState {
             "Producer acknowledged nothing while the broker answers; replacing it."
         );
         metrics::counter!("outboxd_producer_replacements_total").increment(1);
-        producer.purge(PurgeConfig::default().queue().inflight());
-        self.producer = None;
+        sink.discard();
+        self.sink = None;
         self.stop_pipeline().await;
         if let Err(e) = self.start_pipeline(myself).await {
             self.crashed(myself, Scope::Pipeline, e.to_string()).await;
@@ -747,9 +745,9 @@ impl SupervisorState {
         {
             warn!(error = %e, "Could not release the lease; it expires on its own.");
         }
-        if let Some(p) = &self.producer {
+        if let Some(sink) = &self.sink {
             let left = deadline.saturating_duration_since(Instant::now());
-            let _ = p.flush(left.max(Duration::from_millis(100)));
+            sink.flush(left.max(Duration::from_millis(100))).await;
         }
         info!(
             abandoned_in_flight = report.abandoned_in_flight,

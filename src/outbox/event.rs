@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
@@ -32,13 +32,14 @@ pub enum ValidationError {
     /// `event_type` is empty.
     #[error("event type is empty")]
     EmptyEventType,
-    /// The topic is one Kafka would refuse.
+    /// The topic is one no sink accepts ([`NewEventBuilder::build`]), or one the sink
+    /// named in [`NewEventBuilder::build_for`] refuses.
     #[error("invalid topic {topic:?}: {reason}")]
     InvalidTopic {
         /// The topic as given.
         topic: String,
         /// What is wrong with it.
-        reason: TopicError,
+        reason: String,
     },
     /// Neither a JSON nor a byte payload was given.
     #[error("no payload: call json(), json_value() or bytes()")]
@@ -254,8 +255,31 @@ impl NewEventBuilder {
         self.error.get_or_insert(e);
     }
 
-    /// Validates and returns the event.
+    /// Validates and returns the event. The topic must be a name some sink accepts (any
+    /// non-empty name: Redis takes any key); the relay checks it by its own sink's rules
+    /// and dead-letters a row whose topic that sink refuses. Use
+    /// [`NewEventBuilder::build_for`] to be told at once.
     pub fn build(self) -> Result<NewEvent, ValidationError> {
+        self.build_checked(None)
+    }
+
+    /// As [`NewEventBuilder::build`], with the topic checked by the rules of the sink the
+    /// relay publishes to: a Kafka topic name, a Redis stream key, a NATS subject.
+    ///
+    /// ```
+    /// use outboxd::{NewEvent, SinkKind};
+    /// let event = NewEvent::builder("user", "42")
+    ///     .event_type("user.created")
+    ///     .topic("user:events")
+    ///     .json(&serde_json::json!({"id": 42}));
+    /// assert!(event.clone().build_for(SinkKind::Redis).is_ok());
+    /// assert!(event.build_for(SinkKind::Kafka).is_err());
+    /// ```
+    pub fn build_for(self, sink: SinkKind) -> Result<NewEvent, ValidationError> {
+        self.build_checked(Some(sink))
+    }
+
+    fn build_checked(self, sink: Option<SinkKind>) -> Result<NewEvent, ValidationError> {
         if let Some(e) = self.error {
             return Err(e);
         }
@@ -268,7 +292,12 @@ impl NewEventBuilder {
         if self.event_type.is_empty() {
             return Err(ValidationError::EmptyEventType);
         }
-        validate_topic(&self.topic).map_err(|reason| ValidationError::InvalidTopic {
+        let checked = match sink {
+            Some(kind) => kind.validate_destination(&self.topic),
+            None if self.topic.is_empty() => Err("empty".into()),
+            None => Ok(()),
+        };
+        checked.map_err(|reason| ValidationError::InvalidTopic {
             topic: self.topic.clone(),
             reason,
         })?;
@@ -290,6 +319,90 @@ impl NewEventBuilder {
             headers: self.headers,
         })
     }
+}
+
+/// Which sink a relay publishes to (`[sink] kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Kafka topics (the default).
+    #[default]
+    Kafka,
+    /// Redis Streams: the topic is the stream key.
+    Redis,
+    /// NATS JetStream: the topic is the subject.
+    Nats,
+}
+
+impl SinkKind {
+    /// Every sink.
+    pub const ALL: [SinkKind; 3] = [SinkKind::Kafka, SinkKind::Redis, SinkKind::Nats];
+
+    /// The name used in configuration, metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Kafka => "kafka",
+            SinkKind::Redis => "redis",
+            SinkKind::Nats => "nats",
+        }
+    }
+
+    /// What a destination is called on this sink, for messages.
+    pub fn destination_word(self) -> &'static str {
+        match self {
+            SinkKind::Kafka => "topic",
+            SinkKind::Redis => "stream key",
+            SinkKind::Nats => "subject",
+        }
+    }
+
+    /// Checks a destination name by this sink's rules: Kafka topic names, any non-empty
+    /// Redis key, NATS subjects one can publish to (dot-separated non-empty tokens, no
+    /// wildcards, no white space).
+    pub fn validate_destination(self, name: &str) -> Result<(), String> {
+        match self {
+            SinkKind::Kafka => validate_topic(name).map_err(|e| e.to_string()),
+            SinkKind::Redis => {
+                if name.is_empty() {
+                    Err("empty".into())
+                } else {
+                    Ok(())
+                }
+            }
+            SinkKind::Nats => validate_subject(name),
+        }
+    }
+}
+
+impl std::fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A NATS subject a message can be published to.
+pub fn validate_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err("empty".into());
+    }
+    if let Some(c) = subject
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{c:?} is not allowed in a NATS subject"));
+    }
+    for token in subject.split('.') {
+        match token {
+            "" => return Err("empty token (leading, trailing or double '.')".into()),
+            "*" | ">" => {
+                return Err(format!(
+                    "wildcard token {token:?}: one cannot publish to a wildcard subject"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Reads a `headers` JSON value: an object whose values are all strings.
@@ -465,13 +578,23 @@ mod tests {
             validate_topic(&"a".repeat(250)),
             Err(TopicError::TooLong(250))
         );
-        assert!(matches!(
-            base().topic("bad/topic").build(),
+        assert_eq!(
+            base().topic("bad/topic").build_for(SinkKind::Kafka),
             Err(ValidationError::InvalidTopic {
-                reason: TopicError::BadChar('/'),
-                ..
+                topic: "bad/topic".into(),
+                reason: "character '/' is not allowed (only a-z A-Z 0-9 . _ -)".into(),
             })
-        ));
+        );
+        // Any sink's name passes `build`; only an empty one is nobody's.
+        assert!(base().topic("user:events").build().is_ok());
+        assert!(
+            base()
+                .topic("user:events")
+                .build_for(SinkKind::Nats)
+                .is_ok()
+        );
+        assert!(base().topic("a b").build_for(SinkKind::Nats).is_err());
+        assert!(base().topic("").build().is_err());
     }
 
     #[test]

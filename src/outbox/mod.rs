@@ -6,8 +6,8 @@ pub mod event;
 pub mod store;
 
 pub use event::{
-    NewEvent, NewEventBuilder, Payload, RESERVED_HEADERS, TopicError, ValidationError, enqueue,
-    enqueue_batch, headers_from_json, validate_topic,
+    NewEvent, NewEventBuilder, Payload, RESERVED_HEADERS, SinkKind, TopicError, ValidationError,
+    enqueue, enqueue_batch, headers_from_json, validate_subject, validate_topic,
 };
 
 /// The NOTIFY channel the insert trigger signals and the relay listens on.

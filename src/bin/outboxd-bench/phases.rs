@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use outboxd::actors::{Delivered, Hooks, ReadTimes};
 use outboxd::broker::LocalBroker;
 use outboxd::config::{Config, OnPublish};
-use outboxd::kafka::{DeliveryTarget, DeliveryToken};
 use outboxd::outbox::store::{self, Fence, OutboxRow, RELAY_LEASE};
+use outboxd::sink::kafka::{DeliveryTarget, DeliveryToken};
 use outboxd::verify::create_topic;
 use outboxd::{NewEvent, Relay, RelayOptions, enqueue_batch};
 use rdkafka::producer::BaseRecord;
@@ -806,7 +806,7 @@ async fn ceiling_postgres(rows: u64) -> anyhow::Result<(f64, f64)> {
 async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
     let w = World::new().await?;
     let health = Arc::new(outboxd::health::Health::default());
-    let producer = outboxd::kafka::create_producer(&w.config().kafka, health)?;
+    let producer = outboxd::sink::kafka::create_producer(&w.config().kafka, health)?;
     let payload = format!(r#"{{"pad": "{}", "seq": 1}}"#, "x".repeat(468));
     let b = bar(rows, "ceiling: raw produce");
     let t = Instant::now();
@@ -846,7 +846,7 @@ async fn ceiling_produce(rows: u64) -> anyhow::Result<(f64, f64)> {
 /// 10,000 aggregates, six headers) with `payload`, its delivery reported to `target` as
 /// `index`.
 fn send_bench_record(
-    producer: &outboxd::kafka::RelayProducer,
+    producer: &outboxd::sink::kafka::RelayProducer,
     topic: &str,
     payload: &str,
     i: u64,
@@ -925,7 +925,7 @@ pub struct ProduceLatency {
 async fn produce_latency(rate: u32, seconds: u64) -> anyhow::Result<ProduceLatency> {
     let w = World::new().await?;
     let health = Arc::new(outboxd::health::Health::default());
-    let producer = outboxd::kafka::create_producer(&w.config().kafka, health)?;
+    let producer = outboxd::sink::kafka::create_producer(&w.config().kafka, health)?;
     let payload = format!(r#"{{"pad": "{}", "seq": 1}}"#, "x".repeat(468));
     let acks = Arc::new(AckTimes::default());
     let target: Arc<dyn DeliveryTarget> = acks.clone();
@@ -1024,7 +1024,7 @@ async fn ceiling_minimal(rows: u64) -> anyhow::Result<(f64, f64)> {
         )
         .await?;
     let health = Arc::new(outboxd::health::Health::default());
-    let producer = outboxd::kafka::create_producer(&cfg.kafka, health)?;
+    let producer = outboxd::sink::kafka::create_producer(&cfg.kafka, health)?;
     let max_in_flight = u64::from(cfg.relay.max_in_flight);
     let acks = Arc::new(AckedIds::default());
     let target: Arc<dyn DeliveryTarget> = acks.clone();
@@ -1066,7 +1066,7 @@ async fn ceiling_minimal(rows: u64) -> anyhow::Result<(f64, f64)> {
             {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
-            let record = outboxd::kafka::build_record(row)
+            let record = outboxd::sink::kafka::build_record(row)
                 .map_err(|f| anyhow::anyhow!("record: {}", f.message))?;
             let token = Box::new(DeliveryToken {
                 target: target.clone(),

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outboxd::actors::{Delivered, Hooks};
-use outboxd::kafka::{DeliveryTarget, DeliveryToken, RelayProducer};
 use outboxd::outbox::store;
+use outboxd::sink::kafka::{DeliveryTarget, DeliveryToken, RelayProducer};
 use outboxd::{NewEvent, enqueue};
 use serde::{Deserialize, Serialize};
 
@@ -135,7 +135,7 @@ pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<Sin
         }
         Which::Naive => {
             let health = Arc::new(outboxd::health::Health::default());
-            let producer = outboxd::kafka::create_producer(&cfg.kafka, health)?;
+            let producer = outboxd::sink::kafka::create_producer(&cfg.kafka, health)?;
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(1)
                 .connect(&w.url)
@@ -370,13 +370,15 @@ async fn naive(
         });
         let target: Arc<dyn DeliveryTarget> = cycle.clone();
         for (i, row) in rows.iter().enumerate() {
-            let sent = outboxd::kafka::build_record(row).ok().and_then(|record| {
-                let token = Box::new(DeliveryToken {
-                    target: target.clone(),
-                    index: i,
+            let sent = outboxd::sink::kafka::build_record(row)
+                .ok()
+                .and_then(|record| {
+                    let token = Box::new(DeliveryToken {
+                        target: target.clone(),
+                        index: i,
+                    });
+                    producer.send(record.into_base_record(token)).ok()
                 });
-                producer.send(record.into_base_record(token)).ok()
-            });
             if sent.is_none() {
                 target.delivered(i, Err(rdkafka::error::KafkaError::Canceled));
             }

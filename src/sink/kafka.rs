@@ -1,5 +1,5 @@
-//! Kafka: producer construction, record building (design.md §4) and the one place where
-//! publish failures are classified.
+//! The Kafka sink: librdkafka's idempotent producer, record building (design.md §4) and
+//! the one place where Kafka's publish failures are classified.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,6 +12,9 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 
+use futures::future::BoxFuture;
+
+use super::{Batch, FailureKind, PublishFailure, Sink, SinkKind};
 use crate::config::KafkaConfig;
 use crate::health::Health;
 use crate::outbox::store::OutboxRow;
@@ -233,6 +236,233 @@ pub fn create_producer(cfg: &KafkaConfig, health: Arc<Health>) -> anyhow::Result
     })
 }
 
+/// The Kafka sink: one idempotent producer shared by every publisher.
+pub struct KafkaSink {
+    producer: RelayProducer,
+    config: KafkaConfig,
+}
+
+impl KafkaSink {
+    /// Creates the producer (it connects in the background).
+    pub fn new(cfg: &KafkaConfig, health: Arc<Health>) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: create_producer(cfg, health)?,
+            config: cfg.clone(),
+        })
+    }
+
+    /// The producer, for tests and tools that use librdkafka directly.
+    pub fn producer(&self) -> &RelayProducer {
+        &self.producer
+    }
+}
+
+impl DeliveryTarget for Batch {
+    fn delivered(&self, index: usize, result: Result<(), KafkaError>) {
+        match result {
+            Ok(()) => self.acked(index),
+            Err(e) => self.failed(index, classify(&e)),
+        }
+    }
+}
+
+impl Sink for KafkaSink {
+    fn kind(&self) -> SinkKind {
+        SinkKind::Kafka
+    }
+
+    fn send(&self, batch: Arc<Batch>) {
+        let target: Arc<dyn DeliveryTarget> = batch.clone();
+        // Rows of a batch mostly share a topic: check its name once per run of equal topics.
+        let mut valid_topic: Option<&str> = None;
+        for (i, row) in batch.rows().iter().enumerate() {
+            let topic_checked = valid_topic == Some(row.topic.as_str());
+            let record = match build_record_with(row, topic_checked) {
+                Ok(r) => r,
+                Err(f) => {
+                    batch.failed(i, f);
+                    continue;
+                }
+            };
+            valid_topic = Some(row.topic.as_str());
+            let token = Box::new(DeliveryToken {
+                target: target.clone(),
+                index: i,
+            });
+            if let Err((e, _)) = self.producer.send(record.into_base_record(token)) {
+                let f = classify(&e);
+                if f.kind != FailureKind::Permanent {
+                    tracing::warn!(error = %e, "Producer refused a record.");
+                }
+                batch.failed(i, f);
+            }
+        }
+    }
+
+    fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {
+        let fallback_value = row
+            .payload
+            .as_deref()
+            .or(row.payload_bytes.as_deref())
+            .unwrap_or_default();
+        // A row that cannot become a record (bad headers) still gets a copy, with the ids.
+        let base = build_record(row).unwrap_or_else(|_| {
+            Record {
+                topic,
+                key: row.aggregate_id.as_bytes(),
+                value: fallback_value,
+                headers: OwnedHeaders::new(),
+            }
+            .with_header("event_id", &row.event_id.to_string())
+            .with_header("outbox_id", &row.id.to_string())
+        });
+        let record = Record { topic, ..base }
+            .with_header("original_topic", &row.topic)
+            .with_header("dead_letter_class", class)
+            .with_header("dead_letter_reason", reason);
+        let token = Box::new(DeliveryToken {
+            target: Arc::new(DlqCopy),
+            index: 0,
+        });
+        if let Err((e, _)) = self.producer.send(record.into_base_record(token)) {
+            tracing::warn!(error = %e, "Could not copy a dead letter to the DLQ topic.");
+        }
+    }
+
+    fn probe(&self, timeout: Duration) -> BoxFuture<'static, Result<String, String>> {
+        let producer = self.producer.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let n = tokio::task::spawn_blocking(move || fetch_metadata(&producer, timeout))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let tls = if uses_tls(&config) {
+                let brokers = config.brokers.clone();
+                let version =
+                    tokio::task::spawn_blocking(move || probe_tls_version(&brokers, timeout))
+                        .await
+                        .ok()
+                        .flatten();
+                format!(
+                    ", TLS {}",
+                    version.as_deref().unwrap_or("(version not known)")
+                )
+            } else {
+                String::new()
+            };
+            Ok(format!(
+                "{n} broker(s) in the cluster, {}{tls}",
+                connection_description(&config)
+            ))
+        })
+    }
+
+    fn location(&self) -> String {
+        self.config.brokers.clone()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "librdkafka {} with {}",
+            rdkafka::util::get_rdkafka_version().1,
+            builtin_features()
+        )
+    }
+
+    fn stall_timeout(&self) -> Option<Duration> {
+        Some(Duration::from_millis(self.config.stall_timeout_ms))
+    }
+
+    fn discard(&self) {
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    fn flush(&self, timeout: Duration) -> BoxFuture<'static, ()> {
+        let producer = self.producer.clone();
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        })
+    }
+}
+
+/// Logs a DLQ copy that failed (the dead-letter table is the record).
+struct DlqCopy;
+
+impl DeliveryTarget for DlqCopy {
+    fn delivered(&self, _index: usize, result: Result<(), KafkaError>) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "Could not copy a dead letter to the DLQ topic.");
+        }
+    }
+}
+
+/// librdkafka options outboxd sets itself; overriding them would break a guarantee.
+const RESERVED_PRODUCER_OPTIONS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    (
+        "enable.idempotence",
+        "outboxd needs the idempotent producer for per-aggregate order",
+    ),
+    (
+        "acks",
+        "outboxd needs acks=all so an acknowledged row is durable",
+    ),
+];
+
+/// Every problem with `[kafka]`, by key.
+pub fn check_config(cfg: &KafkaConfig) -> Vec<String> {
+    let mut e = Vec::new();
+    if !(1_000..=3_600_000).contains(&cfg.stall_timeout_ms) {
+        e.push(format!(
+            "kafka.stall_timeout_ms: {} is out of range (1000..=3600000)",
+            cfg.stall_timeout_ms
+        ));
+    }
+    e.extend(check_options(cfg));
+    if let Err(why) = check_brokers(&cfg.brokers) {
+        e.push(format!("kafka.brokers: {why}"));
+    }
+    for (key, why) in RESERVED_PRODUCER_OPTIONS {
+        if let Some(v) = cfg.producer.get(*key) {
+            let allowed = matches!(
+                (*key, v.as_str()),
+                ("enable.idempotence", "true") | ("acks", "all" | "-1")
+            );
+            if !allowed {
+                e.push(format!("kafka.producer.\"{key}\": cannot be set ({why})"));
+            }
+        }
+    }
+    e
+}
+
+/// Checks `kafka.brokers`: comma-separated `host:port`.
+pub fn check_brokers(brokers: &str) -> Result<(), String> {
+    let list: Vec<&str> = brokers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err("no broker given (host:port, comma separated)".into());
+    }
+    for broker in list {
+        let b = broker
+            .strip_prefix("PLAINTEXT://")
+            .or_else(|| broker.strip_prefix("SSL://"))
+            .unwrap_or(broker);
+        let Some((host, port)) = b.rsplit_once(':') else {
+            return Err(format!("{broker:?} has no port (host:port)"));
+        };
+        if host.is_empty() || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+            return Err(format!("{broker:?} is not host:port"));
+        }
+    }
+    Ok(())
+}
+
 /// Whether a librdkafka option carries a secret; its value is never shown.
 pub fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
@@ -448,39 +678,6 @@ pub fn fetch_metadata(producer: &RelayProducer, timeout: Duration) -> anyhow::Re
     Ok(md.brokers().len())
 }
 
-/// What kind of failure a publish attempt met.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// The row itself can never be published: dead-letter at once.
-    Permanent,
-    /// Worth retrying with back-off.
-    Transient,
-    /// The producer is unusable (idempotence state lost): restart the pipeline.
-    Fatal,
-}
-
-/// A classified publish failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishFailure {
-    /// Permanent, transient or fatal.
-    pub kind: FailureKind,
-    /// A short stable name, stored as `error_class` (e.g. `record_too_large`).
-    pub class: &'static str,
-    /// The full message.
-    pub message: String,
-}
-
-impl PublishFailure {
-    /// A row that cannot be turned into a record.
-    pub fn malformed(why: impl Into<String>) -> Self {
-        Self {
-            kind: FailureKind::Permanent,
-            class: "malformed_row",
-            message: why.into(),
-        }
-    }
-}
-
 /// Classifies a Kafka error, once, for the whole relay.
 pub fn classify(error: &KafkaError) -> PublishFailure {
     use RDKafkaErrorCode as C;
@@ -634,11 +831,11 @@ pub fn build_record_with(
     topic_checked: bool,
 ) -> Result<Record<'_>, PublishFailure> {
     if !topic_checked && let Err(why) = validate_topic(&row.topic) {
-        return Err(PublishFailure {
-            kind: FailureKind::Permanent,
-            class: "invalid_topic",
-            message: format!("topic {:?} is invalid: {why}", row.topic),
-        });
+        return Err(PublishFailure::invalid_destination(
+            SinkKind::Kafka,
+            &row.topic,
+            &why.to_string(),
+        ));
     }
     let value: &[u8] = match (&row.payload, &row.payload_bytes) {
         (Some(text), None) => text,

@@ -1,0 +1,456 @@
+//! Sinks: where the relay publishes. One per relay, chosen by `[sink] kind`.
+//!
+//! The publishers hand a [`Batch`] of rows (distinct aggregates, in id order) to the
+//! [`Sink`]; the sink sends every row without waiting for the previous one and settles
+//! each row exactly once — acknowledged, or failed with a [`PublishFailure`] it classified
+//! itself. When the last row is settled the batch reports to the pipeline. Everything a
+//! sink knows about its broker — building messages, connections, error classification,
+//! TLS and credentials, `outboxd check` — lives in its own file:
+//!
+//! - [`kafka`] — librdkafka's idempotent producer;
+//! - [`redis`] — one `XADD` per event to the stream named by the row's topic, pipelined;
+//! - [`nats`] — a JetStream publish per event with `Nats-Msg-Id = event_id`, complete on
+//!   its PubAck.
+//!
+//! A new sink is a new file implementing [`Sink`], a [`SinkKind`] and a line in [`create`].
+
+pub mod kafka;
+pub mod nats;
+pub mod redis;
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use crate::actors::Row;
+use crate::config::Config;
+use crate::health::Health;
+use crate::outbox::RESERVED_HEADERS;
+use crate::outbox::store::OutboxRow;
+
+pub use crate::outbox::{SinkKind, validate_subject};
+
+/// What kind of failure a publish attempt met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The row itself can never be published: dead-letter at once.
+    Permanent,
+    /// Worth retrying with back-off.
+    Transient,
+    /// The destination cannot take anything until an operator acts (no stream captures
+    /// the subject, a sealed stream, missing permissions, a key of another type): the row
+    /// is held — retried with back-off, never counted as an attempt, never dead-lettered —
+    /// and the problem is reported on `/readyz`, in `status` and in metrics.
+    Destination,
+    /// The client is unusable (Kafka's idempotence state lost): restart the pipeline.
+    Fatal,
+}
+
+/// A classified publish failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishFailure {
+    /// Permanent, transient, destination-level or fatal.
+    pub kind: FailureKind,
+    /// A short stable name, stored as `error_class` (e.g. `record_too_large`).
+    pub class: &'static str,
+    /// The full message.
+    pub message: String,
+}
+
+impl PublishFailure {
+    /// A failure of this kind and class.
+    pub fn new(kind: FailureKind, class: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            class,
+            message: message.into(),
+        }
+    }
+
+    /// A row that cannot be turned into a message.
+    pub fn malformed(why: impl Into<String>) -> Self {
+        Self::new(FailureKind::Permanent, "malformed_row", why)
+    }
+
+    /// A destination name the sink refuses.
+    pub fn invalid_destination(kind: SinkKind, name: &str, why: &str) -> Self {
+        Self::new(
+            FailureKind::Permanent,
+            "invalid_topic",
+            format!("{} {name:?} is invalid: {why}", kind.destination_word()),
+        )
+    }
+}
+
+/// One batch handed to a sink. Each row's outcome is written once, from whichever
+/// thread or task learns it; the last one to arrive reports the batch.
+pub struct Batch {
+    rows: Vec<Row>,
+    /// One slot per row, each written once: no lock per acknowledgement.
+    outcomes: Vec<OnceLock<Result<Instant, PublishFailure>>>,
+    remaining: AtomicUsize,
+    sent_at: Instant,
+    /// Exact acknowledgement times only when someone measures them (demo, benchmark):
+    /// reading the clock per row showed up in the relay's profile.
+    exact_times: bool,
+    done: Box<dyn Fn(&Batch) + Send + Sync>,
+}
+
+impl Batch {
+    /// A batch of `rows`; `done` runs once, after the last row is settled.
+    pub fn new(
+        rows: Vec<Row>,
+        exact_times: bool,
+        done: impl Fn(&Batch) + Send + Sync + 'static,
+    ) -> Arc<Batch> {
+        let n = rows.len();
+        let batch = Arc::new(Batch {
+            outcomes: (0..n).map(|_| OnceLock::new()).collect(),
+            remaining: AtomicUsize::new(n),
+            rows,
+            sent_at: Instant::now(),
+            exact_times,
+            done: Box::new(done),
+        });
+        if n == 0 {
+            (batch.done)(&batch);
+        }
+        batch
+    }
+
+    /// The rows, in the order they are to be sent.
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// When the batch was handed to the sink.
+    pub fn sent_at(&self) -> Instant {
+        self.sent_at
+    }
+
+    /// Row `index` was acknowledged by the broker.
+    pub fn acked(&self, index: usize) {
+        let at = if self.exact_times {
+            Instant::now()
+        } else {
+            self.sent_at
+        };
+        self.settle(index, Ok(at));
+    }
+
+    /// Row `index` failed.
+    pub fn failed(&self, index: usize, failure: PublishFailure) {
+        self.settle(index, Err(failure));
+    }
+
+    /// Every row not settled yet failed the same way (a connection lost under a
+    /// pipeline).
+    pub fn fail_rest(&self, failure: &PublishFailure) {
+        for i in 0..self.rows.len() {
+            if self.outcomes[i].get().is_none() {
+                self.failed(i, failure.clone());
+            }
+        }
+    }
+
+    fn settle(&self, index: usize, outcome: Result<Instant, PublishFailure>) {
+        // Each row has exactly one outcome; a second one would be a client bug, and the
+        // first outcome stands.
+        if self.outcomes[index].set(outcome).is_err() {
+            return;
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            (self.done)(self);
+        }
+    }
+
+    /// Each row with its outcome (for `done`, which runs after the last one: the
+    /// `AcqRel` countdown orders every slot's write before this read). The time is the
+    /// acknowledgement's when measured, else when the batch was sent.
+    pub fn outcomes(&self) -> impl Iterator<Item = (&Row, &Result<Instant, PublishFailure>)> {
+        self.rows
+            .iter()
+            .zip(&self.outcomes)
+            .filter_map(|(row, o)| o.get().map(|o| (row, o)))
+    }
+
+    /// Whether acknowledgement times are measured per row.
+    pub fn exact_times(&self) -> bool {
+        self.exact_times
+    }
+}
+
+/// What the relay needs from a broker.
+pub trait Sink: Send + Sync + 'static {
+    /// Which sink this is.
+    fn kind(&self) -> SinkKind;
+
+    /// Sends every row of the batch without waiting for acknowledgements and settles each
+    /// one (acknowledged or classified failure), now or later, from any thread. Sends are
+    /// bounded by the relay (`relay.max_in_flight`), not here.
+    fn send(&self, batch: Arc<Batch>);
+
+    /// Best effort: a copy of a dead-lettered row to `topic` on this sink, with the
+    /// built-in headers, `original_topic`, `dead_letter_class` and `dead_letter_reason`.
+    /// The dead-letter table is the record; this is a notification.
+    fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str);
+
+    /// Asks the server something cheap; `Ok` with what it is and how the sink connects to
+    /// it (version, TLS, authentication — never a secret) when it answers, `Err` with what
+    /// to fix when not. Used by `outboxd check` and to tell a wedged client from an outage.
+    fn probe(&self, timeout: Duration) -> BoxFuture<'static, Result<String, String>>;
+
+    /// Where the sink publishes (brokers, server URL without credentials), for messages.
+    fn location(&self) -> String;
+
+    /// The client library and what it was built with, for `outboxd check`.
+    fn describe(&self) -> String;
+
+    /// With rows in flight and nothing acknowledged for this long while the server
+    /// answers [`Sink::probe`], the client is wedged and is replaced; `None` when the
+    /// client's own timeouts settle every send (so it cannot wedge).
+    fn stall_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Drops whatever is queued in the client (before it is replaced).
+    fn discard(&self) {}
+
+    /// Waits up to `timeout` for sends still queued in the client (graceful shutdown).
+    fn flush(&self, timeout: Duration) -> BoxFuture<'static, ()>;
+}
+
+/// Builds the configured sink. Connections are made in the background: a broker that is
+/// down only delays publishing (rows stay pending); a configuration it cannot use at all
+/// (an unreadable certificate, a bad URL) is an error here.
+pub async fn create(config: &Config, health: Arc<Health>) -> anyhow::Result<Arc<dyn Sink>> {
+    Ok(match config.sink.kind {
+        SinkKind::Kafka => Arc::new(kafka::KafkaSink::new(&config.kafka, health)?),
+        SinkKind::Redis => Arc::new(redis::RedisSink::new(&config.redis, health)?),
+        SinkKind::Nats => Arc::new(nats::NatsSink::new(&config.nats, health).await?),
+    })
+}
+
+/// Problems with the chosen sink's section of the configuration, each naming its key.
+pub fn check_config(config: &Config) -> Vec<String> {
+    match config.sink.kind {
+        SinkKind::Kafka => kafka::check_config(&config.kafka),
+        SinkKind::Redis => redis::check_config(&config.redis),
+        SinkKind::Nats => nats::check_config(&config.nats),
+    }
+}
+
+/// A row as most sinks carry it: the payload, and named string fields — the built-ins
+/// first, then the row's own headers (a row's header with a built-in's name is dropped).
+#[derive(Debug)]
+pub struct Message<'a> {
+    /// Destination: topic, stream key or subject.
+    pub topic: &'a str,
+    /// JSON text or raw bytes.
+    pub payload: &'a [u8],
+    /// Built-ins, then the row's headers.
+    pub headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+impl<'a> Message<'a> {
+    /// The message for a row, or why the row cannot be one (`malformed_row`).
+    pub fn from_row(row: &'a OutboxRow) -> Result<Message<'a>, PublishFailure> {
+        let payload: &[u8] = match (&row.payload, &row.payload_bytes) {
+            (Some(text), None) => text,
+            (None, Some(bytes)) => bytes,
+            _ => {
+                return Err(PublishFailure::malformed(
+                    "row must have exactly one of payload and payload_bytes",
+                ));
+            }
+        };
+        let mut headers = builtin_headers(row);
+        if !(row.headers.is_empty() || row.headers == "{}") {
+            let parsed: serde_json::Value = serde_json::from_str(&row.headers)
+                .map_err(|e| PublishFailure::malformed(format!("headers are not JSON: {e}")))?;
+            let user = crate::outbox::headers_from_json(&parsed)
+                .map_err(|e| PublishFailure::malformed(format!("headers: {e}")))?;
+            headers.extend(
+                user.into_iter()
+                    .filter(|(k, _)| !RESERVED_HEADERS.contains(&k.as_str()))
+                    .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))),
+            );
+        }
+        Ok(Message {
+            topic: &row.topic,
+            payload,
+            headers,
+        })
+    }
+
+    /// The dead-letter copy of a row: its message (or, for a row that cannot be one, its
+    /// payload and ids) sent to `topic`, with where it was going and why it was not.
+    pub fn dead_letter(
+        row: &'a OutboxRow,
+        topic: &'a str,
+        class: &'a str,
+        reason: &'a str,
+    ) -> Message<'a> {
+        let mut message = Message::from_row(row).unwrap_or_else(|_| Message {
+            topic,
+            payload: row
+                .payload
+                .as_deref()
+                .or(row.payload_bytes.as_deref())
+                .unwrap_or_default(),
+            headers: builtin_headers(row),
+        });
+        message.topic = topic;
+        message.headers.extend([
+            ("original_topic".into(), Cow::Borrowed(row.topic.as_str())),
+            ("dead_letter_class".into(), Cow::Borrowed(class)),
+            ("dead_letter_reason".into(), Cow::Borrowed(reason)),
+        ]);
+        message
+    }
+}
+
+/// `event_id`, `event_type`, `aggregate_type`, `aggregate_id`, `outbox_id`, `created_at`.
+fn builtin_headers(row: &OutboxRow) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    vec![
+        (
+            "event_id".into(),
+            row.event_id.hyphenated().to_string().into(),
+        ),
+        ("event_type".into(), row.event_type.as_str().into()),
+        ("aggregate_type".into(), row.aggregate_type.as_str().into()),
+        ("aggregate_id".into(), row.aggregate_id.as_str().into()),
+        ("outbox_id".into(), row.id.to_string().into()),
+        (
+            "created_at".into(),
+            row.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into(),
+        ),
+    ]
+}
+
+/// `path`'s content, for a certificate or key named in the configuration; the error
+/// names the key to fix.
+pub fn read_pem(key: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("{key}: cannot read {path:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_sink_judges_names_by_its_own_rules() {
+        use SinkKind::*;
+        for (name, kafka, redis, nats) in [
+            ("orders", true, true, true),
+            ("orders.v1_x-y", true, true, true),
+            ("user:events", false, true, true),
+            ("a b", false, true, false),
+            ("orders.*", false, true, false),
+            ("orders.>", false, true, false),
+            ("orders..x", true, true, false),
+            (".orders", true, true, false),
+            ("", false, false, false),
+        ] {
+            assert_eq!(
+                Kafka.validate_destination(name).is_ok(),
+                kafka,
+                "kafka {name:?}"
+            );
+            assert_eq!(
+                Redis.validate_destination(name).is_ok(),
+                redis,
+                "redis {name:?}"
+            );
+            assert_eq!(
+                Nats.validate_destination(name).is_ok(),
+                nats,
+                "nats {name:?}"
+            );
+        }
+    }
+
+    fn row() -> OutboxRow {
+        use chrono::TimeZone;
+        OutboxRow {
+            id: 7,
+            aggregate_type: "user".into(),
+            aggregate_id: "u-1".into(),
+            event_type: "user.created".into(),
+            topic: "user:events".into(),
+            payload: Some(br#"{"id": 1}"#.to_vec()),
+            payload_bytes: None,
+            headers: r#"{"traceparent": "00-abc", "event_id": "spoofed"}"#.into(),
+            event_id: uuid::Uuid::nil(),
+            created_at: chrono::Utc.with_ymd_and_hms(2026, 12, 2, 8, 0, 0).unwrap(),
+            attempts: 0,
+            tries: 0,
+        }
+    }
+
+    #[test]
+    fn a_message_carries_builtins_first_and_they_win() {
+        let r = row();
+        let m = Message::from_row(&r).unwrap();
+        let names: Vec<&str> = m.headers.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(
+            names,
+            [
+                "event_id",
+                "event_type",
+                "aggregate_type",
+                "aggregate_id",
+                "outbox_id",
+                "created_at",
+                "traceparent"
+            ]
+        );
+        assert_eq!(m.headers[0].1, "00000000-0000-0000-0000-000000000000");
+        assert_eq!(m.headers[5].1, "2026-12-02T08:00:00.000000Z");
+        assert_eq!(m.payload, br#"{"id": 1}"#);
+    }
+
+    #[test]
+    fn a_dead_letter_copy_says_where_it_was_going_and_why() {
+        let mut r = row();
+        r.headers = "[1]".into();
+        let m = Message::dead_letter(&r, "dlq", "malformed_row", "headers: not an object");
+        assert_eq!(m.topic, "dlq");
+        let get = |k: &str| {
+            m.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        assert_eq!(get("original_topic").as_deref(), Some("user:events"));
+        assert_eq!(get("dead_letter_class").as_deref(), Some("malformed_row"));
+        assert_eq!(
+            get("event_id").as_deref(),
+            Some(uuid::Uuid::nil().to_string().as_str())
+        );
+    }
+
+    #[test]
+    fn a_batch_reports_once_after_its_last_row() {
+        use std::sync::atomic::AtomicU32;
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let rows: Vec<Row> = (0..3).map(|_| Arc::new(row())).collect();
+        let b = Batch::new(rows, false, move |b| {
+            assert_eq!(b.outcomes().count(), 3);
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        b.acked(0);
+        b.acked(0);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        b.fail_rest(&PublishFailure::malformed("x"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        b.fail_rest(&PublishFailure::malformed("x"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}

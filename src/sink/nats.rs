@@ -1,0 +1,450 @@
+//! The NATS JetStream sink: one JetStream publish per event to the subject named by the
+//! row's topic, body = payload, headers = the built-ins and the row's headers, and
+//! `Nats-Msg-Id = event_id`. A publish is complete only on its PubAck.
+//!
+//! Streams are the operator's: outboxd never creates one. The stream's duplicate window
+//! (`duplicate_window`, 2 minutes by default) must be longer than the longest time a row
+//! can wait between two sends — with the default retry settings a minute — so that every
+//! resend of an event inside it is dropped by the server (the PubAck says `duplicate`).
+//!
+//! Sends. A batch is one task: every message of the batch is written to the connection
+//! in order, then the task waits for all their PubAcks together; each settles its row.
+//!
+//! Unknown outcomes and late copies. A publish without a PubAck within `nats.timeout_ms`,
+//! or whose connection dropped, fails as a transient `timeout` / `broker_unavailable` and
+//! is published again with the same `Nats-Msg-Id`. A late first copy and the resend are
+//! one message for the stream within the duplicate window. Order: an aggregate's next row
+//! is sent only after a PubAck for some copy of the previous one, so every event's first
+//! copy is in the stream before its successor is sent (see the Redis sink for the whole
+//! argument, and its one exception, a row dead-lettered after a timeout).
+//!
+//! Classification (the one place for NATS):
+//!
+//! | What NATS says | Kind | Class |
+//! |---|---|---|
+//! | message over the server's `max_payload`; stream `max_msg_size` exceeded (10054) | permanent | `record_too_large` |
+//! | a subject one cannot publish to (wildcards, white space), a bad header | permanent | `invalid_topic` / `malformed_row` |
+//! | no PubAck in time | transient | `timeout` |
+//! | connection lost | transient | `broker_unavailable` |
+//! | storage or resource errors (10023, 10028, 10047, 10072, 10002, 10077 except "maximum … exceeded") | transient | `storage` |
+//! | no responders: no stream captures the subject (or JetStream is restarting) | destination: held | `no_stream` |
+//! | the stream is sealed (10109) | destination: held | `stream_sealed` |
+//! | the stream is full and discards new messages (10077 "maximum … exceeded") | destination: held | `stream_full` |
+//! | JetStream not enabled (10076, 10039) | destination: held | `jetstream_disabled` |
+//! | permissions violation for the subject | destination: held | `not_authorized` |
+//! | anything else | transient (counted) | `transient` |
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, Context};
+use futures::future::BoxFuture;
+
+use super::{Batch, FailureKind, Message, PublishFailure, Sink, SinkKind};
+use crate::config::NatsConfig;
+use crate::health::Health;
+use crate::outbox::store::OutboxRow;
+
+/// The NATS JetStream sink.
+pub struct NatsSink {
+    client: async_nats::Client,
+    js: Context,
+    config: NatsConfig,
+}
+
+impl NatsSink {
+    /// Connects in the background (a server that is down only delays publishing).
+    pub async fn new(cfg: &NatsConfig, health: Arc<Health>) -> anyhow::Result<Self> {
+        let mut opts = async_nats::ConnectOptions::new()
+            .name("outboxd")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .max_reconnects(None)
+            .require_tls(cfg.tls_required);
+        if !cfg.user.is_empty() || !cfg.password_file.is_empty() {
+            let password = crate::db::read_secret(&cfg.password_file)
+                .map_err(|e| anyhow::anyhow!("nats.password_file: {e}"))?;
+            opts = opts.user_and_password(cfg.user.clone(), password);
+        }
+        if !cfg.token_file.is_empty() {
+            let token = crate::db::read_secret(&cfg.token_file)
+                .map_err(|e| anyhow::anyhow!("nats.token_file: {e}"))?;
+            opts = opts.token(token);
+        }
+        if !cfg.credentials_file.is_empty() {
+            opts = opts
+                .credentials_file(&cfg.credentials_file)
+                .await
+                .map_err(|e| anyhow::anyhow!("nats.credentials_file: {e}"))?;
+        }
+        if !cfg.ca_file.is_empty() {
+            super::read_pem("nats.ca_file", &cfg.ca_file)?;
+            opts = opts.add_root_certificates(cfg.ca_file.clone().into());
+        }
+        match (cfg.cert_file.is_empty(), cfg.key_file.is_empty()) {
+            (true, true) => {}
+            (false, false) => {
+                super::read_pem("nats.cert_file", &cfg.cert_file)?;
+                super::read_pem("nats.key_file", &cfg.key_file)?;
+                opts = opts.add_client_certificate(
+                    cfg.cert_file.clone().into(),
+                    cfg.key_file.clone().into(),
+                );
+            }
+            _ => anyhow::bail!("nats.cert_file and nats.key_file go together: set both or neither"),
+        }
+        let events = health.clone();
+        opts = opts.event_callback(move |event| {
+            let health = events.clone();
+            async move { on_event(&health, event) }
+        });
+        let servers = servers(&cfg.url)?;
+        let client = opts
+            .connect(servers)
+            .await
+            .map_err(|e| anyhow::anyhow!("nats: {e}"))?;
+        let js = jetstream::context::ContextBuilder::new()
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .max_ack_inflight(1 << 20)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        Ok(Self {
+            client,
+            js,
+            config: cfg.clone(),
+        })
+    }
+}
+
+/// `nats.url`: comma-separated server URLs.
+fn servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>().map_err(|e| {
+                anyhow::anyhow!(
+                    "nats.url: {:?} is not a NATS server URL: {e}",
+                    super::redis::redact(s)
+                )
+            })
+        })
+        .collect()
+}
+
+/// Connection events: reachability and authentication problems for `/readyz` and logs.
+fn on_event(health: &Health, event: async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => {
+            let _ = health.set_broker_up(true);
+        }
+        async_nats::Event::Disconnected => {
+            if health.set_broker_up(false) {
+                tracing::warn!("NATS connection lost; sends are retried.");
+            }
+        }
+        async_nats::Event::ServerError(e) => {
+            let words = e.to_string();
+            let lower = words.to_ascii_lowercase();
+            if lower.contains("authorization") || lower.contains("authentication") {
+                health.set_broker_up(false);
+                let words = format!(
+                    "NATS refused the credentials: check nats.user / nats.password_file, nats.token_file or nats.credentials_file ({words})"
+                );
+                if health.set_broker_problem(Some(("authentication", words.clone()))) {
+                    tracing::error!(problem = %words, "Cannot use NATS; rows stay pending until this is fixed.");
+                }
+            } else {
+                tracing::warn!(error = %words, "NATS server error.");
+            }
+        }
+        async_nats::Event::ClientError(e) => {
+            tracing::debug!(error = %e, "NATS client error.");
+        }
+        other => tracing::debug!(event = %other, "NATS connection event."),
+    }
+}
+
+/// Every problem with `[nats]`, by key.
+pub fn check_config(cfg: &NatsConfig) -> Vec<String> {
+    let mut e = Vec::new();
+    if let Err(err) = servers(&cfg.url) {
+        e.push(err.to_string());
+    } else if servers(&cfg.url).map(|s| s.is_empty()).unwrap_or(false) {
+        e.push("nats.url: no server given (nats://host:4222, comma separated)".into());
+    }
+    for (key, value, min, max) in [
+        ("nats.timeout_ms", cfg.timeout_ms, 1, 3_600_000),
+        (
+            "nats.connect_timeout_ms",
+            cfg.connect_timeout_ms,
+            1,
+            600_000,
+        ),
+    ] {
+        if value < min || value > max {
+            e.push(format!("{key}: {value} is out of range ({min}..={max})"));
+        }
+    }
+    for (key, path) in [
+        ("nats.password_file", &cfg.password_file),
+        ("nats.token_file", &cfg.token_file),
+        ("nats.credentials_file", &cfg.credentials_file),
+        ("nats.ca_file", &cfg.ca_file),
+        ("nats.cert_file", &cfg.cert_file),
+        ("nats.key_file", &cfg.key_file),
+    ] {
+        if !path.is_empty()
+            && let Err(err) = std::fs::File::open(path)
+        {
+            e.push(format!("{key}: cannot read {path:?}: {err}"));
+        }
+    }
+    if !cfg.password_file.is_empty() && cfg.user.is_empty() {
+        e.push("nats.password_file: set nats.user too".into());
+    }
+    if cfg.cert_file.is_empty() != cfg.key_file.is_empty() {
+        e.push("nats.cert_file and nats.key_file go together: set both or neither".into());
+    }
+    e
+}
+
+/// The headers of a message, `Nats-Msg-Id` first.
+fn headers(message: &Message<'_>) -> Result<HeaderMap, PublishFailure> {
+    let mut map = HeaderMap::new();
+    for (k, v) in &message.headers {
+        let name = HeaderName::from_str(k).map_err(|e| {
+            PublishFailure::malformed(format!("header {k:?} is not a valid NATS header name: {e}"))
+        })?;
+        let value = HeaderValue::from_str(v).map_err(|e| {
+            PublishFailure::malformed(format!("header {k:?} has a value NATS cannot carry: {e}"))
+        })?;
+        if k == "event_id" {
+            map.insert(async_nats::header::NATS_MESSAGE_ID, value.clone());
+        }
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+/// Classifies a failed JetStream publish, once, for the whole sink.
+pub fn classify(error: &PublishError) -> PublishFailure {
+    let message = error.to_string();
+    let (kind, class) = match error.kind() {
+        PublishErrorKind::MaxPayloadExceeded => (FailureKind::Permanent, "record_too_large"),
+        PublishErrorKind::TimedOut => (FailureKind::Transient, "timeout"),
+        PublishErrorKind::BrokenPipe => (FailureKind::Transient, "broker_unavailable"),
+        PublishErrorKind::StreamNotFound => (FailureKind::Destination, "no_stream"),
+        PublishErrorKind::MaxAckPending => (FailureKind::Transient, "queue_full"),
+        _ => {
+            let code = std::error::Error::source(error)
+                .and_then(|s| s.downcast_ref::<jetstream::Error>())
+                .map(|e| e.error_code().0);
+            return classify_code(code, message);
+        }
+    };
+    PublishFailure::new(kind, class, message)
+}
+
+/// Classifies a JetStream API error by its code (`err_code`), or by its words when there
+/// is none.
+pub fn classify_code(code: Option<u64>, message: String) -> PublishFailure {
+    let lower = message.to_ascii_lowercase();
+    let (kind, class) = match code {
+        Some(10054) => (FailureKind::Permanent, "record_too_large"),
+        Some(10109) => (FailureKind::Destination, "stream_sealed"),
+        Some(10076 | 10039) => (FailureKind::Destination, "jetstream_disabled"),
+        Some(10077) if lower.contains("maximum") => (FailureKind::Destination, "stream_full"),
+        Some(10023 | 10028 | 10047 | 10072 | 10002 | 10077) => (FailureKind::Transient, "storage"),
+        _ if lower.contains("sealed") => (FailureKind::Destination, "stream_sealed"),
+        _ if lower.contains("permissions violation") => {
+            (FailureKind::Destination, "not_authorized")
+        }
+        _ if lower.contains("invalid subject") => (FailureKind::Permanent, "invalid_topic"),
+        _ => (FailureKind::Transient, "transient"),
+    };
+    PublishFailure::new(kind, class, message)
+}
+
+impl Sink for NatsSink {
+    fn kind(&self) -> SinkKind {
+        SinkKind::Nats
+    }
+
+    fn send(&self, batch: Arc<Batch>) {
+        let js = self.js.clone();
+        tokio::spawn(async move {
+            let mut acks = Vec::with_capacity(batch.rows().len());
+            for (i, row) in batch.rows().iter().enumerate() {
+                if let Err(why) = SinkKind::Nats.validate_destination(&row.topic) {
+                    batch.failed(
+                        i,
+                        PublishFailure::invalid_destination(SinkKind::Nats, &row.topic, &why),
+                    );
+                    continue;
+                }
+                let prepared = Message::from_row(row).and_then(|m| Ok((headers(&m)?, m.payload)));
+                let (headers, payload) = match prepared {
+                    Ok(p) => p,
+                    Err(f) => {
+                        batch.failed(i, f);
+                        continue;
+                    }
+                };
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(bytes::Bytes::copy_from_slice(payload))
+                    .headers(headers);
+                match js.send_publish(row.topic.clone(), publish).await {
+                    Ok(ack) => acks.push((i, ack)),
+                    Err(e) => batch.failed(i, classify(&e)),
+                }
+            }
+            let results = futures::future::join_all(
+                acks.into_iter()
+                    .map(|(i, ack)| async move { (i, ack.await) }),
+            )
+            .await;
+            for (i, result) in results {
+                match result {
+                    Ok(_) => batch.acked(i),
+                    Err(e) => batch.failed(i, classify(&e)),
+                }
+            }
+        });
+    }
+
+    fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {
+        let message = Message::dead_letter(row, topic, class, reason);
+        let prepared = headers(&message).unwrap_or_default();
+        let payload = bytes::Bytes::copy_from_slice(message.payload);
+        let topic = topic.to_string();
+        let js = self.js.clone();
+        tokio::spawn(async move {
+            let result = match js.publish_with_headers(topic, prepared, payload).await {
+                Ok(ack) => ack.await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "Could not copy a dead letter to the DLQ subject.");
+            }
+        });
+    }
+
+    fn probe(&self, timeout: Duration) -> BoxFuture<'static, Result<String, String>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            while client.connection_state() != async_nats::connection::State::Connected {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("not connected within {} ms", timeout.as_millis()));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let info = client.server_info();
+            // The account's JetStream information, read as plain JSON: the typed
+            // `query_account` expects fields only newer servers send.
+            let reply = tokio::time::timeout(timeout, client.request("$JS.API.INFO", "".into()))
+                .await
+                .map_err(|_| "JetStream did not answer".to_string())?
+                .map_err(|e| {
+                    format!("JetStream is not available (is the server run with -js?): {e}")
+                })?;
+            let account: serde_json::Value =
+                serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+            if let Some(error) = account.get("error") {
+                return Err(format!("JetStream is not available: {error}"));
+            }
+            let jetstream = format!(
+                "JetStream on ({} stream(s))",
+                account.get("streams").and_then(|v| v.as_u64()).unwrap_or(0)
+            );
+            let tls = if info.tls_required { "TLS" } else { "no TLS" };
+            Ok(format!(
+                "NATS {} ({}), {jetstream}, {tls}, max_payload {} bytes",
+                info.version, info.server_name, info.max_payload
+            ))
+        })
+    }
+
+    fn location(&self) -> String {
+        super::redis::redact(&self.config.url)
+    }
+
+    fn describe(&self) -> String {
+        "async-nats 0.51 (rustls)".into()
+    }
+
+    fn flush(&self, timeout: Duration) -> BoxFuture<'static, ()> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(timeout, client.flush()).await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_problems_hold_and_size_problems_dead_letter() {
+        let c = |code, words: &str| {
+            let f = classify_code(code, words.into());
+            (f.kind, f.class)
+        };
+        assert_eq!(
+            c(Some(10054), "message size exceeds maximum allowed"),
+            (FailureKind::Permanent, "record_too_large")
+        );
+        assert_eq!(
+            c(Some(10109), "invalid operation on sealed stream"),
+            (FailureKind::Destination, "stream_sealed")
+        );
+        assert_eq!(
+            c(Some(10077), "maximum messages exceeded"),
+            (FailureKind::Destination, "stream_full")
+        );
+        assert_eq!(
+            c(Some(10077), "disk I/O error"),
+            (FailureKind::Transient, "storage")
+        );
+        assert_eq!(
+            c(Some(10076), "jetstream not enabled"),
+            (FailureKind::Destination, "jetstream_disabled")
+        );
+        assert_eq!(c(None, "what"), (FailureKind::Transient, "transient"));
+    }
+
+    #[test]
+    fn the_event_id_is_the_message_id() {
+        use chrono::TimeZone;
+        let row = OutboxRow {
+            id: 1,
+            aggregate_type: "a".into(),
+            aggregate_id: "1".into(),
+            event_type: "e".into(),
+            topic: "orders.created".into(),
+            payload: Some(b"{}".to_vec()),
+            payload_bytes: None,
+            headers: r#"{"bad name": "x"}"#.into(),
+            event_id: uuid::Uuid::nil(),
+            created_at: chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+            attempts: 0,
+            tries: 0,
+        };
+        let mut ok = row.clone();
+        ok.headers = "{}".into();
+        let m = Message::from_row(&ok).unwrap();
+        let h = headers(&m).unwrap();
+        assert_eq!(
+            h.get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str()),
+            Some(uuid::Uuid::nil().to_string().as_str())
+        );
+        let m = Message::from_row(&row).unwrap();
+        assert_eq!(headers(&m).unwrap_err().class, "malformed_row");
+    }
+}

@@ -1,0 +1,445 @@
+//! The Redis Streams sink: one `XADD <topic> * payload … event_id … created_at …` per
+//! event, the stream key being the row's topic.
+//!
+//! Sends. A batch is one pipeline on the shared multiplexed connection (the `redis`
+//! crate's tokio `ConnectionManager`): one write for the batch, one reply per command, in
+//! order, each settling its row. Batches of different publishers are written one after
+//! the other on the same connection, so the wire order of commands is the order they were
+//! handed over.
+//!
+//! Unknown outcomes and late copies. A command without a reply within `redis.timeout_ms`,
+//! or whose connection dropped, may or may not have run: it fails as a transient
+//! `timeout` / `broker_unavailable` and is sent again later with the same `event_id`.
+//! The copy sent first may still run after the resend (it sat in a paused server's socket
+//! buffer). That never puts an aggregate's first deliveries out of order: the relay sends
+//! an aggregate's next row only after some copy of the previous row was acknowledged,
+//! and an acknowledged copy is already in the stream — so the first copy of every event
+//! is in the stream before anything of its successor is sent, and a late copy can only
+//! be a later duplicate, which consumers drop by `event_id`. Duplicates are bounded by
+//! the resends (Redis 7 has no idempotent `XADD`). The one exception is a row that is
+//! dead-lettered after such a timeout (`retry.max_attempts` spent while other rows were
+//! acknowledged): its last copy may still appear after its successors; its dead letter
+//! says "timeout" as its last error.
+//!
+//! Classification (the one place for Redis):
+//!
+//! | What Redis says | Kind | Class |
+//! |---|---|---|
+//! | payload over `redis.max_payload_bytes` (checked before sending) | permanent | `record_too_large` |
+//! | an empty stream key | permanent | `invalid_topic` |
+//! | no reply in time | transient | `timeout` |
+//! | connection refused / dropped, TLS or DNS failure | transient | `broker_unavailable` |
+//! | `LOADING`, `BUSY`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `MISCONF` | transient | `server_busy` |
+//! | `OOM` | transient | `out_of_memory` |
+//! | `READONLY` (a failover in progress) | transient | `read_only` |
+//! | `WRONGTYPE` (the key holds another type) | destination: held | `wrong_type` |
+//! | `NOPERM` (the ACL user may not write the key) | destination: held | `not_authorized` |
+//! | `NOAUTH`, `WRONGPASS` | destination: held | `not_authenticated` |
+//! | anything else | transient (counted) | `transient` |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, IntoConnectionInfo, RedisError, Value};
+
+use super::{Batch, FailureKind, Message, PublishFailure, Sink, SinkKind, read_pem};
+use crate::config::RedisConfig;
+use crate::health::Health;
+use crate::outbox::store::OutboxRow;
+
+/// The Redis Streams sink.
+pub struct RedisSink {
+    conn: ConnectionManager,
+    config: RedisConfig,
+    health: Arc<Health>,
+    tls: bool,
+    user: String,
+}
+
+impl RedisSink {
+    /// Prepares the connection; it is opened on first use, and again after it drops.
+    pub fn new(cfg: &RedisConfig, health: Arc<Health>) -> anyhow::Result<Self> {
+        let client = client(cfg)?;
+        let user = client
+            .get_connection_info()
+            .redis_settings()
+            .username()
+            .unwrap_or("default")
+            .to_string();
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_millis(cfg.timeout_ms)))
+            .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(3);
+        let conn = ConnectionManager::new_lazy_with_config(client, manager)
+            .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+        Ok(Self {
+            conn,
+            config: cfg.clone(),
+            health,
+            tls: cfg.url.starts_with("rediss://"),
+            user,
+        })
+    }
+
+    /// The `XADD` for one message.
+    fn xadd(&self, message: &Message<'_>) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(message.topic);
+        if self.config.maxlen > 0 {
+            cmd.arg("MAXLEN").arg("~").arg(self.config.maxlen);
+        } else if self.config.min_age_secs > 0 {
+            let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+            let min = now_ms.saturating_sub(self.config.min_age_secs * 1_000);
+            cmd.arg("MINID").arg("~").arg(format!("{min}-0"));
+        }
+        cmd.arg("*").arg("payload").arg(message.payload);
+        for (k, v) in &message.headers {
+            // `payload` is the message's own field: a row's header of that name is dropped.
+            if k != "payload" {
+                cmd.arg(k.as_ref()).arg(v.as_ref());
+            }
+        }
+        cmd
+    }
+
+    /// The message for a row, or why the row cannot be sent.
+    fn message<'a>(&self, row: &'a OutboxRow) -> Result<Message<'a>, PublishFailure> {
+        if row.topic.is_empty() {
+            return Err(PublishFailure::invalid_destination(
+                SinkKind::Redis,
+                &row.topic,
+                "empty",
+            ));
+        }
+        let message = Message::from_row(row)?;
+        if message.payload.len() as u64 > self.config.max_payload_bytes {
+            return Err(PublishFailure::new(
+                FailureKind::Permanent,
+                "record_too_large",
+                format!(
+                    "payload of {} bytes is over redis.max_payload_bytes ({})",
+                    message.payload.len(),
+                    self.config.max_payload_bytes
+                ),
+            ));
+        }
+        Ok(message)
+    }
+}
+
+/// The client for `[redis]`: the URL, with the user, password file and certificates of
+/// the section applied.
+fn client(cfg: &RedisConfig) -> anyhow::Result<Client> {
+    let shown = redact(&cfg.url);
+    let mut info = cfg
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| anyhow::anyhow!("redis.url: {shown:?} is not a Redis URL: {e}"))?;
+    let mut settings = info.redis_settings().clone();
+    if !cfg.username.is_empty() {
+        settings = settings.set_username(&cfg.username);
+    }
+    if !cfg.password_file.is_empty() {
+        let password = crate::db::read_secret(&cfg.password_file)
+            .map_err(|e| anyhow::anyhow!("redis.password_file: {e}"))?;
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    let tls = cfg.url.starts_with("rediss://");
+    if !tls {
+        if !(cfg.ca_file.is_empty() && cfg.cert_file.is_empty() && cfg.key_file.is_empty()) {
+            anyhow::bail!(
+                "redis.ca_file / cert_file / key_file are set but redis.url {shown:?} is not rediss://"
+            );
+        }
+        return Client::open(info).map_err(|e| anyhow::anyhow!("redis.url: {e}"));
+    }
+    let root_cert = (!cfg.ca_file.is_empty())
+        .then(|| read_pem("redis.ca_file", &cfg.ca_file))
+        .transpose()?;
+    let client_tls = match (cfg.cert_file.is_empty(), cfg.key_file.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(redis::ClientTlsConfig {
+            client_cert: read_pem("redis.cert_file", &cfg.cert_file)?,
+            client_key: read_pem("redis.key_file", &cfg.key_file)?,
+        }),
+        _ => anyhow::bail!("redis.cert_file and redis.key_file go together: set both or neither"),
+    };
+    Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("redis TLS: {e}"))
+}
+
+/// The URL without its password.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Every problem with `[redis]`, by key.
+pub fn check_config(cfg: &RedisConfig) -> Vec<String> {
+    let mut e = Vec::new();
+    if !(cfg.url.starts_with("redis://") || cfg.url.starts_with("rediss://")) {
+        e.push(format!(
+            "redis.url: {:?} is not a Redis URL (redis://host:6379 or rediss://host:6380)",
+            redact(&cfg.url)
+        ));
+    }
+    for (key, value, min, max) in [
+        ("redis.timeout_ms", cfg.timeout_ms, 1, 3_600_000),
+        (
+            "redis.connect_timeout_ms",
+            cfg.connect_timeout_ms,
+            1,
+            600_000,
+        ),
+        (
+            "redis.max_payload_bytes",
+            cfg.max_payload_bytes,
+            1,
+            512 * 1024 * 1024,
+        ),
+    ] {
+        if value < min || value > max {
+            e.push(format!("{key}: {value} is out of range ({min}..={max})"));
+        }
+    }
+    if cfg.maxlen > 0 && cfg.min_age_secs > 0 {
+        e.push("redis.maxlen and redis.min_age_secs: choose one way of trimming".into());
+    }
+    for (key, path) in [
+        ("redis.password_file", &cfg.password_file),
+        ("redis.ca_file", &cfg.ca_file),
+        ("redis.cert_file", &cfg.cert_file),
+        ("redis.key_file", &cfg.key_file),
+    ] {
+        if !path.is_empty()
+            && let Err(err) = std::fs::File::open(path)
+        {
+            e.push(format!("{key}: cannot read {path:?}: {err}"));
+        }
+    }
+    if e.is_empty()
+        && let Err(err) = client(cfg)
+    {
+        e.push(err.to_string());
+    }
+    e
+}
+
+/// Classifies a Redis error, once, for the whole sink.
+pub fn classify(error: &RedisError) -> PublishFailure {
+    let message = error.to_string();
+    if let Some(code) = error.code() {
+        return classify_code(code, message);
+    }
+    let (kind, class) = if error.is_timeout() {
+        (FailureKind::Transient, "timeout")
+    } else if error.kind() == redis::ErrorKind::AuthenticationFailed {
+        (FailureKind::Destination, "not_authenticated")
+    } else if error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_unrecoverable_error()
+    {
+        (FailureKind::Transient, "broker_unavailable")
+    } else {
+        (FailureKind::Transient, "transient")
+    };
+    PublishFailure::new(kind, class, message)
+}
+
+/// Classifies a server error reply by its code (the reply's first word).
+pub fn classify_code(code: &str, message: String) -> PublishFailure {
+    let (kind, class) = match code {
+        "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "MISCONF" => {
+            (FailureKind::Transient, "server_busy")
+        }
+        "OOM" => (FailureKind::Transient, "out_of_memory"),
+        "READONLY" => (FailureKind::Transient, "read_only"),
+        "WRONGTYPE" => (FailureKind::Destination, "wrong_type"),
+        "NOPERM" => (FailureKind::Destination, "not_authorized"),
+        "NOAUTH" | "WRONGPASS" => (FailureKind::Destination, "not_authenticated"),
+        _ => (FailureKind::Transient, "transient"),
+    };
+    PublishFailure::new(kind, class, message)
+}
+
+/// What an operator should do about a connection failure, in words.
+fn security_hint(failure: &PublishFailure) -> Option<(&'static str, &'static str)> {
+    let m = failure.message.to_ascii_lowercase();
+    if failure.class == "not_authenticated" {
+        return Some((
+            "authentication",
+            "Redis refused the credentials: check the user and password (redis.url, redis.username, redis.password_file)",
+        ));
+    }
+    if m.contains("certificate") || m.contains("unknownissuer") || m.contains("invalid peer") {
+        return Some((
+            "certificate",
+            "the server's certificate is not signed by the CA in redis.ca_file (or has expired, or is not issued for this host name)",
+        ));
+    }
+    if m.contains("handshake")
+        || m.contains("corrupt message")
+        || m.contains("invalid content type")
+    {
+        return Some((
+            "tls",
+            "TLS failed: check that the server speaks TLS on this port (rediss://) and takes a client certificate if it wants one",
+        ));
+    }
+    None
+}
+
+/// Health bookkeeping for a failure that concerns the whole server.
+fn server_failure(health: &Health, failure: &PublishFailure) {
+    if failure.class == "broker_unavailable" || failure.class == "not_authenticated" {
+        let changed = health.set_broker_up(false);
+        if let Some((kind, hint)) = security_hint(failure) {
+            let words = format!("{hint} ({})", failure.message);
+            if health.set_broker_problem(Some((kind, words.clone()))) {
+                tracing::error!(problem = %words, "Cannot use Redis; rows stay pending until this is fixed.");
+            }
+        } else if changed {
+            tracing::warn!(error = %failure.message, "Redis is unreachable; sends are retried.");
+        }
+    }
+}
+
+impl Sink for RedisSink {
+    fn kind(&self) -> SinkKind {
+        SinkKind::Redis
+    }
+
+    fn send(&self, batch: Arc<Batch>) {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sent = Vec::with_capacity(batch.rows().len());
+        for (i, row) in batch.rows().iter().enumerate() {
+            match self.message(row) {
+                Ok(m) => {
+                    pipe.add_command(self.xadd(&m));
+                    sent.push(i);
+                }
+                Err(f) => batch.failed(i, f),
+            }
+        }
+        if sent.is_empty() {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let health = self.health.clone();
+        tokio::spawn(async move {
+            match pipe.query_async::<Vec<Value>>(&mut conn).await {
+                Ok(replies) => {
+                    let mut replies = replies.into_iter();
+                    for i in sent {
+                        match replies.next() {
+                            Some(Value::ServerError(e)) => {
+                                let f = classify_code(e.code(), e.to_string());
+                                server_failure(&health, &f);
+                                batch.failed(i, f);
+                            }
+                            Some(_) => batch.acked(i),
+                            None => batch.failed(
+                                i,
+                                PublishFailure::new(
+                                    FailureKind::Transient,
+                                    "transient",
+                                    "Redis sent fewer replies than commands",
+                                ),
+                            ),
+                        }
+                    }
+                }
+                Err(e) => {
+                    let f = classify(&e);
+                    server_failure(&health, &f);
+                    batch.fail_rest(&f);
+                }
+            }
+        });
+    }
+
+    fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {
+        let message = Message::dead_letter(row, topic, class, reason);
+        let cmd = self.xadd(&message);
+        let mut conn = self.conn.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cmd.query_async::<Value>(&mut conn).await {
+                tracing::warn!(error = %e, "Could not copy a dead letter to the DLQ stream.");
+            }
+        });
+    }
+
+    fn probe(&self, timeout: Duration) -> BoxFuture<'static, Result<String, String>> {
+        let mut conn = self.conn.clone();
+        let tls = if self.tls { "TLS" } else { "no TLS" };
+        let user = self.user.clone();
+        let health = self.health.clone();
+        Box::pin(async move {
+            let info = tokio::time::timeout(
+                timeout,
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut conn),
+            )
+            .await
+            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?;
+            let version = match info {
+                Ok(text) => text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("redis_version:"))
+                    .map(|v| format!("Redis {}", v.trim()))
+                    .unwrap_or_else(|| "Redis".into()),
+                // An ACL user may not run INFO; PING tells that the server answers.
+                Err(e) if e.code() == Some("NOPERM") => {
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    "Redis (version not visible to this user)".into()
+                }
+                Err(e) => {
+                    let f = classify(&e);
+                    return Err(match security_hint(&f) {
+                        Some((_, hint)) => format!("{hint} ({e})"),
+                        None => e.to_string(),
+                    });
+                }
+            };
+            let _ = health.set_broker_up(true);
+            Ok(format!("{version}, {tls}, as user {user}"))
+        })
+    }
+
+    fn location(&self) -> String {
+        redact(&self.config.url)
+    }
+
+    fn describe(&self) -> String {
+        "redis-rs 1 (rustls)".into()
+    }
+
+    fn flush(&self, _timeout: Duration) -> BoxFuture<'static, ()> {
+        // Nothing is queued in the client: every pipeline is a task whose outcome the
+        // poller waits for.
+        Box::pin(async {})
+    }
+}

@@ -1,0 +1,728 @@
+//! The Redis Streams and NATS JetStream sinks against the machine's real servers (Redis on
+//! 127.0.0.1:6379, NATS with JetStream on 127.0.0.1:4222; a unique stream per test), and
+//! against private `redis-server` / `nats-server -js` processes the tests start themselves
+//! for the faults: every event once and in order per aggregate, the fields and headers of
+//! design, per-row and destination-level failures, server restarts.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use outboxd::config::Config;
+use outboxd::sink::SinkKind;
+use outboxd::verify::{Consumed, create_nats_stream, read_nats, read_redis};
+use outboxd::{NewEvent, Relay, RelayOptions, enqueue_batch};
+
+fn redis_url() -> String {
+    std::env::var("OUTBOXD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn nats_url() -> String {
+    std::env::var("OUTBOXD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+fn redis_config(db: &TestDb, url: &str) -> Config {
+    let mut c = config(db);
+    c.sink.kind = SinkKind::Redis;
+    c.redis.url = url.to_string();
+    c.redis.timeout_ms = 1_000;
+    c.redis.connect_timeout_ms = 500;
+    c
+}
+
+fn nats_config(db: &TestDb, url: &str) -> Config {
+    let mut c = config(db);
+    c.sink.kind = SinkKind::Nats;
+    c.nats.url = url.to_string();
+    c.nats.timeout_ms = 1_000;
+    c.nats.connect_timeout_ms = 500;
+    c
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Events `1..=n` for each aggregate, interleaved, with a header, every tenth payload
+/// binary; returns (aggregate, seq)s.
+async fn write_events(
+    db: &TestDb,
+    topic: &str,
+    aggregates: &[String],
+    n: u64,
+) -> Vec<(String, u64)> {
+    let mut written = Vec::new();
+    let mut events = Vec::new();
+    for seq in 1..=n {
+        for a in aggregates {
+            written.push((a.clone(), seq));
+            let b = NewEvent::builder("user", a.clone())
+                .event_type("user.changed")
+                .topic(topic)
+                .header("traceparent", format!("00-{seq:032x}-01"));
+            let b = if seq % 10 == 0 {
+                // Binary, and still JSON-readable by the ledger.
+                b.bytes(format!(r#"{{"seq": {seq}}}"#).into_bytes())
+            } else {
+                b.json(&serde_json::json!({ "seq": seq }))
+            };
+            events.push(b.build().unwrap());
+        }
+    }
+    for chunk in events.chunks(500) {
+        let mut tx = db.pool.begin().await.unwrap();
+        enqueue_batch(&mut *tx, chunk).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    written
+}
+
+fn assert_whole_and_in_order(written: &[(String, u64)], records: &[Consumed]) {
+    let (report, ledger) = check_ledger(written, records);
+    assert_eq!(report.lost, 0, "{report:?}");
+    assert_eq!(
+        report.reordered, 0,
+        "{report:?} {:?}",
+        ledger.reorder_examples
+    );
+    assert_eq!(report.unexpected, 0, "{report:?}");
+    assert_eq!(report.delivered as usize, written.len(), "{report:?}");
+}
+
+fn aggregates(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("u-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_streams_get_every_event_once_in_order_with_its_fields() {
+    let db = TestDb::new().await;
+    // A colon is a normal Redis key character (Kafka would refuse this name).
+    let stream = unique("user:events:");
+    let aggs = aggregates(50);
+    let written = write_events(&db, &stream, &aggs, 40).await;
+    let relay = Relay::start(redis_config(&db, &redis_url()), RelayOptions::default())
+        .await
+        .unwrap();
+    assert!(drained(&db, Duration::from_secs(60)).await);
+    let records = read_redis(
+        &redis_url(),
+        &[&stream],
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+        |r| r.len() >= written.len(),
+    )
+    .await
+    .unwrap();
+    assert_whole_and_in_order(&written, &records);
+    assert_eq!(records.len(), written.len(), "no resends without faults");
+
+    // The fields of one entry: payload, then the built-ins, then the row's header.
+    let row: (uuid::Uuid, i64) = sqlx::query_as(
+        "SELECT event_id, id FROM outbox WHERE aggregate_id = 'u-7' ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap_or_default();
+    let first = records.iter().find(|r| r.key == "u-7").unwrap();
+    let names: Vec<&str> = first.headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "event_id",
+            "event_type",
+            "aggregate_type",
+            "aggregate_id",
+            "outbox_id",
+            "created_at",
+            "traceparent"
+        ]
+    );
+    assert_eq!(first.header("event_type"), Some("user.changed"));
+    assert_eq!(first.header("aggregate_type"), Some("user"));
+    assert_eq!(first.value, br#"{"seq": 1}"#.to_vec());
+    if row.1 > 0 {
+        // Rows are deleted once published; when still there (mark mode) they match.
+        assert_eq!(first.header("event_id"), Some(row.0.to_string().as_str()));
+    }
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_key_of_another_type_holds_its_rows_while_other_streams_flow() {
+    let db = TestDb::new().await;
+    let blocked = unique("blocked:");
+    let open = unique("open:");
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&blocked)
+        .arg("a string, not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Other aggregates: an aggregate's rows go in order whatever their topic, so the
+    // blocked aggregates' rows to other streams wait too.
+    let written_blocked = write_events(&db, &blocked, &aggregates(3), 5).await;
+    let others: Vec<String> = (0..3).map(|i| format!("other-{i}")).collect();
+    let written_open = write_events(&db, &open, &others, 5).await;
+    let mut cfg = redis_config(&db, &redis_url());
+    cfg.retry.max_attempts = 2;
+    let relay = Relay::start(cfg, RelayOptions::default()).await.unwrap();
+    let health = relay.health();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            health
+                .destination_problems()
+                .iter()
+                .any(|(d, class, _)| d == &blocked && class == "wrong_type")
+        })
+        .await,
+        "the destination problem is reported: {:?}",
+        health.destination_problems()
+    );
+    let open_records = read_redis(
+        &redis_url(),
+        &[&open],
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+        |r| r.len() >= written_open.len(),
+    )
+    .await
+    .unwrap();
+    assert_whole_and_in_order(&written_open, &open_records);
+    // Held well past retry.max_attempts: never dead-lettered, still pending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(db.dead_letters().await.is_empty());
+    assert_eq!(db.pending().await, written_blocked.len() as i64);
+
+    // The operator frees the key: the held rows go, in order.
+    let _: () = redis::cmd("DEL")
+        .arg(&blocked)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(drained(&db, Duration::from_secs(30)).await);
+    let records = read_redis(
+        &redis_url(),
+        &[&blocked],
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+        |r| r.len() >= written_blocked.len(),
+    )
+    .await
+    .unwrap();
+    assert_whole_and_in_order(&written_blocked, &records);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            health.destination_problems().is_empty()
+        })
+        .await
+    );
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_oversized_row_is_dead_lettered_and_copied_to_the_dlq_stream() {
+    let db = TestDb::new().await;
+    let stream = unique("orders:");
+    let dlq = unique("dlq:");
+    let mut events = vec![
+        NewEvent::builder("order", "o-1")
+            .event_type("order.created")
+            .topic(&stream)
+            .json(&serde_json::json!({"seq": 1}))
+            .build()
+            .unwrap(),
+        NewEvent::builder("order", "o-2")
+            .event_type("order.created")
+            .topic(&stream)
+            .json(&serde_json::json!({"seq": 1, "pad": "x".repeat(5_000)}))
+            .build()
+            .unwrap(),
+    ];
+    events.push(
+        NewEvent::builder("order", "o-1")
+            .event_type("order.paid")
+            .topic(&stream)
+            .json(&serde_json::json!({"seq": 2}))
+            .build()
+            .unwrap(),
+    );
+    enqueue_batch(&db.pool, &events).await.unwrap();
+    let mut cfg = redis_config(&db, &redis_url());
+    cfg.redis.max_payload_bytes = 1_000;
+    cfg.dead_letter.topic = dlq.clone();
+    let relay = Relay::start(cfg, RelayOptions::default()).await.unwrap();
+    assert!(drained(&db, Duration::from_secs(20)).await);
+    let dead = db.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].1, "o-2");
+    assert_eq!(dead[0].2, "record_too_large");
+    let copies = read_redis(
+        &redis_url(),
+        &[&dlq],
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        |r| !r.is_empty(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].header("original_topic"), Some(stream.as_str()));
+    assert_eq!(
+        copies[0].header("dead_letter_class"),
+        Some("record_too_large")
+    );
+    let records = read_redis(
+        &redis_url(),
+        &[&stream],
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        |r| r.len() >= 2,
+    )
+    .await
+    .unwrap();
+    let o1: Vec<_> = records.iter().filter(|r| r.key == "o-1").collect();
+    assert_eq!(o1.len(), 2, "the other aggregate was not stopped");
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_stream_gets_every_event_once_in_order_with_its_message_id() {
+    let db = TestDb::new().await;
+    let name = unique("OUTBOXD_T_");
+    let subject = format!("{}.users.events", name.to_lowercase());
+    create_nats_stream(
+        &nats_url(),
+        &name,
+        &[&format!("{}.>", name.to_lowercase())],
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    let aggs = aggregates(50);
+    let written = write_events(&db, &subject, &aggs, 40).await;
+    let relay = Relay::start(nats_config(&db, &nats_url()), RelayOptions::default())
+        .await
+        .unwrap();
+    assert!(drained(&db, Duration::from_secs(60)).await);
+    let records = read_nats(
+        &nats_url(),
+        &name,
+        Duration::from_secs(20),
+        Duration::from_secs(2),
+        |r| r.len() >= written.len(),
+    )
+    .await
+    .unwrap();
+    assert_whole_and_in_order(&written, &records);
+    assert_eq!(records.len(), written.len());
+    let r = &records[0];
+    assert_eq!(r.header("Nats-Msg-Id"), r.header("event_id"));
+    assert!(r.header("event_id").is_some());
+    assert_eq!(r.header("traceparent").map(|t| t.len()), Some(38));
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_subject_no_stream_captures_is_held_until_the_stream_exists() {
+    let db = TestDb::new().await;
+    let name = unique("OUTBOXD_T_");
+    let subject = format!("{}.orders", name.to_lowercase());
+    let written = write_events(&db, &subject, &aggregates(3), 4).await;
+    let mut cfg = nats_config(&db, &nats_url());
+    cfg.retry.max_attempts = 2;
+    let relay = Relay::start(cfg, RelayOptions::default()).await.unwrap();
+    let health = relay.health();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            health
+                .destination_problems()
+                .iter()
+                .any(|(d, class, _)| d == &subject && class == "no_stream")
+        })
+        .await,
+        "{:?}",
+        health.destination_problems()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        db.dead_letters().await.is_empty(),
+        "held, not dead-lettered"
+    );
+    assert_eq!(db.pending().await, written.len() as i64);
+    create_nats_stream(&nats_url(), &name, &[&subject], Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(drained(&db, Duration::from_secs(30)).await);
+    let records = read_nats(
+        &nats_url(),
+        &name,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+        |r| r.len() >= written.len(),
+    )
+    .await
+    .unwrap();
+    assert_whole_and_in_order(&written, &records);
+    relay.shutdown().await.unwrap();
+}
+
+/// A `redis-server` of the test's own on a free port, with an append-only file so that a
+/// restart keeps what it acknowledged.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Self::spawn(dir.path(), port);
+        PrivateRedis { child, port, dir }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16) -> Child {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup.sh installs it)");
+        wait_for_port(port);
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.dir.path(), self.port);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server on {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarts_under_load_lose_and_reorder_nothing() {
+    let db = TestDb::new().await;
+    let mut server = PrivateRedis::start();
+    let stream = unique("user:events:");
+    let relay = Relay::start(redis_config(&db, &server.url()), RelayOptions::default())
+        .await
+        .unwrap();
+    let aggs = aggregates(20);
+    let mut written = Vec::new();
+    for round in 0..6u64 {
+        written
+            .extend(insert_seqs(&db.pool, &stream, &aggs, round * 50 + 1..=round * 50 + 50).await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if round % 2 == 1 {
+            server.restart();
+        }
+    }
+    assert!(drained(&db, Duration::from_secs(60)).await);
+    let records = read_redis(
+        &server.url(),
+        &[&stream],
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+        |r| r.len() >= written.len(),
+    )
+    .await
+    .unwrap();
+    assert_whole_and_in_order(&written, &records);
+    assert!(db.dead_letters().await.is_empty());
+    relay.shutdown().await.unwrap();
+}
+
+/// A `nats-server -js` of the test's own on a free port, storing in a directory of its own.
+struct PrivateNats {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateNats {
+    fn start() -> PrivateNats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Self::spawn(dir.path(), port);
+        PrivateNats { child, port, dir }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16) -> Child {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+            .arg("-sd")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (scripts/setup.sh installs it)");
+        wait_for_port(port);
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.dir.path(), self.port);
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarts_under_load_lose_reorder_and_duplicate_nothing() {
+    let db = TestDb::new().await;
+    let mut server = PrivateNats::start();
+    let subject = "users.events";
+    create_nats_stream(&server.url(), "USERS", &[subject], Duration::from_secs(120))
+        .await
+        .unwrap();
+    let relay = Relay::start(nats_config(&db, &server.url()), RelayOptions::default())
+        .await
+        .unwrap();
+    let aggs = aggregates(20);
+    let mut written = Vec::new();
+    for round in 0..6u64 {
+        written
+            .extend(insert_seqs(&db.pool, subject, &aggs, round * 50 + 1..=round * 50 + 50).await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if round % 2 == 1 {
+            server.restart();
+        }
+    }
+    assert!(drained(&db, Duration::from_secs(90)).await);
+    let records = read_nats(
+        &server.url(),
+        "USERS",
+        Duration::from_secs(20),
+        Duration::from_secs(2),
+        |r| r.len() >= written.len(),
+    )
+    .await
+    .unwrap();
+    assert_whole_and_in_order(&written, &records);
+    let (report, _) = check_ledger(&written, &records);
+    assert_eq!(
+        report.duplicates, 0,
+        "Nats-Msg-Id drops resends: {report:?}"
+    );
+    relay.shutdown().await.unwrap();
+}
+
+fn outboxd(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args).current_dir(std::env::temp_dir());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OUTBOXD__") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+#[tokio::test]
+async fn check_reaches_redis_and_nats_and_says_how() {
+    let db = TestDb::new().await;
+    for (kind, url_var, url, needle) in [
+        ("redis", "OUTBOXD__REDIS__URL", redis_url(), "Redis 7"),
+        ("nats", "OUTBOXD__NATS__URL", nats_url(), "JetStream on"),
+    ] {
+        let out = outboxd(&["check"])
+            .env("OUTBOXD__DATABASE__URL", &db.url)
+            .env("OUTBOXD__SINK__KIND", kind)
+            .env(url_var, &url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{kind}: {text} {out:?}");
+        assert!(
+            text.contains(&format!("broker: ok ({kind} at")) && text.contains(needle),
+            "{kind}: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_sink_section_names_its_key_and_exits_2() {
+    for (env, needle) in [
+        (vec![("OUTBOXD__SINK__KIND", "rabbit")], "sink.kind"),
+        (
+            vec![
+                ("OUTBOXD__SINK__KIND", "redis"),
+                ("OUTBOXD__REDIS__URL", "http://x"),
+            ],
+            "redis.url: \"http://x\" is not a Redis URL",
+        ),
+        (
+            vec![
+                ("OUTBOXD__SINK__KIND", "redis"),
+                ("OUTBOXD__REDIS__CA_FILE", "/nonexistent/ca.pem"),
+            ],
+            "redis.ca_file: cannot read",
+        ),
+        (
+            vec![
+                ("OUTBOXD__SINK__KIND", "nats"),
+                ("OUTBOXD__NATS__URL", "nats://a b"),
+            ],
+            "nats.url",
+        ),
+        (
+            vec![
+                ("OUTBOXD__SINK__KIND", "nats"),
+                ("OUTBOXD__NATS__CREDENTIALS_FILE", "/nonexistent/x.creds"),
+            ],
+            "nats.credentials_file: cannot read",
+        ),
+        (
+            vec![
+                ("OUTBOXD__SINK__KIND", "nats"),
+                ("OUTBOXD__DEAD_LETTER__TOPIC", "dlq.*"),
+            ],
+            "dead_letter.topic: \"dlq.*\" is not a nats subject",
+        ),
+    ] {
+        let mut cmd = outboxd(&["check"]);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert!(err.contains(needle), "want {needle:?} in\n{err}");
+    }
+    // Another sink's section is not checked: a Kafka relay with a bad Redis URL is fine.
+    let out = outboxd(&["check"])
+        .env("OUTBOXD__REDIS__URL", "http://x")
+        .env("OUTBOXD__DATABASE__CONNECT_TIMEOUT_MS", "1000")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_wrong_redis_password_holds_rows_and_says_so_without_the_password() {
+    let db = TestDb::new().await;
+    // A private server that wants a password.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--requirepass", "right-horse-battery"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let stream = unique("secured:");
+    let written = write_events(&db, &stream, &aggregates(2), 3).await;
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, "wrong-staple-secret\n").unwrap();
+    let mut cfg = redis_config(&db, &format!("redis://127.0.0.1:{port}"));
+    cfg.redis.password_file = secret.to_string_lossy().into_owned();
+    let relay = Relay::start(cfg.clone(), RelayOptions::default())
+        .await
+        .unwrap();
+    let health = relay.health();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            health
+                .broker_problem()
+                .is_some_and(|p| p.contains("password"))
+        })
+        .await,
+        "{:?}",
+        health.broker_problem()
+    );
+    let problem = health.broker_problem().unwrap();
+    assert!(!problem.contains("wrong-staple-secret"), "{problem}");
+    assert!(!health.ready());
+    assert_eq!(db.pending().await, written.len() as i64);
+    assert!(db.dead_letters().await.is_empty());
+    relay.shutdown().await.unwrap();
+
+    // The right password: everything goes, in order.
+    std::fs::write(&secret, "right-horse-battery\n").unwrap();
+    let relay = Relay::start(cfg, RelayOptions::default()).await.unwrap();
+    assert!(drained(&db, Duration::from_secs(20)).await);
+    let records = read_redis(
+        &format!("redis://:right-horse-battery@127.0.0.1:{port}"),
+        &[&stream],
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        |r| r.len() >= written.len(),
+    )
+    .await
+    .unwrap();
+    assert_whole_and_in_order(&written, &records);
+    relay.shutdown().await.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}
