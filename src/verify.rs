@@ -339,7 +339,11 @@ pub async fn read_redis(
     mut done: impl FnMut(&[Consumed]) -> bool,
 ) -> anyhow::Result<Vec<Consumed>> {
     let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    // A large XRANGE on a busy machine takes longer than the client's default 500 ms.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     let deadline = Instant::now() + timeout;
     let mut last_new = Instant::now();
     let mut cursors: Vec<String> = streams.iter().map(|_| "-".to_string()).collect();
@@ -352,7 +356,7 @@ pub async fn read_redis(
                 .arg(&cursors[s])
                 .arg("+")
                 .arg("COUNT")
-                .arg(10_000)
+                .arg(2_000)
                 .query_async(&mut conn)
                 .await?;
             for (id, fields) in entries {
