@@ -108,10 +108,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         SinkKind::Redis => {
             let topic = format!("outboxd:demo:{stamp}");
-            let d = format!(
-                "Redis stream {topic} at {}",
-                crate::sink::redis::redact(&config.redis.url)
-            );
+            let d = format!("Redis stream {topic} at {}", db::redact(&config.redis.url));
             (topic, d)
         }
         SinkKind::Nats => {

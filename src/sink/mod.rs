@@ -333,6 +333,20 @@ fn builtin_headers(row: &OutboxRow) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     ]
 }
 
+/// A problem for each configured file (`(key, path)`, empty path = not set) that cannot
+/// be opened, naming its key.
+pub fn unreadable_files(files: &[(&str, &String)]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(_, path)| !path.is_empty())
+        .filter_map(|(key, path)| {
+            std::fs::File::open(path)
+                .err()
+                .map(|err| format!("{key}: cannot read {path:?}: {err}"))
+        })
+        .collect()
+}
+
 /// `path`'s content, for a certificate or key named in the configuration; the error
 /// names the key to fix.
 pub fn read_pem(key: &str, path: &str) -> anyhow::Result<Vec<u8>> {

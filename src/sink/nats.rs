@@ -128,7 +128,7 @@ fn servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
             s.parse::<async_nats::ServerAddr>().map_err(|e| {
                 anyhow::anyhow!(
                     "nats.url: {:?} is not a NATS server URL: {e}",
-                    super::redis::redact(s)
+                    crate::db::redact(s)
                 )
             })
         })
@@ -189,20 +189,14 @@ pub fn check_config(cfg: &NatsConfig) -> Vec<String> {
             e.push(format!("{key}: {value} is out of range ({min}..={max})"));
         }
     }
-    for (key, path) in [
+    e.extend(super::unreadable_files(&[
         ("nats.password_file", &cfg.password_file),
         ("nats.token_file", &cfg.token_file),
         ("nats.credentials_file", &cfg.credentials_file),
         ("nats.ca_file", &cfg.ca_file),
         ("nats.cert_file", &cfg.cert_file),
         ("nats.key_file", &cfg.key_file),
-    ] {
-        if !path.is_empty()
-            && let Err(err) = std::fs::File::open(path)
-        {
-            e.push(format!("{key}: cannot read {path:?}: {err}"));
-        }
-    }
+    ]));
     if !cfg.password_file.is_empty() && cfg.user.is_empty() {
         e.push("nats.password_file: set nats.user too".into());
     }
@@ -370,7 +364,7 @@ impl Sink for NatsSink {
     }
 
     fn location(&self) -> String {
-        super::redis::redact(&self.config.url)
+        crate::db::redact(&self.config.url)
     }
 
     fn describe(&self) -> String {

@@ -134,7 +134,7 @@ impl RedisSink {
 /// The client for `[redis]`: the URL, with the user, password file and certificates of
 /// the section applied.
 fn client(cfg: &RedisConfig) -> anyhow::Result<Client> {
-    let shown = redact(&cfg.url);
+    let shown = crate::db::redact(&cfg.url);
     let mut info = cfg
         .url
         .as_str()
@@ -180,24 +180,13 @@ fn client(cfg: &RedisConfig) -> anyhow::Result<Client> {
     .map_err(|e| anyhow::anyhow!("redis TLS: {e}"))
 }
 
-/// The URL without its password.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Every problem with `[redis]`, by key.
 pub fn check_config(cfg: &RedisConfig) -> Vec<String> {
     let mut e = Vec::new();
     if !(cfg.url.starts_with("redis://") || cfg.url.starts_with("rediss://")) {
         e.push(format!(
             "redis.url: {:?} is not a Redis URL (redis://host:6379 or rediss://host:6380)",
-            redact(&cfg.url)
+            crate::db::redact(&cfg.url)
         ));
     }
     for (key, value, min, max) in [
@@ -222,18 +211,12 @@ pub fn check_config(cfg: &RedisConfig) -> Vec<String> {
     if cfg.maxlen > 0 && cfg.min_age_secs > 0 {
         e.push("redis.maxlen and redis.min_age_secs: choose one way of trimming".into());
     }
-    for (key, path) in [
+    e.extend(super::unreadable_files(&[
         ("redis.password_file", &cfg.password_file),
         ("redis.ca_file", &cfg.ca_file),
         ("redis.cert_file", &cfg.cert_file),
         ("redis.key_file", &cfg.key_file),
-    ] {
-        if !path.is_empty()
-            && let Err(err) = std::fs::File::open(path)
-        {
-            e.push(format!("{key}: cannot read {path:?}: {err}"));
-        }
-    }
+    ]));
     if e.is_empty()
         && let Err(err) = client(cfg)
     {
@@ -430,7 +413,7 @@ impl Sink for RedisSink {
     }
 
     fn location(&self) -> String {
-        redact(&self.config.url)
+        crate::db::redact(&self.config.url)
     }
 
     fn describe(&self) -> String {
