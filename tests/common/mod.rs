@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod sasl_proxy;
+pub mod sinks;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
