@@ -21,6 +21,16 @@ fn main() -> ExitCode {
         // The demo draws a progress bar; relay logs below WARN would tear it.
         config.log.level = "warn".into();
     }
+    if std::env::var_os("RUST_LOG").is_none() && !config.log.level.contains("async_nats") {
+        // async-nats logs every failed reconnect at INFO and ERROR; the relay says once
+        // what is wrong, and one-shot commands print their own diagnosis.
+        let quiet = if matches!(cli.command, Command::Run) {
+            "warn"
+        } else {
+            "off"
+        };
+        config.log.level = format!("{},async_nats={quiet}", config.log.level);
+    }
     outboxd::telemetry::init_logs(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.relay.worker_threads.max(1) as usize)

@@ -413,6 +413,16 @@ pub async fn create_nats_stream(
     duplicate_window: Duration,
 ) -> anyhow::Result<()> {
     let client = async_nats::connect(url).await?;
+    create_nats_stream_on(client, name, subjects, duplicate_window).await
+}
+
+/// As [`create_nats_stream`], on a connected client (one with TLS or credentials).
+pub async fn create_nats_stream_on(
+    client: async_nats::Client,
+    name: &str,
+    subjects: &[&str],
+    duplicate_window: Duration,
+) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(client);
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
         name: name.to_string(),
@@ -432,10 +442,21 @@ pub async fn read_nats(
     stream: &str,
     timeout: Duration,
     idle: Duration,
+    done: impl FnMut(&[Consumed]) -> bool,
+) -> anyhow::Result<Vec<Consumed>> {
+    let client = async_nats::connect(url).await?;
+    read_nats_on(client, stream, timeout, idle, done).await
+}
+
+/// As [`read_nats`], on a connected client (one with TLS or credentials).
+pub async fn read_nats_on(
+    client: async_nats::Client,
+    stream: &str,
+    timeout: Duration,
+    idle: Duration,
     mut done: impl FnMut(&[Consumed]) -> bool,
 ) -> anyhow::Result<Vec<Consumed>> {
     use futures::StreamExt;
-    let client = async_nats::connect(url).await?;
     let js = async_nats::jetstream::new(client);
     let stream_handle = js.get_stream(stream).await?;
     let consumer = stream_handle

@@ -471,7 +471,7 @@ async fn a_wrong_redis_password_holds_rows_and_says_so_without_the_password() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_port(port);
+    assert!(wait_for_port(port), "redis-server did not start");
     let stream = unique("secured:");
     let written = write_events(&db, &stream, &aggregates(2), 3).await;
     let secret = dir.path().join("password");

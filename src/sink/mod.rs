@@ -347,6 +347,53 @@ pub fn unreadable_files(files: &[(&str, &String)]) -> Vec<String> {
         .collect()
 }
 
+/// What to change when a TLS connection to a Redis or NATS server fails, read from the
+/// client library's words (rustls's): `(kind, hint)`, the hint naming the keys of
+/// `section`.
+pub fn tls_hint(section: &str, words: &str) -> Option<(&'static str, String)> {
+    let m = words.to_ascii_lowercase();
+    if m.contains("certificaterequired") || m.contains("certificate required") {
+        Some((
+            "certificate",
+            format!(
+                "the server wants a client certificate: set {section}.cert_file and {section}.key_file"
+            ),
+        ))
+    } else if m.contains("badcertificate") || m.contains("unknownca") || m.contains("decrypterror")
+    {
+        Some((
+            "certificate",
+            format!(
+                "the server refused the client certificate in {section}.cert_file (not signed by a CA it trusts, or expired)"
+            ),
+        ))
+    } else if m.contains("unknownissuer")
+        || m.contains("invalid peer certificate")
+        || m.contains("notvalidforname")
+        || m.contains("expired")
+    {
+        Some((
+            "certificate",
+            format!(
+                "the server's certificate is not signed by the CA in {section}.ca_file (or has expired, or is not issued for this host name)"
+            ),
+        ))
+    } else if m.contains("handshake")
+        || m.contains("corrupt message")
+        || m.contains("invalid content type")
+        || m.contains("tls")
+    {
+        Some((
+            "tls",
+            format!(
+                "TLS failed: check that the server speaks TLS on this port and {section}.ca_file / cert_file / key_file"
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
 /// `path`'s content, for a certificate or key named in the configuration; the error
 /// names the key to fix.
 pub fn read_pem(key: &str, path: &str) -> anyhow::Result<Vec<u8>> {

@@ -55,47 +55,84 @@ pub struct NatsSink {
     config: NatsConfig,
 }
 
+/// The connection options `[nats]` asks for: TLS, and the user/password, token or
+/// credentials file.
+async fn connect_options(cfg: &NatsConfig) -> anyhow::Result<async_nats::ConnectOptions> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("outboxd")
+        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .require_tls(cfg.tls_required);
+    if !cfg.user.is_empty() || !cfg.password_file.is_empty() {
+        let password = crate::db::read_secret(&cfg.password_file)
+            .map_err(|e| anyhow::anyhow!("nats.password_file: {e}"))?;
+        opts = opts.user_and_password(cfg.user.clone(), password);
+    }
+    if !cfg.token_file.is_empty() {
+        let token = crate::db::read_secret(&cfg.token_file)
+            .map_err(|e| anyhow::anyhow!("nats.token_file: {e}"))?;
+        opts = opts.token(token);
+    }
+    if !cfg.credentials_file.is_empty() {
+        opts = opts
+            .credentials_file(&cfg.credentials_file)
+            .await
+            .map_err(|e| anyhow::anyhow!("nats.credentials_file: {e}"))?;
+    }
+    if !cfg.ca_file.is_empty() {
+        super::read_pem("nats.ca_file", &cfg.ca_file)?;
+        opts = opts.add_root_certificates(cfg.ca_file.clone().into());
+    }
+    match (cfg.cert_file.is_empty(), cfg.key_file.is_empty()) {
+        (true, true) => {}
+        (false, false) => {
+            super::read_pem("nats.cert_file", &cfg.cert_file)?;
+            super::read_pem("nats.key_file", &cfg.key_file)?;
+            opts = opts
+                .add_client_certificate(cfg.cert_file.clone().into(), cfg.key_file.clone().into());
+        }
+        _ => anyhow::bail!("nats.cert_file and nats.key_file go together: set both or neither"),
+    }
+    Ok(opts)
+}
+
+/// The words for a refused connection, naming the keys to fix.
+const REFUSED: &str = "NATS refused the credentials: check nats.user / nats.password_file, nats.token_file or nats.credentials_file";
+
+/// Why a fresh connection to `[nats]` fails, in words naming what to fix: for `check`,
+/// when the relay's own connection (which retries quietly) is not up.
+async fn diagnose(cfg: &NatsConfig, timeout: Duration) -> String {
+    let attempt = async {
+        let opts = connect_options(cfg).await.map_err(|e| e.to_string())?;
+        let servers = servers(&cfg.url).map_err(|e| e.to_string())?;
+        match opts.connect(servers).await {
+            Ok(client) => {
+                let _ = client.drain().await;
+                Ok(())
+            }
+            Err(e) => Err(match e.kind() {
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                | async_nats::ConnectErrorKind::Authentication => format!("{REFUSED} ({e})"),
+                _ => match super::tls_hint("nats", &e.to_string()) {
+                    Some((_, hint)) => format!("{hint} ({e})"),
+                    None => e.to_string(),
+                },
+            }),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Err(words)) => words,
+        Ok(Ok(())) => "connected only now (the server was slow to answer)".into(),
+        Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+    }
+}
+
 impl NatsSink {
     /// Connects in the background (a server that is down only delays publishing).
     pub async fn new(cfg: &NatsConfig, health: Arc<Health>) -> anyhow::Result<Self> {
-        let mut opts = async_nats::ConnectOptions::new()
-            .name("outboxd")
+        let mut opts = connect_options(cfg)
+            .await?
             .retry_on_initial_connect()
-            .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            .max_reconnects(None)
-            .require_tls(cfg.tls_required);
-        if !cfg.user.is_empty() || !cfg.password_file.is_empty() {
-            let password = crate::db::read_secret(&cfg.password_file)
-                .map_err(|e| anyhow::anyhow!("nats.password_file: {e}"))?;
-            opts = opts.user_and_password(cfg.user.clone(), password);
-        }
-        if !cfg.token_file.is_empty() {
-            let token = crate::db::read_secret(&cfg.token_file)
-                .map_err(|e| anyhow::anyhow!("nats.token_file: {e}"))?;
-            opts = opts.token(token);
-        }
-        if !cfg.credentials_file.is_empty() {
-            opts = opts
-                .credentials_file(&cfg.credentials_file)
-                .await
-                .map_err(|e| anyhow::anyhow!("nats.credentials_file: {e}"))?;
-        }
-        if !cfg.ca_file.is_empty() {
-            super::read_pem("nats.ca_file", &cfg.ca_file)?;
-            opts = opts.add_root_certificates(cfg.ca_file.clone().into());
-        }
-        match (cfg.cert_file.is_empty(), cfg.key_file.is_empty()) {
-            (true, true) => {}
-            (false, false) => {
-                super::read_pem("nats.cert_file", &cfg.cert_file)?;
-                super::read_pem("nats.key_file", &cfg.key_file)?;
-                opts = opts.add_client_certificate(
-                    cfg.cert_file.clone().into(),
-                    cfg.key_file.clone().into(),
-                );
-            }
-            _ => anyhow::bail!("nats.cert_file and nats.key_file go together: set both or neither"),
-        }
+            .max_reconnects(None);
         let events = health.clone();
         opts = opts.event_callback(move |event| {
             let health = events.clone();
@@ -135,6 +172,15 @@ fn servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
         .collect()
 }
 
+/// The server refused the relay's credentials: down, and said once.
+fn refused(health: &Health, words: &str) {
+    health.set_broker_up(false);
+    let words = format!("{REFUSED} ({words})");
+    if health.set_broker_problem(Some(("authentication", words.clone()))) {
+        tracing::error!(problem = %words, "Cannot use NATS; rows stay pending until this is fixed.");
+    }
+}
+
 /// Connection events: reachability and authentication problems for `/readyz` and logs.
 fn on_event(health: &Health, event: async_nats::Event) {
     match event {
@@ -150,16 +196,14 @@ fn on_event(health: &Health, event: async_nats::Event) {
             let words = e.to_string();
             let lower = words.to_ascii_lowercase();
             if lower.contains("authorization") || lower.contains("authentication") {
-                health.set_broker_up(false);
-                let words = format!(
-                    "NATS refused the credentials: check nats.user / nats.password_file, nats.token_file or nats.credentials_file ({words})"
-                );
-                if health.set_broker_problem(Some(("authentication", words.clone()))) {
-                    tracing::error!(problem = %words, "Cannot use NATS; rows stay pending until this is fixed.");
-                }
+                refused(health, &words);
             } else {
                 tracing::warn!(error = %words, "NATS server error.");
             }
+        }
+        // A refused CONNECT (credentials) arrives as a client error.
+        async_nats::Event::ClientError(e) if e.to_string().contains("authorization") => {
+            refused(health, &e.to_string());
         }
         async_nats::Event::ClientError(e) => {
             tracing::debug!(error = %e, "NATS client error.");
@@ -329,11 +373,14 @@ impl Sink for NatsSink {
 
     fn probe(&self, timeout: Duration) -> BoxFuture<'static, Result<String, String>> {
         let client = self.client.clone();
+        let config = self.config.clone();
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + timeout;
             while client.connection_state() != async_nats::connection::State::Connected {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(format!("not connected within {} ms", timeout.as_millis()));
+                    // The relay's connection retries without saying why; one plain
+                    // attempt tells.
+                    return Err(diagnose(&config, timeout).await);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -264,30 +264,14 @@ pub fn classify_code(code: &str, message: String) -> PublishFailure {
 }
 
 /// What an operator should do about a connection failure, in words.
-fn security_hint(failure: &PublishFailure) -> Option<(&'static str, &'static str)> {
-    let m = failure.message.to_ascii_lowercase();
+fn security_hint(failure: &PublishFailure) -> Option<(&'static str, String)> {
     if failure.class == "not_authenticated" {
         return Some((
             "authentication",
-            "Redis refused the credentials: check the user and password (redis.url, redis.username, redis.password_file)",
+            "Redis refused the credentials: check the user and password (redis.url, redis.username, redis.password_file)".into(),
         ));
     }
-    if m.contains("certificate") || m.contains("unknownissuer") || m.contains("invalid peer") {
-        return Some((
-            "certificate",
-            "the server's certificate is not signed by the CA in redis.ca_file (or has expired, or is not issued for this host name)",
-        ));
-    }
-    if m.contains("handshake")
-        || m.contains("corrupt message")
-        || m.contains("invalid content type")
-    {
-        return Some((
-            "tls",
-            "TLS failed: check that the server speaks TLS on this port (rediss://) and takes a client certificate if it wants one",
-        ));
-    }
-    None
+    super::tls_hint("redis", &failure.message)
 }
 
 /// Health bookkeeping for a failure that concerns the whole server.

@@ -211,14 +211,24 @@ impl PrivateServer {
             ),
             SinkKind::Kafka => unreachable!("Kafka faults are in scripts/torture.sh"),
         };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
         let child = Command::new(program)
             .args(args)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.try_clone().unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("{program} (scripts/setup.sh installs it): {e}"));
-        wait_for_port(port);
+        if !wait_for_port(port) {
+            panic!(
+                "{program} did not listen on {port}:\n{}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+        }
         child
     }
 
@@ -251,15 +261,15 @@ impl Drop for PrivateServer {
     }
 }
 
-pub fn wait_for_port(port: u16) {
+pub fn wait_for_port(port: u16) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "server on {port} did not start"
-        );
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 /// A reader's stop condition: `expected` distinct events (by `event_id`) have been read.
