@@ -12,6 +12,7 @@ use crate::actors::supervisor::RelayExit;
 use crate::config::Config;
 use crate::outbox::admin::{self, Selection};
 use crate::relay::{Relay, RelayOptions};
+use crate::sink::SinkKind;
 use crate::{db, health, sink, telemetry};
 
 /// Exit code for an invalid configuration.
@@ -270,7 +271,15 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let (open_dl, resolved_dl) = admin::dead_letter_counts(&pool).await?;
     let kept = admin::published_kept(&pool).await?;
     let leases = admin::leases(&pool).await?;
+    let destinations = admin::backlog_by_destination(&pool, 10).await?;
     let now = chrono::Utc::now();
+    let age = |t: chrono::DateTime<chrono::Utc>| (now - t).num_milliseconds() as f64 / 1000.0;
+    let sink = config.sink.kind;
+    let location = match sink {
+        SinkKind::Kafka => config.kafka.brokers.clone(),
+        SinkKind::Redis => crate::db::redact(&config.redis.url),
+        SinkKind::Nats => crate::db::redact(&config.nats.url),
+    };
     #[derive(Default, serde::Serialize)]
     struct Part {
         pending: i64,
@@ -299,6 +308,9 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             "published_kept": kept,
             "dead_letters": {"open": open_dl, "resolved": resolved_dl},
             "partitions": parts,
+            "sink": {"kind": sink.name(), "at": location},
+            "destinations": destinations.iter().map(|(topic, pending, oldest)| serde_json::json!({
+                "destination": topic, "pending": pending, "oldest_age_secs": age(*oldest)})).collect::<Vec<_>>(),
             "leases": leases.iter().map(|l| serde_json::json!({
                 "name": l.name, "owner": l.owner, "epoch": l.epoch,
                 "expires_at": l.expires_at, "expired": l.expired})).collect::<Vec<_>>(),
@@ -306,6 +318,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
+    println!("sink:           {sink} at {location}");
     println!("pending:        {total}");
     println!(
         "oldest pending: {}",
@@ -323,6 +336,13 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
             l.epoch,
             if l.expired { "expired" } else { "held" }
         );
+    }
+    if !destinations.is_empty() {
+        // A destination the sink holds (see /readyz) keeps ageing here.
+        println!("\ndestination (longest waiting first)  pending  oldest");
+        for (topic, pending, oldest) in &destinations {
+            println!("{topic:<36} {pending:>8}  {:.1}s", age(*oldest));
+        }
     }
     println!("\npartition  pending  aggregates  oldest");
     for (i, p) in &parts {

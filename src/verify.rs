@@ -50,6 +50,57 @@ pub struct Consumed {
 }
 
 impl Consumed {
+    /// A JetStream message as read: key = its `aggregate_id` header, offset = its stream
+    /// sequence.
+    pub fn from_nats(m: &async_nats::jetstream::Message) -> anyhow::Result<Consumed> {
+        let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut c = Consumed {
+            topic: m.subject.to_string(),
+            partition: 0,
+            offset: info.stream_sequence as i64,
+            key: String::new(),
+            value: m.payload.to_vec(),
+            headers: Vec::new(),
+        };
+        if let Some(h) = &m.headers {
+            for (k, vs) in h.iter() {
+                for v in vs {
+                    c.headers.push((k.to_string(), v.to_string()));
+                }
+            }
+        }
+        c.key = c.header("aggregate_id").unwrap_or_default().to_string();
+        Ok(c)
+    }
+
+    /// A Redis stream entry as read: value = its `payload` field, key = its
+    /// `aggregate_id` field, the other fields as headers; offset = `offset`.
+    pub fn from_redis(stream: &str, offset: i64, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Consumed {
+        let mut c = Consumed {
+            topic: stream.to_string(),
+            partition: 0,
+            offset,
+            key: String::new(),
+            value: Vec::new(),
+            headers: Vec::new(),
+        };
+        for (k, v) in fields {
+            if k == b"payload" {
+                c.value = v;
+                continue;
+            }
+            let (k, v) = (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            );
+            if k == "aggregate_id" {
+                c.key = v.clone();
+            }
+            c.headers.push((k, v));
+        }
+        c
+    }
+
     /// The first header of that name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -362,29 +413,7 @@ pub async fn read_redis(
             for (id, fields) in entries {
                 cursors[s] = format!("({id}");
                 got += 1;
-                let mut c = Consumed {
-                    topic: stream.to_string(),
-                    partition: 0,
-                    offset: all.len() as i64,
-                    key: String::new(),
-                    value: Vec::new(),
-                    headers: Vec::new(),
-                };
-                for (k, v) in fields {
-                    if k == b"payload" {
-                        c.value = v;
-                        continue;
-                    }
-                    let (k, v) = (
-                        String::from_utf8_lossy(&k).into_owned(),
-                        String::from_utf8_lossy(&v).into_owned(),
-                    );
-                    if k == "aggregate_id" {
-                        c.key = v.clone();
-                    }
-                    c.headers.push((k, v));
-                }
-                all.push(c);
+                all.push(Consumed::from_redis(stream, all.len() as i64, fields));
             }
         }
         if got > 0 {
@@ -475,24 +504,7 @@ pub async fn read_nats_on(
         }
         match tokio::time::timeout(idle.min(left), messages.next()).await {
             Ok(Some(Ok(m))) => {
-                let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-                let mut c = Consumed {
-                    topic: m.subject.to_string(),
-                    partition: 0,
-                    offset: info.stream_sequence as i64,
-                    key: String::new(),
-                    value: m.payload.to_vec(),
-                    headers: Vec::new(),
-                };
-                if let Some(h) = &m.headers {
-                    for (k, vs) in h.iter() {
-                        for v in vs {
-                            c.headers.push((k.to_string(), v.to_string()));
-                        }
-                    }
-                }
-                c.key = c.header("aggregate_id").unwrap_or_default().to_string();
-                all.push(c);
+                all.push(Consumed::from_nats(&m)?);
                 if done(&all) {
                     break;
                 }

@@ -235,6 +235,31 @@ async fn status_shows_backlog_dead_letters_and_partitions() {
         .sum();
     assert_eq!(aggs, 3);
     assert!(v["oldest_pending_age_secs"].as_f64().unwrap() >= 0.0);
+    assert_eq!(v["destinations"][0]["destination"], "t");
+    assert_eq!(v["destinations"][0]["pending"], 12);
+
+    // The sink it is configured for, and the destinations waiting longest, in words.
+    let out = std::process::Command::new(bin())
+        .args(["status"])
+        .current_dir(std::env::temp_dir())
+        .env("OUTBOXD__DATABASE__URL", &db.url)
+        .env("OUTBOXD__SINK__KIND", "redis")
+        .env(
+            "OUTBOXD__REDIS__URL",
+            "redis://relay:s3cret-pw@127.0.0.1:6379",
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("sink:           redis at redis://relay:"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret-pw"), "{text}");
+    assert!(
+        text.contains("destination (longest waiting first)"),
+        "{text}"
+    );
 
     let list = std::process::Command::new(bin())
         .args(["dead-letters", "list"])

@@ -27,6 +27,22 @@ pub async fn backlog_by_aggregate(
     .await
 }
 
+/// Pending rows per destination (topic, stream key or subject), the longest-waiting
+/// first: a destination the sink holds (no stream captures a subject, a key of another
+/// type) shows as one whose oldest row keeps ageing.
+pub async fn backlog_by_destination(
+    pool: &sqlx::PgPool,
+    limit: i64,
+) -> Result<Vec<(String, i64, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT topic, count(*), min(created_at) FROM outbox WHERE published_at IS NULL \
+         GROUP BY topic ORDER BY min(created_at) LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// Open and resolved dead letters.
 pub async fn dead_letter_counts(pool: &sqlx::PgPool) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as(

@@ -15,6 +15,9 @@
 //!   (select 500 → produce → wait → delete) as an in-run yardstick: writers' achieved
 //!   rate, relay and PostgreSQL CPU per event, statements and produce requests per 1,000
 //!   events, latency;
+//! - sinks: Redis Streams and NATS JetStream beside Kafka — an in-run ceiling per sink (raw
+//!   pipelined `XADD`, raw JetStream publish with acks), the same drain, and sustained
+//!   latency at the plan's rates up to 10k events/s;
 //! - bloat (`--mode long`): drain throughput while a transaction holds the xmin horizon.
 //!
 //! Results: `<out>/results.json`, `<out>/summary.md`, `<out>/latency.svg`.
@@ -22,6 +25,11 @@
 mod chart;
 mod phases;
 mod single;
+mod sinks;
+// The torture harness's private Redis / NATS servers (its ledger consumers go unused here).
+#[allow(dead_code)]
+#[path = "../outboxd-torture/sinks.rs"]
+mod sink_servers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +59,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub single_rates: Option<Vec<u32>>,
     /// Phases to run (default: all but bloat): ceilings, drain, sustained, single, search,
-    /// bloat.
+    /// sinks, bloat.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Output directory.

@@ -10,6 +10,7 @@ use outboxd::actors::{Delivered, Hooks, ReadTimes};
 use outboxd::broker::LocalBroker;
 use outboxd::config::{Config, OnPublish};
 use outboxd::outbox::store::{self, Fence, OutboxRow, RELAY_LEASE};
+use outboxd::sink::SinkKind;
 use outboxd::sink::kafka::{DeliveryTarget, DeliveryToken};
 use outboxd::verify::create_topic;
 use outboxd::{NewEvent, Relay, RelayOptions, enqueue_batch};
@@ -17,6 +18,7 @@ use rdkafka::producer::BaseRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::Args;
+use crate::sink_servers::SinkServer;
 
 /// Aggregates the events are spread over.
 pub const AGGREGATES: u64 = 10_000;
@@ -64,10 +66,17 @@ impl Plan {
             other => anyhow::bail!("unknown mode {other:?} (quick, standard, long)"),
         };
         let mut phases: Vec<String> = if a.only.is_empty() {
-            ["ceilings", "drain", "sustained", "single", "search"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
+            [
+                "ceilings",
+                "drain",
+                "sustained",
+                "single",
+                "search",
+                "sinks",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
         } else {
             a.only.clone()
         };
@@ -329,6 +338,9 @@ pub struct Results {
     /// Single-event transactions, outboxd and the naive relay.
     #[serde(default)]
     pub single: Vec<crate::single::SingleRun>,
+    /// Redis and NATS beside Kafka.
+    #[serde(default)]
+    pub sinks: Vec<crate::sinks::SinkResult>,
     /// Share of the machine's CPU time the hypervisor gave to other guests ("steal" in
     /// `/proc/stat`) during each measurement, %: how noisy the shared machine was.
     #[serde(default)]
@@ -435,6 +447,9 @@ pub(crate) struct World {
     broker: LocalBroker,
     brokers: String,
     pub(crate) topic: String,
+    /// The sink the relay publishes to, and its private server (Redis or NATS).
+    pub(crate) sink: SinkKind,
+    pub(crate) server: Option<SinkServer>,
 }
 
 impl World {
@@ -469,13 +484,60 @@ impl World {
             broker,
             brokers: addr,
             topic,
+            sink: SinkKind::Kafka,
+            server: None,
         })
+    }
+
+    /// As [`World::new`], publishing to `sink`: for Redis and NATS a private server
+    /// (Redis with its append-only file fsynced always, NATS with its file store) and, for
+    /// NATS, the stream `BENCH` capturing the topic.
+    pub(crate) async fn for_sink(sink: SinkKind) -> anyhow::Result<World> {
+        let mut w = World::new().await?;
+        if sink == SinkKind::Kafka {
+            return Ok(w);
+        }
+        let dir = std::env::temp_dir().join(format!("outboxd-bench-{sink}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let log = std::env::temp_dir().join(format!("outboxd-bench-{sink}.log"));
+        let server = SinkServer::start(sink, free_port(), &dir, &log)?;
+        if sink == SinkKind::Nats {
+            outboxd::verify::create_nats_stream(
+                &server.url(),
+                "BENCH",
+                &[&w.topic],
+                Duration::from_secs(120),
+            )
+            .await?;
+        }
+        w.sink = sink;
+        w.server = Some(server);
+        Ok(w)
+    }
+
+    /// `OUTBOXD__…` settings that point `outboxd run` at this world's sink.
+    pub(crate) fn sink_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("OUTBOXD__SINK__KIND", self.sink.name().to_string()),
+            ("OUTBOXD__KAFKA__BROKERS", self.brokers.clone()),
+        ];
+        match (&self.server, self.sink) {
+            (Some(s), SinkKind::Redis) => env.push(("OUTBOXD__REDIS__URL", s.url())),
+            (Some(s), SinkKind::Nats) => env.push(("OUTBOXD__NATS__URL", s.url())),
+            _ => {}
+        }
+        env
     }
 
     pub(crate) fn config(&self) -> Config {
         let mut c = self.base.clone();
         c.database.url = self.url.clone();
         c.kafka.brokers = self.brokers.clone();
+        c.sink.kind = self.sink;
+        if let Some(server) = &self.server {
+            c.redis.url = server.url();
+            c.nats.url = server.url();
+        }
         c.metrics.listen = String::new();
         c
     }
@@ -547,6 +609,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         max_flat_achieved: None,
         bloat: Vec::new(),
         single: Vec::new(),
+        sinks: Vec::new(),
         steal: Vec::new(),
     };
     say(format!("plan: {}", serde_json::to_string(&plan)?));
@@ -580,7 +643,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
             }
         }
         if plan.has("drain") {
-            let d = drain(plan.rows).await?;
+            let d = drain(plan.rows, SinkKind::Kafka).await?;
             say(format!(
                 "run {run}: drain {:.0} events/s, {:.2} µs CPU/event, peak RSS {:.1} MB, {:.1} round trips/1000",
                 d.events_per_sec, d.cpu_us_per_event, d.peak_rss_mb, d.db_round_trips_per_1000
@@ -605,7 +668,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         // the shared machine does not fall on one rate only.
         for _ in 0..plan.runs {
             for &rate in &plan.rates {
-                let s = sustained(rate, plan.seconds).await?;
+                let s = sustained(rate, plan.seconds, SinkKind::Kafka).await?;
                 say(format!(
                     "sustained {rate}/s: achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, backlog slope {:.1}/s ({}), {:.2} µs CPU/event",
                     s.achieved,
@@ -653,6 +716,18 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         r.max_flat_rate = Some(best);
         r.max_flat_achieved = Some(achieved);
         r.search = steps;
+    }
+    if plan.has("sinks") {
+        let rates: Vec<u32> = plan
+            .rates
+            .iter()
+            .copied()
+            .filter(|r| *r <= 10_000)
+            .collect();
+        for sink in [SinkKind::Redis, SinkKind::Nats] {
+            r.sinks
+                .push(crate::sinks::measure(sink, plan.rows, &rates, plan.seconds).await?);
+        }
     }
     if plan.has("bloat") {
         r.bloat = bloat(plan.bloat_hold_secs).await?;
@@ -1165,8 +1240,8 @@ impl DeliveryTarget for AckCounter {
 
 /// `outboxd run` drains a pre-filled backlog; measured from its start until its metrics say
 /// every row was marked.
-async fn drain(rows: u64) -> anyhow::Result<Drain> {
-    let w = World::new().await?;
+pub(crate) async fn drain(rows: u64, sink: SinkKind) -> anyhow::Result<Drain> {
+    let w = World::for_sink(sink).await?;
     w.prefill(rows).await?;
     let metrics = format!("127.0.0.1:{}", free_port());
     let bin = std::env::current_exe()?.with_file_name("outboxd");
@@ -1174,7 +1249,7 @@ async fn drain(rows: u64) -> anyhow::Result<Drain> {
         .arg("run")
         .current_dir(std::env::temp_dir())
         .env("OUTBOXD__DATABASE__URL", &w.url)
-        .env("OUTBOXD__KAFKA__BROKERS", &w.brokers)
+        .envs(w.sink_env())
         .env("OUTBOXD__METRICS__LISTEN", &metrics)
         .env("OUTBOXD__LOG__LEVEL", "warn")
         .env_remove("RUST_LOG")
@@ -1182,7 +1257,7 @@ async fn drain(rows: u64) -> anyhow::Result<Drain> {
         .stderr(std::process::Stdio::inherit())
         .spawn()?;
     let pid = child.id();
-    let b = bar(rows, "drain by outboxd run");
+    let b = bar(rows, &format!("drain into {sink} by outboxd run"));
     let t = Instant::now();
     let ticks = CpuTicks::now();
     let procs = ProcCpu::now();
@@ -1252,8 +1327,12 @@ pub(crate) fn relay_threads_cpu_secs() -> f64 {
 /// Writes `rate` events/s for `seconds` through the library API (four writers, each
 /// aggregate owned by one of them) while the relay runs in-process; every event's
 /// commit→acknowledgement latency is measured exactly with the relay's delivery hook.
-async fn sustained(rate: u32, seconds: u64) -> anyhow::Result<Sustained> {
-    let w = World::new().await?;
+pub(crate) async fn sustained(
+    rate: u32,
+    seconds: u64,
+    sink: SinkKind,
+) -> anyhow::Result<Sustained> {
+    let w = World::for_sink(sink).await?;
     // Per event: when the relay's query that read it went out and came back, when its
     // batch went to the producer, when the broker acknowledged it.
     let acks: Arc<Mutex<Vec<(uuid::Uuid, Instant, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
@@ -1603,7 +1682,7 @@ async fn search(known: &[Sustained], seconds: u64) -> anyhow::Result<(u32, Vec<S
     let mut steps = Vec::new();
     // Grow until a rate is not flat.
     while steps.len() < 8 && known.iter().all(|s| s.offered != hi) && hi == lo * 2 {
-        let s = sustained(hi, seconds).await?;
+        let s = sustained(hi, seconds, SinkKind::Kafka).await?;
         say(format!("search {hi}/s: {}", verdict(&s)));
         let flat = s.flat;
         steps.push(s);
@@ -1619,7 +1698,7 @@ async fn search(known: &[Sustained], seconds: u64) -> anyhow::Result<(u32, Vec<S
         if mid <= lo || mid >= hi {
             break;
         }
-        let s = sustained(mid, seconds).await?;
+        let s = sustained(mid, seconds, SinkKind::Kafka).await?;
         say(format!("search {mid}/s: {}", verdict(&s)));
         if s.flat {
             lo = mid;
@@ -1955,6 +2034,9 @@ fn summary(r: &Results) -> String {
             ));
         }
     }
+    if !r.sinks.is_empty() {
+        s.push_str(&sinks_table(r));
+    }
     s
 }
 
@@ -2004,6 +2086,55 @@ fn stage_table(sustained: &[Sustained], floor: &[ProduceLatency]) -> String {
                 med(|l| l.p999_ms)
             ));
         }
+    }
+    s
+}
+
+/// Kafka, Redis and NATS side by side: ceiling, drain and sustained latency of one run.
+fn sinks_table(r: &Results) -> String {
+    let at = |v: &[Sustained], rate: u32| {
+        let runs: Vec<&Sustained> = v.iter().filter(|s| s.offered == rate).collect();
+        if runs.is_empty() {
+            return "-".to_string();
+        }
+        let p50 = Stat::of(runs.iter().map(|s| s.p50_ms).collect()).median;
+        let p99 = Stat::of(runs.iter().map(|s| s.p99_ms).collect()).median;
+        format!("{p50:.1} / {p99:.1}")
+    };
+    let mut s = String::from(
+        "\n## Sinks side by side\n\n| sink | ceiling, events/s (what) | drain, events/s | drain / ceiling | relay CPU µs/event (drain) | peak RSS MB | 1k/s p50 / p99 ms | 10k/s p50 / p99 ms |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    if let (Some(c), Some(d)) = (&r.ceiling_produce, &r.drain_events_per_sec) {
+        s.push_str(&format!(
+            "| kafka | {:.0} (raw rdkafka produce) | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+            c.median,
+            d.median,
+            d.median / c.median.max(1e-9),
+            r.drain_cpu_us_per_event
+                .as_ref()
+                .map(|x| x.median)
+                .unwrap_or(0.0),
+            r.drain_peak_rss_mb
+                .as_ref()
+                .map(|x| x.median)
+                .unwrap_or(0.0),
+            at(&r.sustained, 1_000),
+            at(&r.sustained, 10_000),
+        ));
+    }
+    for k in &r.sinks {
+        s.push_str(&format!(
+            "| {} | {:.0} ({}) | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+            k.sink,
+            k.ceiling_events_per_sec,
+            k.ceiling_what,
+            k.drain.events_per_sec,
+            k.drain.events_per_sec / k.ceiling_events_per_sec.max(1e-9),
+            k.drain.cpu_us_per_event,
+            k.drain.peak_rss_mb,
+            at(&k.sustained, 1_000),
+            at(&k.sustained, 10_000),
+        ));
     }
     s
 }

@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use outboxd::broker::LocalBroker;
 use outboxd::chaos::TcpProxy;
-use outboxd::verify::{Ledger, Reader, create_topic};
+use outboxd::sink::SinkKind;
+use outboxd::verify::{Consumed, Ledger, Reader, create_topic};
 use outboxd::{NewEvent, enqueue_batch};
 use rand::RngExt;
+
+use crate::sinks::{NATS_STREAM, SinkServer, consume_nats, consume_redis};
 
 /// Partitions of the scenario topic (also Tansu's default for auto-created topics).
 pub const PARTITIONS: i32 = 4;
@@ -48,6 +51,39 @@ pub struct Book {
     pub spoofed_headers_won: u64,
     /// Every first sighting's time (throughput per phase).
     pub sightings: Vec<Instant>,
+}
+
+/// Enters what the ledger consumer read into the book.
+fn note(book: &Mutex<Book>, consumed: &AtomicU64, records: Vec<Consumed>) {
+    let now = Instant::now();
+    let mut b = book.lock().unwrap();
+    for r in records {
+        consumed.fetch_add(1, Ordering::Relaxed);
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
+        let Some(seq) = v.get("seq").and_then(serde_json::Value::as_u64) else {
+            continue;
+        };
+        if let Some(id) = r.header("outbox_id").and_then(|s| s.parse::<i64>().ok()) {
+            b.max_outbox_id = b.max_outbox_id.max(id);
+        }
+        if let Some(expected) = v.get("spoof").and_then(serde_json::Value::as_str)
+            && r.header("event_type") != Some(expected)
+        {
+            b.spoofed_headers_won += 1;
+        }
+        let key = (r.key.clone(), seq);
+        let first = b
+            .committed_at
+            .get(&key)
+            .copied()
+            .map(|c| (now, now.saturating_duration_since(c)));
+        b.ledger.seen(&r.key, seq);
+        if let Some(l) = first {
+            b.committed_at.remove(&key);
+            b.latencies.push(l);
+            b.sightings.push(now);
+        }
+    }
 }
 
 /// A running `outboxd run`.
@@ -100,10 +136,14 @@ pub struct Env {
     pub pg_proxy: TcpProxy,
     /// Proxy between the relay (and the consumer) and the broker.
     pub broker_proxy: Option<TcpProxy>,
-    /// The private broker.
+    /// The sink the relay publishes to.
+    pub sink: SinkKind,
+    /// The private broker (Kafka).
     pub broker: Option<LocalBroker>,
+    /// The private Redis or NATS server.
+    pub server: Option<SinkServer>,
     broker_port: u16,
-    /// What clients use as `bootstrap.servers`.
+    /// Where the relay reaches the sink (`host:port`, through the proxy when there is one).
     pub brokers: String,
     /// The scenario topic.
     pub topic: String,
@@ -125,9 +165,11 @@ pub struct Env {
 }
 
 impl Env {
-    /// A fresh database and, unless `brokers` is given, a private Tansu behind a proxy
-    /// (with the scenario topic created; on other brokers the caller creates it).
-    pub async fn new(name: &str, brokers: Option<String>) -> anyhow::Result<Env> {
+    /// A fresh database and a private sink server behind a proxy: Tansu unless `brokers`
+    /// is given (with the scenario topic created; on other brokers the caller creates
+    /// it), or a `redis-server` / `nats-server -js` (with the scenario's JetStream stream).
+    pub async fn new(name: &str, sink: SinkKind, brokers: Option<String>) -> anyhow::Result<Env> {
+        let name = format!("{name}-{sink}");
         let admin = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let db_name = format!("outboxd_t_torture_{}", name.replace('-', "_"));
@@ -145,46 +187,73 @@ impl Env {
                 .to_string()
         }));
         std::fs::create_dir_all(&dir)?;
-        let (broker, broker_proxy, broker_port, brokers) = match brokers {
-            Some(b) => (None, None, 0, b),
+        // Stream keys and subjects by each sink's rules.
+        let base = name.strip_suffix(&format!("-{sink}")).unwrap_or(&name);
+        let topic = match sink {
+            SinkKind::Kafka => format!("torture-{base}"),
+            SinkKind::Redis => format!("torture:{base}"),
+            SinkKind::Nats => format!("torture.{base}"),
+        };
+        let (bport, pport) = (free_port(), free_port());
+        let (mut broker, mut broker_proxy, mut server) = (None, None, None);
+        let brokers = match brokers {
+            Some(b) => b,
             None => {
-                let bport = free_port();
-                let pport = free_port();
-                let proxy = TcpProxy::start(
-                    &format!("127.0.0.1:{pport}"),
-                    format!("127.0.0.1:{bport}").parse()?,
-                )
-                .await?;
-                let log = dir.join(format!("{name}-tansu.log"));
-                let broker = tokio::task::spawn_blocking(move || {
-                    LocalBroker::start(
-                        &format!("127.0.0.1:{bport}"),
+                broker_proxy = Some(
+                    TcpProxy::start(
                         &format!("127.0.0.1:{pport}"),
-                        &log,
+                        format!("127.0.0.1:{bport}").parse()?,
                     )
-                })
-                .await??;
-                (
-                    Some(broker),
-                    Some(proxy),
-                    bport,
-                    format!("127.0.0.1:{pport}"),
-                )
+                    .await?,
+                );
+                match sink {
+                    SinkKind::Kafka => {
+                        let log = dir.join(format!("{name}-tansu.log"));
+                        broker = Some(
+                            tokio::task::spawn_blocking(move || {
+                                LocalBroker::start(
+                                    &format!("127.0.0.1:{bport}"),
+                                    &format!("127.0.0.1:{pport}"),
+                                    &log,
+                                )
+                            })
+                            .await??,
+                        );
+                    }
+                    _ => {
+                        let data = dir.join(format!("{name}-data"));
+                        let _ = std::fs::remove_dir_all(&data);
+                        let log = dir.join(format!("{name}-{sink}.log"));
+                        let s = SinkServer::start(sink, bport, &data, &log)?;
+                        if sink == SinkKind::Nats {
+                            outboxd::verify::create_nats_stream(
+                                &s.url(),
+                                NATS_STREAM,
+                                &[&topic],
+                                Duration::from_secs(120),
+                            )
+                            .await?;
+                        }
+                        server = Some(s);
+                    }
+                }
+                format!("127.0.0.1:{pport}")
             }
         };
-        let topic = format!("torture-{name}");
         if broker.is_some() {
             create_topic(&brokers, &topic, PARTITIONS).await?;
         }
         Ok(Env {
-            name: name.into(),
+            name,
             db_name,
             db_url,
             pool,
             pg_proxy,
             broker_proxy,
+            sink,
             broker,
-            broker_port,
+            server,
+            broker_port: bport,
             brokers,
             topic,
             relay_env: Vec::new(),
@@ -226,7 +295,17 @@ impl Env {
         }
         cmd.env("RUST_LOG", "outboxd=info,warn")
             .env("OUTBOXD__DATABASE__URL", self.relay_db_url())
+            .env("OUTBOXD__SINK__KIND", self.sink.name())
             .env("OUTBOXD__KAFKA__BROKERS", &self.brokers)
+            .env("OUTBOXD__REDIS__URL", format!("redis://{}", self.brokers))
+            .env("OUTBOXD__REDIS__TIMEOUT_MS", "3000")
+            .env("OUTBOXD__REDIS__CONNECT_TIMEOUT_MS", "1000")
+            // Redis takes bulks up to 512 MB; a 1 MiB limit as NATS's default, so that the
+            // poison scenario's big rows are over it.
+            .env("OUTBOXD__REDIS__MAX_PAYLOAD_BYTES", "1048576")
+            .env("OUTBOXD__NATS__URL", format!("nats://{}", self.brokers))
+            .env("OUTBOXD__NATS__TIMEOUT_MS", "3000")
+            .env("OUTBOXD__NATS__CONNECT_TIMEOUT_MS", "1000")
             .env("OUTBOXD__METRICS__LISTEN", "")
             .env("OUTBOXD__RELAY__LEASE_TTL_MS", "3000")
             .env("OUTBOXD__KAFKA__STALL_TIMEOUT_MS", "5000")
@@ -273,53 +352,34 @@ impl Env {
         let stop = self.consumer_stop.clone();
         let consumed = self.consumed.clone();
         let consumer_errors = self.consumer_errors.clone();
-        self.consumer = Some(std::thread::spawn(move || {
-            let reader = loop {
-                match Reader::new(&brokers, &[&topic]) {
-                    Ok(r) => break r,
-                    Err(_) if !stop.load(Ordering::Relaxed) => {
-                        std::thread::sleep(Duration::from_millis(500))
+        let seen = move |records: Vec<Consumed>| note(&book, &consumed, records);
+        let direct = self.server.as_ref().map(SinkServer::url);
+        self.consumer = Some(match self.sink {
+            SinkKind::Redis => std::thread::spawn(move || {
+                consume_redis(direct.unwrap(), topic, stop, consumer_errors, seen)
+            }),
+            SinkKind::Nats => std::thread::spawn(move || {
+                consume_nats(direct.unwrap(), stop, consumer_errors, seen)
+            }),
+            SinkKind::Kafka => std::thread::spawn(move || {
+                let reader = loop {
+                    match Reader::new(&brokers, &[&topic]) {
+                        Ok(r) => break r,
+                        Err(_) if !stop.load(Ordering::Relaxed) => {
+                            std::thread::sleep(Duration::from_millis(500))
+                        }
+                        Err(_) => return,
                     }
-                    Err(_) => return,
-                }
-            };
-            while !stop.load(Ordering::Relaxed) {
-                let records = reader.poll_for(Duration::from_millis(100), 50_000);
-                consumer_errors.store(reader.errors().0, Ordering::Relaxed);
-                if records.is_empty() {
-                    continue;
-                }
-                let now = Instant::now();
-                let mut b = book.lock().unwrap();
-                for r in records {
-                    consumed.fetch_add(1, Ordering::Relaxed);
-                    let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
-                    let Some(seq) = v.get("seq").and_then(serde_json::Value::as_u64) else {
-                        continue;
-                    };
-                    if let Some(id) = r.header("outbox_id").and_then(|s| s.parse::<i64>().ok()) {
-                        b.max_outbox_id = b.max_outbox_id.max(id);
-                    }
-                    if let Some(expected) = v.get("spoof").and_then(serde_json::Value::as_str)
-                        && r.header("event_type") != Some(expected)
-                    {
-                        b.spoofed_headers_won += 1;
-                    }
-                    let key = (r.key.clone(), seq);
-                    let first = b
-                        .committed_at
-                        .get(&key)
-                        .copied()
-                        .map(|c| (now, now.saturating_duration_since(c)));
-                    b.ledger.seen(&r.key, seq);
-                    if let Some(l) = first {
-                        b.committed_at.remove(&key);
-                        b.latencies.push(l);
-                        b.sightings.push(now);
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let records = reader.poll_for(Duration::from_millis(100), 50_000);
+                    consumer_errors.store(reader.errors().0, Ordering::Relaxed);
+                    if !records.is_empty() {
+                        seen(records);
                     }
                 }
-            }
-        }));
+            }),
+        });
     }
 
     /// Stops the consumer.
@@ -351,6 +411,10 @@ impl Env {
     /// restarted too, from the beginning of the new broker's (empty) log: a consumer that
     /// kept its old offsets would skip the new log's first records.
     pub async fn restart_broker(&mut self) -> anyhow::Result<()> {
+        if let Some(server) = self.server.as_mut() {
+            // Redis and NATS keep their data: the consumer carries on where it was.
+            return tokio::task::block_in_place(|| server.restart());
+        }
         self.stop_consumer();
         if let Some(mut b) = self.broker.take() {
             b.stop();
@@ -369,6 +433,15 @@ impl Env {
         self.consumer_stop = Arc::new(AtomicBool::new(false));
         self.start_consumer();
         Ok(())
+    }
+
+    /// Sends `sig` to the sink's server process (SIGSTOP / SIGCONT: the sink paused).
+    pub fn signal_sink(&self, sig: Signal) {
+        if let Some(server) = &self.server {
+            server.signal(sig);
+        } else if let Some(broker) = &self.broker {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(broker.pid() as i32), sig);
+        }
     }
 
     /// Rows still pending, except those of `excluded` aggregates (held poison).

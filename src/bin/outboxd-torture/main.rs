@@ -12,10 +12,21 @@
 
 mod env;
 mod scenarios;
+mod sinks;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use outboxd::sink::SinkKind;
+
+fn parse_sink(s: &str) -> Result<SinkKind, String> {
+    match s {
+        "kafka" => Ok(SinkKind::Kafka),
+        "redis" => Ok(SinkKind::Redis),
+        "nats" => Ok(SinkKind::Nats),
+        other => Err(format!("{other:?}: kafka, redis or nats")),
+    }
+}
 
 /// Fault-injection harness for outboxd.
 #[derive(Debug, Parser)]
@@ -24,10 +35,14 @@ struct Args {
     /// `short` (CI) or `long`.
     #[arg(long, default_value = "short")]
     profile: String,
-    /// Scenarios to run (default: all): kill9, broker-restart, pg-restart, netcut, bloat,
-    /// late, poison, unknown-topic, sigterm, sigstop.
+    /// Scenarios to run (default: all): kill9, broker-restart, netcut, sink-pause, poison,
+    /// destination, sigterm, sigstop, pg-restart, bloat, late, unknown-topic.
     #[arg(long)]
     scenario: Vec<String>,
+    /// Sinks to run them against (default: kafka, redis and nats). A scenario that does
+    /// not concern a sink is skipped for it (see `scenarios::applies`).
+    #[arg(long, value_parser = parse_sink)]
+    sink: Vec<SinkKind>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/torture-report.json")]
     report: std::path::PathBuf,
@@ -63,9 +78,20 @@ async fn main() -> ExitCode {
     }
     let mut reports = Vec::new();
     let mut ok = true;
-    for name in &names {
+    let sinks = if args.sink.is_empty() {
+        vec![SinkKind::Kafka, SinkKind::Redis, SinkKind::Nats]
+    } else {
+        args.sink.clone()
+    };
+    let runs: Vec<(SinkKind, &String)> = sinks
+        .iter()
+        .flat_map(|sink| names.iter().map(move |n| (*sink, n)))
+        .filter(|(sink, n)| scenarios::applies(n, *sink))
+        .collect();
+    for (sink, scenario) in runs {
+        let name = format!("{scenario}/{sink}");
         eprintln!("[torture] {name}: running ({} profile)", profile.name);
-        match scenarios::run(name, &profile).await {
+        match scenarios::run(scenario, &profile, sink).await {
             Ok(r) => {
                 eprintln!(
                     "[torture] {name}: {} in {:.0} s — written {}, faults {}, lost {}, reordered {}, duplicates {} (bound {}), unexpected {}, dead-lettered {}",

@@ -10,6 +10,8 @@ use outboxd::chaos::Mode;
 use rand::RngExt;
 use serde::Serialize;
 
+use outboxd::sink::SinkKind;
+
 use crate::env::{Env, Generator, RelayProc};
 
 /// Scenario sizes.
@@ -45,6 +47,10 @@ pub struct Profile {
     pub sigstop_cycles: u32,
     /// SIGSTOP length (longer than every relay timeout).
     pub sigstop: Duration,
+    /// Times the sink server is paused (SIGSTOP).
+    pub sink_pauses: u32,
+    /// How long it stays paused (longer than the Redis and NATS send timeouts).
+    pub sink_pause: Duration,
 }
 
 impl Profile {
@@ -66,6 +72,8 @@ impl Profile {
             sigterm_cycles: 2,
             sigstop_cycles: 1,
             sigstop: Duration::from_secs(12),
+            sink_pauses: 2,
+            sink_pause: Duration::from_secs(6),
         }
     }
 
@@ -87,6 +95,8 @@ impl Profile {
             sigterm_cycles: 5,
             sigstop_cycles: 3,
             sigstop: Duration::from_secs(15),
+            sink_pauses: 6,
+            sink_pause: Duration::from_secs(8),
         }
     }
 }
@@ -320,43 +330,59 @@ fn new_report(name: &str) -> Report {
 pub const ALL: &[&str] = &[
     "kill9",
     "broker-restart",
-    "pg-restart",
     "netcut",
-    "bloat",
-    "late",
+    "sink-pause",
     "poison",
-    "unknown-topic",
+    "destination",
     "sigterm",
     "sigstop",
+    "pg-restart",
+    "bloat",
+    "late",
+    "unknown-topic",
 ];
 
-/// Runs one scenario by name.
-pub async fn run(name: &str, p: &Profile) -> anyhow::Result<Report> {
+/// Whether scenario `name` runs for `sink`. The PostgreSQL-side scenarios (`pg-restart`,
+/// `bloat`, `late`) do not depend on the sink and run with Kafka only; `unknown-topic`
+/// needs librdkafka's mock cluster; `destination` is Redis's and NATS's held
+/// destinations (Kafka's are in `unknown-topic`).
+pub fn applies(name: &str, sink: SinkKind) -> bool {
     match name {
-        "kill9" => kill9(p).await,
-        "broker-restart" => broker_restart(p).await,
-        "pg-restart" => pg_restart(p).await,
-        "netcut" => netcut(p).await,
-        "bloat" => bloat(p).await,
-        "late" => late(p).await,
-        "poison" => poison(p).await,
-        "unknown-topic" => unknown_topic(p).await,
-        "sigterm" => sigterm(p).await,
-        "sigstop" => sigstop(p).await,
+        "pg-restart" | "bloat" | "late" | "unknown-topic" => sink == SinkKind::Kafka,
+        "destination" => sink != SinkKind::Kafka,
+        _ => true,
+    }
+}
+
+/// Runs one scenario by name.
+pub async fn run(name: &str, p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
+    match name {
+        "kill9" => kill9(p, sink).await,
+        "broker-restart" => broker_restart(p, sink).await,
+        "pg-restart" => pg_restart(p, sink).await,
+        "netcut" => netcut(p, sink).await,
+        "sink-pause" => sink_pause(p, sink).await,
+        "bloat" => bloat(p, sink).await,
+        "late" => late(p, sink).await,
+        "poison" => poison(p, sink).await,
+        "destination" => destination(p, sink).await,
+        "unknown-topic" => unknown_topic(p, sink).await,
+        "sigterm" => sigterm(p, sink).await,
+        "sigstop" => sigstop(p, sink).await,
         other => anyhow::bail!("unknown scenario {other:?}; one of {ALL:?}"),
     }
 }
 
 /// `kill -9` of the relay at random moments, restarted each time.
-async fn kill9(p: &Profile) -> anyhow::Result<Report> {
+async fn kill9(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("kill9", None).await?;
+    let mut env = Env::new("kill9", sink, None).await?;
     env.start_consumer();
     // No instance id: the relay goes by its default name, the host's, as a restarted
     // systemd unit or Kubernetes container does.
     let mut relay = start_relay(&mut env, "").await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report("kill9");
+    let mut report = new_report(&env.name);
     let (mut to_lease, mut to_publish) = (Vec::new(), Vec::new());
     for _ in 0..p.kill_cycles {
         sleep(pause(300, 3_000)).await;
@@ -399,19 +425,31 @@ async fn kill9(p: &Profile) -> anyhow::Result<Report> {
     Ok(finish(env, Some(generator), vec![relay], started, report).await)
 }
 
-/// The broker process is killed and restarted while the relay runs. Tansu keeps records in
-/// memory only, so before each kill the relay is paused for a moment and the ledger
-/// consumer reads everything the broker acknowledged; the relay then resumes into a dead
-/// broker and rides out its restart.
-async fn broker_restart(p: &Profile) -> anyhow::Result<Report> {
+/// The sink's server is killed and restarted while the relay runs. Redis (append-only
+/// file, fsync always) and NATS (file store) keep what they acknowledged: they are
+/// `kill -9`ed under load. Tansu keeps records in memory only, so before each kill the
+/// relay is paused for a moment and the ledger consumer reads everything the broker
+/// acknowledged; the relay then resumes into a dead broker and rides out its restart.
+async fn broker_restart(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("broker-restart", None).await?;
+    let mut env = Env::new("broker-restart", sink, None).await?;
     env.start_consumer();
     let relay = start_relay(&mut env, "broker-restart").await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report("broker-restart");
+    let mut report = new_report(&env.name);
     for _ in 0..p.broker_restarts {
         sleep(Duration::from_secs(4)).await;
+        if sink != SinkKind::Kafka {
+            let t = Instant::now();
+            env.restart_broker().await?;
+            env.faults += 1;
+            report.notes.push(format!(
+                "{sink} server killed (-9) under load and restarted in {:.1} s",
+                t.elapsed().as_secs_f64()
+            ));
+            sleep(Duration::from_secs(6)).await;
+            continue;
+        }
         relay.signal(Signal::SIGSTOP);
         env.consumer_quiet(Duration::from_millis(1_500), Duration::from_secs(30))
             .await;
@@ -449,13 +487,13 @@ fn pg_ctl(action: &str) -> anyhow::Result<()> {
 }
 
 /// PostgreSQL is stopped (fast) and started again while the relay and the writers run.
-async fn pg_restart(p: &Profile) -> anyhow::Result<Report> {
+async fn pg_restart(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("pg-restart", None).await?;
+    let mut env = Env::new("pg-restart", sink, None).await?;
     env.start_consumer();
     let relay = start_relay(&mut env, "pg-restart").await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report("pg-restart");
+    let mut report = new_report(&env.name);
     for _ in 0..p.pg_restarts {
         sleep(Duration::from_secs(5)).await;
         let t = Instant::now();
@@ -478,13 +516,13 @@ async fn pg_restart(p: &Profile) -> anyhow::Result<Report> {
 
 /// TCP proxies between the relay and the broker and between the relay and PostgreSQL
 /// refuse or blackhole connections for a few seconds.
-async fn netcut(p: &Profile) -> anyhow::Result<Report> {
+async fn netcut(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("netcut", None).await?;
+    let mut env = Env::new("netcut", sink, None).await?;
     env.start_consumer();
     let relay = start_relay(&mut env, "netcut").await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report("netcut");
+    let mut report = new_report(&env.name);
     for _ in 0..p.netcut_rounds {
         for (target, mode, secs) in [
             ("broker", Mode::Refuse, 3),
@@ -506,6 +544,173 @@ async fn netcut(p: &Profile) -> anyhow::Result<Report> {
         }
     }
     sleep(Duration::from_secs(3)).await;
+    Ok(finish(env, Some(generator), vec![relay], started, report).await)
+}
+
+/// The sink's server is paused (SIGSTOP) for longer than the relay's send timeout, then
+/// resumed: sends in flight time out and go again, the paused server then runs the first
+/// copies late; nothing may be lost or put out of order.
+async fn sink_pause(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut env = Env::new("sink-pause", sink, None).await?;
+    env.start_consumer();
+    let relay = start_relay(&mut env, "sink-pause").await?;
+    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
+    let mut report = new_report(&env.name);
+    for _ in 0..p.sink_pauses {
+        sleep(Duration::from_secs(3)).await;
+        env.signal_sink(Signal::SIGSTOP);
+        sleep(p.sink_pause).await;
+        env.signal_sink(Signal::SIGCONT);
+        env.faults += 1;
+        report.notes.push(format!(
+            "{sink} server paused for {} s",
+            p.sink_pause.as_secs()
+        ));
+        sleep(Duration::from_secs(5)).await;
+    }
+    Ok(finish(env, Some(generator), vec![relay], started, report).await)
+}
+
+/// Destination-level faults on Redis and NATS during steady load: a stream key that holds
+/// another type (Redis `WRONGTYPE`), a subject no stream captures (NATS). The rows for
+/// that destination are held — not published, not dead-lettered — while every other
+/// aggregate flows; once the operator fixes the destination they go, in order.
+async fn destination(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut env = Env::new("destination", sink, None).await?;
+    env.start_consumer();
+    let relay = start_relay(&mut env, "destination").await?;
+    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
+    let mut report = new_report(&env.name);
+    let direct = env.server.as_ref().expect("a Redis or NATS server").url();
+    let held = match sink {
+        SinkKind::Redis => "torture:wrongtype".to_string(),
+        _ => "held.torture".to_string(),
+    };
+    if sink == SinkKind::Redis {
+        let mut conn = redis::Client::open(direct.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        redis::cmd("SET")
+            .arg(&held)
+            .arg("not a stream")
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    sleep(Duration::from_secs(3)).await;
+    let held_from = Instant::now();
+    let (aggs, per) = (["poison-held-a", "poison-held-b"], 5i64);
+    for seq in 1..=per {
+        for a in aggs {
+            sqlx::query(
+                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
+                 VALUES ('torture', $1, 'torture.held', $2, jsonb_build_object('seq', $3::int8))",
+            )
+            .bind(a)
+            .bind(&held)
+            .bind(seq)
+            .execute(&env.pool)
+            .await?;
+        }
+    }
+    env.faults += 1;
+    sleep(Duration::from_secs(8)).await;
+    let pending = |env: &Env| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM outbox WHERE aggregate_id LIKE 'poison-held-%' AND published_at IS NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(-1)
+        }
+    };
+    let total = aggs.len() as i64 * per;
+    let still = pending(&env).await;
+    if still != total {
+        report.failures.push(format!(
+            "{still} of {total} rows for the broken destination {held:?} pending (want all held)"
+        ));
+    }
+    report.notes.push(format!(
+        "{total} rows for {held:?} held for 8 s ({})",
+        match sink {
+            SinkKind::Redis => "the key holds a string",
+            _ => "no stream captures the subject",
+        }
+    ));
+    // The operator's fix.
+    let fixed = Instant::now();
+    match sink {
+        SinkKind::Redis => {
+            let mut conn = redis::Client::open(direct.as_str())?
+                .get_multiplexed_async_connection()
+                .await?;
+            redis::cmd("DEL")
+                .arg(&held)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        _ => {
+            outboxd::verify::create_nats_stream(&direct, "HELD", &[&held], Duration::from_secs(120))
+                .await?
+        }
+    }
+    while pending(&env).await > 0 && fixed.elapsed() < Duration::from_secs(60) {
+        sleep(Duration::from_millis(200)).await;
+    }
+    report.notes.push(format!(
+        "after the fix, the held rows went in {:.1} s",
+        fixed.elapsed().as_secs_f64()
+    ));
+    let idle = Duration::from_secs(1);
+    let records = match sink {
+        SinkKind::Redis => {
+            outboxd::verify::read_redis(&direct, &[&held], Duration::from_secs(10), idle, |_| false)
+                .await?
+        }
+        _ => {
+            outboxd::verify::read_nats(&direct, "HELD", Duration::from_secs(10), idle, |_| false)
+                .await?
+        }
+    };
+    let mut ledger = outboxd::verify::Ledger::default();
+    for a in aggs {
+        for seq in 1..=per {
+            ledger.written(a, seq as u64);
+        }
+    }
+    for r in &records {
+        let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap_or_default();
+        if let Some(seq) = v.get("seq").and_then(serde_json::Value::as_u64) {
+            ledger.seen(&r.key, seq);
+        }
+    }
+    let l = ledger.report();
+    if l.lost > 0 || l.reordered > 0 {
+        report.failures.push(format!(
+            "the held destination's records after the fix: {} lost, {} reordered",
+            l.lost, l.reordered
+        ));
+    }
+    {
+        let b = env.book.lock().unwrap();
+        let (before, during): (Vec<_>, Vec<_>) =
+            b.latencies.iter().partition(|(t, _)| *t < held_from);
+        let p99 =
+            |v: Vec<&(Instant, Duration)>| quantile_ms(v.into_iter().map(|x| x.1).collect(), 0.99);
+        let (b99, d99) = (p99(before), p99(during));
+        report.notes.push(format!(
+            "healthy aggregates' commit→sighting p99: {b99:.0} ms before, {d99:.0} ms while a destination was held"
+        ));
+        if d99 > (3.0 * b99).max(1_000.0) {
+            report.failures.push(format!(
+                "healthy aggregates delayed by the held destination: p99 {b99:.0} → {d99:.0} ms"
+            ));
+        }
+    }
     Ok(finish(env, Some(generator), vec![relay], started, report).await)
 }
 
@@ -579,13 +784,13 @@ fn steady_rate(env: &Env, from: Instant, to: Instant) -> f64 {
 
 /// A transaction holds back the xmin horizon (table bloat) while the load runs: throughput
 /// before, during and after, at the offered rate and for a burst.
-async fn bloat(p: &Profile) -> anyhow::Result<Report> {
+async fn bloat(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("bloat", None).await?;
+    let mut env = Env::new("bloat", sink, None).await?;
     env.start_consumer();
     let relay = start_relay(&mut env, "bloat").await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report("bloat");
+    let mut report = new_report(&env.name);
     let mut holder = None;
     for (phase, length) in [
         ("before", p.bloat_phase),
@@ -632,13 +837,13 @@ async fn bloat(p: &Profile) -> anyhow::Result<Report> {
 
 /// Transactions take a low id, hold it while later rows are published, then commit (or
 /// roll back); every committed one must arrive.
-async fn late(p: &Profile) -> anyhow::Result<Report> {
+async fn late(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("late", None).await?;
+    let mut env = Env::new("late", sink, None).await?;
     env.start_consumer();
     let relay = start_relay(&mut env, "late").await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report("late");
+    let mut report = new_report(&env.name);
     let (mut committed, mut rolled_back, mut truly_late) = (0, 0, 0);
     let mut seqs: HashMap<String, u64> = HashMap::new();
     for i in 0..p.late_txns {
@@ -694,7 +899,39 @@ struct Poison {
     headers: String,
 }
 
-fn poison_kinds(topic: &str) -> Vec<Poison> {
+/// The per-row poison each sink must dead-letter: too big for it, a destination name it
+/// refuses, headers that are not a flat JSON object of strings.
+fn poison_kinds(sink: SinkKind, topic: &str) -> Vec<Poison> {
+    let kinds = all_poison_kinds(topic);
+    let wanted: &[&str] = match sink {
+        SinkKind::Kafka => &[
+            "big-payload",
+            "big-bytes",
+            "big-header",
+            "bad-topic",
+            "dot-topic",
+            "long-topic",
+        ],
+        // Redis has no header limit of its own (fields are free) and takes any non-empty
+        // key; its size limit is redis.max_payload_bytes.
+        SinkKind::Redis => &["big-payload", "big-bytes", "empty-topic"],
+        // NATS counts headers in max_payload (1 MiB by default); subjects are tokens.
+        SinkKind::Nats => &[
+            "big-payload",
+            "big-bytes",
+            "big-header",
+            "bad-topic",
+            "dot-topic",
+            "wildcard-topic",
+        ],
+    };
+    kinds
+        .into_iter()
+        .filter(|k| k.class == "malformed_row" || wanted.contains(&k.kind))
+        .collect()
+}
+
+fn all_poison_kinds(topic: &str) -> Vec<Poison> {
     let p = |kind, class, topic: Option<&str>, payload, headers: &str| Poison {
         kind,
         class,
@@ -725,6 +962,14 @@ fn poison_kinds(topic: &str) -> Vec<Poison> {
             "{}",
         ),
         p("dot-topic", "invalid_topic", Some("."), "small", "{}"),
+        p("empty-topic", "invalid_topic", Some(""), "small", "{}"),
+        p(
+            "wildcard-topic",
+            "invalid_topic",
+            Some("torture.*"),
+            "small",
+            "{}",
+        ),
         p("long-topic", "invalid_topic", None, "small", "{}"),
         p(
             "number-header",
@@ -763,7 +1008,7 @@ fn poison_kinds(topic: &str) -> Vec<Poison> {
 async fn write_poison(env: &Env, round: u32) -> anyhow::Result<Vec<(uuid::Uuid, &'static str)>> {
     let mut out = Vec::new();
     let long_topic = "t".repeat(250);
-    for k in poison_kinds(&env.topic) {
+    for k in poison_kinds(env.sink, &env.topic) {
         let agg = format!("poison-{}-{round}", k.kind);
         let topic = k.topic.clone().unwrap_or_else(|| long_topic.clone());
         let payload = if k.payload == "big" {
@@ -821,13 +1066,13 @@ async fn write_poison(env: &Env, round: u32) -> anyhow::Result<Vec<(uuid::Uuid, 
 
 /// Poison rows of every kind during steady load: each must be dead-lettered with its
 /// reason, its aggregate held, and no other aggregate delayed.
-async fn poison(p: &Profile) -> anyhow::Result<Report> {
+async fn poison(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("poison", None).await?;
+    let mut env = Env::new("poison", sink, None).await?;
     env.start_consumer();
     let relay = start_relay(&mut env, "poison").await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report("poison");
+    let mut report = new_report(&env.name);
     sleep(Duration::from_secs(5)).await;
     let poison_from = Instant::now();
     let mut poisoned = Vec::new();
@@ -915,12 +1160,12 @@ async fn check_dead_letters(
 
 /// Faults a real broker cannot stage, on librdkafka's mock cluster: a topic that does not
 /// exist (auto-creation off) and a topic the relay may not write.
-async fn unknown_topic(p: &Profile) -> anyhow::Result<Report> {
+async fn unknown_topic(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::RDKafkaRespErr;
     let started = Instant::now();
     let mock = MockCluster::new(1)?;
-    let mut env = Env::new("unknown-topic", Some(mock.bootstrap_servers())).await?;
+    let mut env = Env::new("unknown-topic", sink, Some(mock.bootstrap_servers())).await?;
     mock.create_topic(&env.topic, crate::env::PARTITIONS, 1)?;
     mock.topic_error(
         "missing-topic",
@@ -937,7 +1182,7 @@ async fn unknown_topic(p: &Profile) -> anyhow::Result<Report> {
     env.start_consumer();
     let relay = start_relay(&mut env, "unknown-topic").await?;
     let generator = Generator::start(&env, p.aggregates.min(100), p.rate.min(200), 2, 100);
-    let mut report = new_report("unknown-topic");
+    let mut report = new_report(&env.name);
     sleep(Duration::from_secs(3)).await;
     let mut poisoned = Vec::new();
     for (agg, topic, class) in [
@@ -973,15 +1218,15 @@ async fn unknown_topic(p: &Profile) -> anyhow::Result<Report> {
 }
 
 /// SIGTERM under load: exit 0 within `relay.shutdown_timeout_ms`, then a new relay carries on.
-async fn sigterm(p: &Profile) -> anyhow::Result<Report> {
+async fn sigterm(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("sigterm", None).await?;
+    let mut env = Env::new("sigterm", sink, None).await?;
     env.relay_env
         .push(("OUTBOXD__RELAY__SHUTDOWN_TIMEOUT_MS".into(), "5000".into()));
     env.start_consumer();
     let mut relay = start_relay(&mut env, "sigterm").await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report("sigterm");
+    let mut report = new_report(&env.name);
     let mut took = Vec::new();
     for _ in 0..p.sigterm_cycles {
         sleep(pause(2_000, 4_000)).await;
@@ -1020,9 +1265,9 @@ async fn lease_owner(env: &Env) -> String {
 /// Two relays, one standing by. The active one is SIGSTOPped for longer than any relay
 /// timeout (lease, message, stall): the standby takes over; when the stopped one wakes up
 /// its lease is gone, its writes are fenced, and it must not publish out of order.
-async fn sigstop(p: &Profile) -> anyhow::Result<Report> {
+async fn sigstop(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("sigstop", None).await?;
+    let mut env = Env::new("sigstop", sink, None).await?;
     env.relay_env.push((
         "OUTBOXD__KAFKA__PRODUCER__MESSAGE.TIMEOUT.MS".into(),
         "5000".into(),
@@ -1032,7 +1277,7 @@ async fn sigstop(p: &Profile) -> anyhow::Result<Report> {
     let b = env.spawn_relay("sigstop-b")?;
     let relays = HashMap::from([("sigstop-a".to_string(), a), ("sigstop-b".to_string(), b)]);
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report("sigstop");
+    let mut report = new_report(&env.name);
     for _ in 0..p.sigstop_cycles {
         sleep(Duration::from_secs(3)).await;
         let owner = lease_owner(&env).await;
