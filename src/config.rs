@@ -166,6 +166,11 @@ pub struct RedisConfig {
     /// `record_too_large`. Set it to the server's `proto-max-bulk-len` if you changed
     /// that (a bigger argument makes Redis close the connection).
     pub max_payload_bytes: u64,
+    /// Idempotent `XADD` (`IDMP outboxd <event_id>`) when the server is Redis 8.6 or
+    /// later, so that a resend of an event the stream already holds adds nothing; older
+    /// servers get a plain `XADD` (resends are duplicates consumers drop by `event_id`).
+    /// `false`: never.
+    pub idmp: bool,
 }
 
 impl Default for RedisConfig {
@@ -182,6 +187,7 @@ impl Default for RedisConfig {
             maxlen: 0,
             min_age_secs: 0,
             max_payload_bytes: 512 * 1024 * 1024,
+            idmp: true,
         }
     }
 }

@@ -51,7 +51,8 @@ pub struct DemoArgs {
     pub sink: Option<SinkKind>,
 }
 
-fn parse_sink(s: &str) -> Result<SinkKind, String> {
+/// A sink by its name (`kafka`, `redis`, `nats`), for command-line arguments.
+pub fn parse_sink(s: &str) -> Result<SinkKind, String> {
     SinkKind::ALL
         .into_iter()
         .find(|k| k.name() == s)

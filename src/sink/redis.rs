@@ -21,6 +21,15 @@
 //! acknowledged): its last copy may still appear after its successors; its dead letter
 //! says "timeout" as its last error.
 //!
+//! Idempotent adds. On Redis 8.6 and later (`redis.idmp`, on by default) every `XADD`
+//! carries `IDMP outboxd <event_id>`: one producer id for every relay of the outbox (a
+//! standby that takes over resends under the same id), the event id as the idempotent id,
+//! so a resend of an event the stream still remembers adds nothing and is acknowledged
+//! with the first entry's id. The stream remembers `IDMP-MAXSIZE` ids per producer (100
+//! by default, up to 10,000 with `XCFGSET`) for `IDMP-DURATION` seconds: beyond that a
+//! resend is again a duplicate. The server's version is read once, with `INFO server`
+//! (a user who may not run it gets plain adds).
+//!
 //! Classification (the one place for Redis):
 //!
 //! | What Redis says | Kind | Class |
@@ -38,6 +47,7 @@
 //! | anything else | transient (counted) | `transient` |
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -56,6 +66,25 @@ pub struct RedisSink {
     health: Arc<Health>,
     tls: bool,
     user: String,
+    /// Whether the server takes `XADD IDMP`: [`IDMP_UNKNOWN`] until read.
+    idmp: Arc<AtomicU8>,
+}
+
+const IDMP_UNKNOWN: u8 = 0;
+const IDMP_NO: u8 = 1;
+const IDMP_YES: u8 = 2;
+
+/// Whether a server whose `INFO server` says `info` takes `XADD … IDMP` (Redis 8.6+).
+pub fn supports_idmp(info: &str) -> bool {
+    let Some(version) = info.lines().find_map(|l| l.strip_prefix("redis_version:")) else {
+        return false;
+    };
+    let mut parts = version
+        .trim()
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (8, 6)
 }
 
 impl RedisSink {
@@ -82,18 +111,22 @@ impl RedisSink {
             health,
             tls: cfg.url.starts_with("rediss://"),
             user,
+            idmp: Arc::new(AtomicU8::new(if cfg.idmp { IDMP_UNKNOWN } else { IDMP_NO })),
         })
     }
 
-    /// The `XADD` for one message.
-    fn xadd(&self, message: &Message<'_>) -> redis::Cmd {
+    /// The `XADD` for one message; with `idmp`, idempotent under `event_id`.
+    fn xadd(config: &RedisConfig, message: &Message<'_>, idmp: Option<&str>) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(message.topic);
-        if self.config.maxlen > 0 {
-            cmd.arg("MAXLEN").arg("~").arg(self.config.maxlen);
-        } else if self.config.min_age_secs > 0 {
+        if let Some(event_id) = idmp {
+            cmd.arg("IDMP").arg("outboxd").arg(event_id);
+        }
+        if config.maxlen > 0 {
+            cmd.arg("MAXLEN").arg("~").arg(config.maxlen);
+        } else if config.min_age_secs > 0 {
             let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-            let min = now_ms.saturating_sub(self.config.min_age_secs * 1_000);
+            let min = now_ms.saturating_sub(config.min_age_secs * 1_000);
             cmd.arg("MINID").arg("~").arg(format!("{min}-0"));
         }
         cmd.arg("*").arg("payload").arg(message.payload);
@@ -107,7 +140,10 @@ impl RedisSink {
     }
 
     /// The message for a row, or why the row cannot be sent.
-    fn message<'a>(&self, row: &'a OutboxRow) -> Result<Message<'a>, PublishFailure> {
+    fn message<'a>(
+        config: &RedisConfig,
+        row: &'a OutboxRow,
+    ) -> Result<Message<'a>, PublishFailure> {
         if row.topic.is_empty() {
             return Err(PublishFailure::invalid_destination(
                 SinkKind::Redis,
@@ -116,14 +152,14 @@ impl RedisSink {
             ));
         }
         let message = Message::from_row(row)?;
-        if message.payload.len() as u64 > self.config.max_payload_bytes {
+        if message.payload.len() as u64 > config.max_payload_bytes {
             return Err(PublishFailure::new(
                 FailureKind::Permanent,
                 "record_too_large",
                 format!(
                     "payload of {} bytes is over redis.max_payload_bytes ({})",
                     message.payload.len(),
-                    self.config.max_payload_bytes
+                    config.max_payload_bytes
                 ),
             ));
         }
@@ -225,6 +261,36 @@ pub fn check_config(cfg: &RedisConfig) -> Vec<String> {
     e
 }
 
+/// Reads once whether the server takes `XADD IDMP`; leaves it unknown if the server
+/// did not answer (the next batch asks again).
+async fn learn_idmp(conn: &mut ConnectionManager, idmp: &AtomicU8) {
+    match redis::cmd("INFO")
+        .arg("server")
+        .query_async::<String>(conn)
+        .await
+    {
+        Ok(info) => {
+            let yes = supports_idmp(&info);
+            idmp.store(if yes { IDMP_YES } else { IDMP_NO }, Ordering::Relaxed);
+            tracing::info!(
+                idempotent = yes,
+                "Redis {}: XADD {}.",
+                info.lines()
+                    .find_map(|l| l.strip_prefix("redis_version:"))
+                    .unwrap_or("?")
+                    .trim(),
+                if yes {
+                    "with IDMP (resends add nothing)"
+                } else {
+                    "without IDMP (Redis 8.6+ has it; resends are duplicates consumers drop by event_id)"
+                }
+            );
+        }
+        Err(e) if e.code() == Some("NOPERM") => idmp.store(IDMP_NO, Ordering::Relaxed),
+        Err(_) => {}
+    }
+}
+
 /// Classifies a Redis error, once, for the whole sink.
 pub fn classify(error: &RedisError) -> PublishFailure {
     let message = error.to_string();
@@ -295,24 +361,31 @@ impl Sink for RedisSink {
     }
 
     fn send(&self, batch: Arc<Batch>) {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut sent = Vec::with_capacity(batch.rows().len());
-        for (i, row) in batch.rows().iter().enumerate() {
-            match self.message(row) {
-                Ok(m) => {
-                    pipe.add_command(self.xadd(&m));
-                    sent.push(i);
-                }
-                Err(f) => batch.failed(i, f),
-            }
-        }
-        if sent.is_empty() {
-            return;
-        }
         let mut conn = self.conn.clone();
         let health = self.health.clone();
+        let config = self.config.clone();
+        let idmp = self.idmp.clone();
         tokio::spawn(async move {
+            if idmp.load(Ordering::Relaxed) == IDMP_UNKNOWN {
+                learn_idmp(&mut conn, &idmp).await;
+            }
+            let idmp = idmp.load(Ordering::Relaxed) == IDMP_YES;
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            let mut sent = Vec::with_capacity(batch.rows().len());
+            for (i, row) in batch.rows().iter().enumerate() {
+                match Self::message(&config, row) {
+                    Ok(m) => {
+                        let event_id = idmp.then(|| row.event_id.to_string());
+                        pipe.add_command(Self::xadd(&config, &m, event_id.as_deref()));
+                        sent.push(i);
+                    }
+                    Err(f) => batch.failed(i, f),
+                }
+            }
+            if sent.is_empty() {
+                return;
+            }
             match pipe.query_async::<Vec<Value>>(&mut conn).await {
                 Ok(replies) => {
                     let mut replies = replies.into_iter();
@@ -346,7 +419,7 @@ impl Sink for RedisSink {
 
     fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {
         let message = Message::dead_letter(row, topic, class, reason);
-        let cmd = self.xadd(&message);
+        let cmd = Self::xadd(&self.config, &message, None);
         let mut conn = self.conn.clone();
         tokio::spawn(async move {
             if let Err(e) = cmd.query_async::<Value>(&mut conn).await {
@@ -408,5 +481,64 @@ impl Sink for RedisSink {
         // Nothing is queued in the client: every pipeline is a task whose outcome the
         // poller waits for.
         Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idmp_is_used_from_redis_8_6_on() {
+        assert!(supports_idmp(
+            "# Server\r\nredis_version:8.6.0\r\nredis_mode:standalone\r\n"
+        ));
+        assert!(supports_idmp("redis_version:9.0.1\r\n"));
+        assert!(!supports_idmp("redis_version:8.4.2\r\n"));
+        assert!(!supports_idmp("redis_version:7.0.15\r\n"));
+        assert!(!supports_idmp("# Server\r\n"));
+    }
+
+    fn args(cmd: &redis::Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<other>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_idempotent_xadd_names_the_producer_and_the_event_before_trimming_and_the_id() {
+        let cfg = RedisConfig {
+            maxlen: 1_000,
+            ..RedisConfig::default()
+        };
+        let m = Message {
+            topic: "user:events",
+            payload: b"{}",
+            headers: vec![("event_id".into(), "e-1".into())],
+        };
+        let idempotent = args(&RedisSink::xadd(&cfg, &m, Some("e-1")));
+        assert_eq!(
+            idempotent,
+            [
+                "XADD",
+                "user:events",
+                "IDMP",
+                "outboxd",
+                "e-1",
+                "MAXLEN",
+                "~",
+                "1000",
+                "*",
+                "payload",
+                "{}",
+                "event_id",
+                "e-1"
+            ]
+        );
+        let plain = args(&RedisSink::xadd(&cfg, &m, None));
+        assert_eq!(plain[..3], ["XADD", "user:events", "MAXLEN"]);
     }
 }

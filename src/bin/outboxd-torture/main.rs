@@ -19,15 +19,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use outboxd::sink::SinkKind;
 
-fn parse_sink(s: &str) -> Result<SinkKind, String> {
-    match s {
-        "kafka" => Ok(SinkKind::Kafka),
-        "redis" => Ok(SinkKind::Redis),
-        "nats" => Ok(SinkKind::Nats),
-        other => Err(format!("{other:?}: kafka, redis or nats")),
-    }
-}
-
 /// Fault-injection harness for outboxd.
 #[derive(Debug, Parser)]
 #[command(name = "outboxd-torture", about, long_about = None)]
@@ -41,7 +32,7 @@ struct Args {
     scenario: Vec<String>,
     /// Sinks to run them against (default: kafka, redis and nats). A scenario that does
     /// not concern a sink is skipped for it (see `scenarios::applies`).
-    #[arg(long, value_parser = parse_sink)]
+    #[arg(long, value_parser = outboxd::demo::parse_sink)]
     sink: Vec<SinkKind>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/torture-report.json")]

@@ -180,6 +180,40 @@ async fn start_relay(env: &mut Env, instance: &str) -> anyhow::Result<RelayProc>
     Ok(relay)
 }
 
+/// A scenario's world under steady load: the ledger consumer reading, a relay holding
+/// the lease (instance id = the scenario's name), the load generator writing; and its
+/// report.
+async fn under_load(
+    name: &str,
+    sink: SinkKind,
+    p: &Profile,
+) -> anyhow::Result<(Env, RelayProc, Generator, Report)> {
+    let mut env = Env::new(name, sink, None).await?;
+    env.start_consumer();
+    let relay = start_relay(&mut env, name).await?;
+    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
+    let report = new_report(&env.name);
+    Ok((env, relay, generator, report))
+}
+
+/// Fails the report if healthy aggregates' commit→sighting p99 from `from` on is worse
+/// than 3× (or 1 s) what it was before; `what` names the fault in the note.
+fn healthy_not_delayed(env: &Env, from: Instant, what: &str, report: &mut Report) {
+    let b = env.book.lock().unwrap();
+    let (before, during): (Vec<_>, Vec<_>) = b.latencies.iter().partition(|(t, _)| *t < from);
+    let p99 =
+        |v: Vec<&(Instant, Duration)>| quantile_ms(v.into_iter().map(|x| x.1).collect(), 0.99);
+    let (b99, d99) = (p99(before), p99(during));
+    report.notes.push(format!(
+        "healthy aggregates' commit→sighting p99: {b99:.0} ms before, {d99:.0} ms while {what}"
+    ));
+    if d99 > (3.0 * b99).max(1_000.0) {
+        report.failures.push(format!(
+            "healthy aggregates delayed while {what}: p99 {b99:.0} → {d99:.0} ms"
+        ));
+    }
+}
+
 fn quantile_ms(mut v: Vec<Duration>, q: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -432,11 +466,7 @@ async fn kill9(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
 /// acknowledged; the relay then resumes into a dead broker and rides out its restart.
 async fn broker_restart(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("broker-restart", sink, None).await?;
-    env.start_consumer();
-    let relay = start_relay(&mut env, "broker-restart").await?;
-    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report(&env.name);
+    let (mut env, relay, generator, mut report) = under_load("broker-restart", sink, p).await?;
     for _ in 0..p.broker_restarts {
         sleep(Duration::from_secs(4)).await;
         if sink != SinkKind::Kafka {
@@ -489,11 +519,7 @@ fn pg_ctl(action: &str) -> anyhow::Result<()> {
 /// PostgreSQL is stopped (fast) and started again while the relay and the writers run.
 async fn pg_restart(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("pg-restart", sink, None).await?;
-    env.start_consumer();
-    let relay = start_relay(&mut env, "pg-restart").await?;
-    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report(&env.name);
+    let (mut env, relay, generator, mut report) = under_load("pg-restart", sink, p).await?;
     for _ in 0..p.pg_restarts {
         sleep(Duration::from_secs(5)).await;
         let t = Instant::now();
@@ -518,11 +544,7 @@ async fn pg_restart(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
 /// refuse or blackhole connections for a few seconds.
 async fn netcut(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("netcut", sink, None).await?;
-    env.start_consumer();
-    let relay = start_relay(&mut env, "netcut").await?;
-    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report(&env.name);
+    let (mut env, relay, generator, mut report) = under_load("netcut", sink, p).await?;
     for _ in 0..p.netcut_rounds {
         for (target, mode, secs) in [
             ("broker", Mode::Refuse, 3),
@@ -552,11 +574,7 @@ async fn netcut(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
 /// copies late; nothing may be lost or put out of order.
 async fn sink_pause(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("sink-pause", sink, None).await?;
-    env.start_consumer();
-    let relay = start_relay(&mut env, "sink-pause").await?;
-    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report(&env.name);
+    let (mut env, relay, generator, mut report) = under_load("sink-pause", sink, p).await?;
     for _ in 0..p.sink_pauses {
         sleep(Duration::from_secs(3)).await;
         env.signal_sink(Signal::SIGSTOP);
@@ -578,11 +596,7 @@ async fn sink_pause(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
 /// aggregate flows; once the operator fixes the destination they go, in order.
 async fn destination(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("destination", sink, None).await?;
-    env.start_consumer();
-    let relay = start_relay(&mut env, "destination").await?;
-    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report(&env.name);
+    let (mut env, relay, generator, mut report) = under_load("destination", sink, p).await?;
     let direct = env.server.as_ref().expect("a Redis or NATS server").url();
     let held = match sink {
         SinkKind::Redis => "torture:wrongtype".to_string(),
@@ -695,22 +709,7 @@ async fn destination(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
             l.lost, l.reordered
         ));
     }
-    {
-        let b = env.book.lock().unwrap();
-        let (before, during): (Vec<_>, Vec<_>) =
-            b.latencies.iter().partition(|(t, _)| *t < held_from);
-        let p99 =
-            |v: Vec<&(Instant, Duration)>| quantile_ms(v.into_iter().map(|x| x.1).collect(), 0.99);
-        let (b99, d99) = (p99(before), p99(during));
-        report.notes.push(format!(
-            "healthy aggregates' commit→sighting p99: {b99:.0} ms before, {d99:.0} ms while a destination was held"
-        ));
-        if d99 > (3.0 * b99).max(1_000.0) {
-            report.failures.push(format!(
-                "healthy aggregates delayed by the held destination: p99 {b99:.0} → {d99:.0} ms"
-            ));
-        }
-    }
+    healthy_not_delayed(&env, held_from, "a destination was held", &mut report);
     Ok(finish(env, Some(generator), vec![relay], started, report).await)
 }
 
@@ -786,11 +785,7 @@ fn steady_rate(env: &Env, from: Instant, to: Instant) -> f64 {
 /// before, during and after, at the offered rate and for a burst.
 async fn bloat(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("bloat", sink, None).await?;
-    env.start_consumer();
-    let relay = start_relay(&mut env, "bloat").await?;
-    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report(&env.name);
+    let (env, relay, generator, mut report) = under_load("bloat", sink, p).await?;
     let mut holder = None;
     for (phase, length) in [
         ("before", p.bloat_phase),
@@ -839,11 +834,7 @@ async fn bloat(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
 /// roll back); every committed one must arrive.
 async fn late(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("late", sink, None).await?;
-    env.start_consumer();
-    let relay = start_relay(&mut env, "late").await?;
-    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report(&env.name);
+    let (mut env, relay, generator, mut report) = under_load("late", sink, p).await?;
     let (mut committed, mut rolled_back, mut truly_late) = (0, 0, 0);
     let mut seqs: HashMap<String, u64> = HashMap::new();
     for i in 0..p.late_txns {
@@ -1068,11 +1059,7 @@ async fn write_poison(env: &Env, round: u32) -> anyhow::Result<Vec<(uuid::Uuid, 
 /// reason, its aggregate held, and no other aggregate delayed.
 async fn poison(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("poison", sink, None).await?;
-    env.start_consumer();
-    let relay = start_relay(&mut env, "poison").await?;
-    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
-    let mut report = new_report(&env.name);
+    let (mut env, relay, generator, mut report) = under_load("poison", sink, p).await?;
     sleep(Duration::from_secs(5)).await;
     let poison_from = Instant::now();
     let mut poisoned = Vec::new();
@@ -1103,20 +1090,8 @@ async fn poison(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
                 b.spoofed_headers_won
             ));
         }
-        let (before, during): (Vec<_>, Vec<_>) =
-            b.latencies.iter().partition(|(t, _)| *t < poison_from);
-        let p99 =
-            |v: Vec<&(Instant, Duration)>| quantile_ms(v.into_iter().map(|x| x.1).collect(), 0.99);
-        let (b99, d99) = (p99(before), p99(during));
-        report.notes.push(format!(
-            "healthy aggregates' commit→sighting p99: {b99:.0} ms before the poison, {d99:.0} ms while it was written"
-        ));
-        if d99 > (3.0 * b99).max(1_000.0) {
-            report.failures.push(format!(
-                "healthy aggregates delayed by poison: p99 {b99:.0} → {d99:.0} ms"
-            ));
-        }
     }
+    healthy_not_delayed(&env, poison_from, "poison was written", &mut report);
     Ok(finish(env, Some(generator), vec![relay], started, report).await)
 }
 
