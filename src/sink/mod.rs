@@ -223,6 +223,64 @@ pub trait Sink: Send + Sync + 'static {
     fn flush(&self, timeout: Duration) -> BoxFuture<'static, ()>;
 }
 
+/// Where a sink's `send` hands batches: a task that passes them on to `send` in groups,
+/// at most `in_flight` groups outstanding; batches handed over while it waits for a free
+/// one go together (up to `max_rows` rows a group).
+///
+/// Why a sink wants this: the relay sends an aggregate's next row only after the previous
+/// one's acknowledgement, so when every batch is sent on its own, acknowledgements of
+/// small batches release small batches, and a drain settles into many tiny sends and as
+/// many statements marking them (Redis: 60–146 statements per 1,000 events before, 2.7
+/// after; docs/performance.md).
+pub fn coalescing<F, Fut>(
+    in_flight: usize,
+    max_rows: usize,
+    send: F,
+) -> tokio::sync::mpsc::UnboundedSender<Arc<Batch>>
+where
+    F: Fn(Vec<Arc<Batch>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut queue) = tokio::sync::mpsc::unbounded_channel::<Arc<Batch>>();
+    tokio::spawn(async move {
+        let slots = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+        while let Some(first) = queue.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let mut rows = first.rows().len();
+            let mut batches = vec![first];
+            while rows < max_rows {
+                match queue.try_recv() {
+                    Ok(b) => {
+                        rows += b.rows().len();
+                        batches.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let group = send(batches);
+            tokio::spawn(async move {
+                group.await;
+                drop(slot);
+            });
+        }
+    });
+    tx
+}
+
+/// Hands `batch` to a [`coalescing`] queue; if the queue is gone (the runtime is shutting
+/// down) its rows fail as transient and are sent again later.
+pub fn enqueue(queue: &tokio::sync::mpsc::UnboundedSender<Arc<Batch>>, batch: Arc<Batch>) {
+    if let Err(unsent) = queue.send(batch) {
+        unsent.0.fail_rest(&PublishFailure::new(
+            FailureKind::Transient,
+            "broker_unavailable",
+            "the sink's sender has stopped",
+        ));
+    }
+}
+
 /// Builds the configured sink. Connections are made in the background: a broker that is
 /// down only delays publishing (rows stay pending); a configuration it cannot use at all
 /// (an unreadable certificate, a bad URL) is an error here.

@@ -7,8 +7,10 @@
 //! can wait between two sends — with the default retry settings a minute — so that every
 //! resend of an event inside it is dropped by the server (the PubAck says `duplicate`).
 //!
-//! Sends. A batch is one task: every message of the batch is written to the connection
-//! in order, then the task waits for all their PubAcks together; each settles its row.
+//! Sends. Up to [`GROUPS_IN_FLIGHT`] groups of batches are out at once; batches handed
+//! over meanwhile go together in the next group ([`super::coalescing`] says why). A group
+//! writes every message to the connection in order, then waits for all their PubAcks
+//! together; each settles its row.
 //!
 //! Unknown outcomes and late copies. A publish without a PubAck within `nats.timeout_ms`,
 //! or whose connection dropped, fails as a transient `timeout` / `broker_unavailable` and
@@ -50,6 +52,8 @@ use crate::outbox::store::OutboxRow;
 
 /// The NATS JetStream sink.
 pub struct NatsSink {
+    /// To the publishing task ([`super::coalescing`]).
+    batches: tokio::sync::mpsc::UnboundedSender<Arc<Batch>>,
     client: async_nats::Client,
     js: Context,
     config: NatsConfig,
@@ -93,6 +97,56 @@ async fn connect_options(cfg: &NatsConfig) -> anyhow::Result<async_nats::Connect
         _ => anyhow::bail!("nats.cert_file and nats.key_file go together: set both or neither"),
     }
     Ok(opts)
+}
+
+/// Publishes in flight at once (each a group of batches); batches handed over meanwhile
+/// wait and go together.
+const GROUPS_IN_FLIGHT: usize = 4;
+
+/// Messages in one group, at most.
+const GROUP_ROWS: usize = 5_000;
+
+/// Publishes every row of `batches` in order, then waits for their PubAcks together; each
+/// settles its row.
+async fn publish(js: jetstream::Context, batches: Vec<Arc<Batch>>) {
+    let mut acks = Vec::new();
+    for batch in &batches {
+        for (i, row) in batch.rows().iter().enumerate() {
+            if let Err(why) = SinkKind::Nats.validate_destination(&row.topic) {
+                batch.failed(
+                    i,
+                    PublishFailure::invalid_destination(SinkKind::Nats, &row.topic, &why),
+                );
+                continue;
+            }
+            let prepared = Message::from_row(row).and_then(|m| Ok((headers(&m)?, m.payload)));
+            let (headers, payload) = match prepared {
+                Ok(p) => p,
+                Err(f) => {
+                    batch.failed(i, f);
+                    continue;
+                }
+            };
+            let message = jetstream::message::PublishMessage::build()
+                .payload(bytes::Bytes::copy_from_slice(payload))
+                .headers(headers);
+            match js.send_publish(row.topic.clone(), message).await {
+                Ok(ack) => acks.push((batch, i, ack)),
+                Err(e) => batch.failed(i, classify(&e)),
+            }
+        }
+    }
+    let results = futures::future::join_all(
+        acks.into_iter()
+            .map(|(batch, i, ack)| async move { (batch, i, ack.await) }),
+    )
+    .await;
+    for (batch, i, result) in results {
+        match result {
+            Ok(_) => batch.acked(i),
+            Err(e) => batch.failed(i, classify(&e)),
+        }
+    }
 }
 
 /// The words for a refused connection, naming the keys to fix.
@@ -148,7 +202,12 @@ impl NatsSink {
             .max_ack_inflight(1 << 20)
             .backpressure_on_inflight(true)
             .build(client.clone());
+        let publisher = js.clone();
+        let batches = super::coalescing(GROUPS_IN_FLIGHT, GROUP_ROWS, move |batches| {
+            publish(publisher.clone(), batches)
+        });
         Ok(Self {
+            batches,
             client,
             js,
             config: cfg.clone(),
@@ -313,45 +372,7 @@ impl Sink for NatsSink {
     }
 
     fn send(&self, batch: Arc<Batch>) {
-        let js = self.js.clone();
-        tokio::spawn(async move {
-            let mut acks = Vec::with_capacity(batch.rows().len());
-            for (i, row) in batch.rows().iter().enumerate() {
-                if let Err(why) = SinkKind::Nats.validate_destination(&row.topic) {
-                    batch.failed(
-                        i,
-                        PublishFailure::invalid_destination(SinkKind::Nats, &row.topic, &why),
-                    );
-                    continue;
-                }
-                let prepared = Message::from_row(row).and_then(|m| Ok((headers(&m)?, m.payload)));
-                let (headers, payload) = match prepared {
-                    Ok(p) => p,
-                    Err(f) => {
-                        batch.failed(i, f);
-                        continue;
-                    }
-                };
-                let publish = jetstream::message::PublishMessage::build()
-                    .payload(bytes::Bytes::copy_from_slice(payload))
-                    .headers(headers);
-                match js.send_publish(row.topic.clone(), publish).await {
-                    Ok(ack) => acks.push((i, ack)),
-                    Err(e) => batch.failed(i, classify(&e)),
-                }
-            }
-            let results = futures::future::join_all(
-                acks.into_iter()
-                    .map(|(i, ack)| async move { (i, ack.await) }),
-            )
-            .await;
-            for (i, result) in results {
-                match result {
-                    Ok(_) => batch.acked(i),
-                    Err(e) => batch.failed(i, classify(&e)),
-                }
-            }
-        });
+        super::enqueue(&self.batches, batch);
     }
 
     fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {

@@ -1,11 +1,11 @@
 //! The Redis Streams sink: one `XADD <topic> * payload … event_id … created_at …` per
 //! event, the stream key being the row's topic.
 //!
-//! Sends. A batch is one pipeline on the shared multiplexed connection (the `redis`
-//! crate's tokio `ConnectionManager`): one write for the batch, one reply per command, in
-//! order, each settling its row. Batches of different publishers are written one after
-//! the other on the same connection, so the wire order of commands is the order they were
-//! handed over.
+//! Sends. Up to [`PIPELINES_IN_FLIGHT`] pipelines are in flight on the shared
+//! multiplexed connection (the `redis` crate's tokio `ConnectionManager`); batches handed
+//! over while those are out go together in the next one (up to [`PIPELINE_ROWS`]
+//! commands; [`super::coalescing`] says why). One write per pipeline, one reply per
+//! command, in order, each settling its row.
 //!
 //! Unknown outcomes and late copies. A command without a reply within `redis.timeout_ms`,
 //! or whose connection dropped, may or may not have run: it fails as a transient
@@ -59,15 +59,21 @@ use crate::config::RedisConfig;
 use crate::health::Health;
 use crate::outbox::store::OutboxRow;
 
+/// Pipelines in flight at once; batches handed over meanwhile wait and go together.
+const PIPELINES_IN_FLIGHT: usize = 4;
+
+/// Commands in one pipeline, at most (more batches wait for the next).
+const PIPELINE_ROWS: usize = 5_000;
+
 /// The Redis Streams sink.
 pub struct RedisSink {
+    /// To the writer task.
+    batches: tokio::sync::mpsc::UnboundedSender<Arc<Batch>>,
     conn: ConnectionManager,
     config: RedisConfig,
     health: Arc<Health>,
     tls: bool,
     user: String,
-    /// Whether the server takes `XADD IDMP`: [`IDMP_UNKNOWN`] until read.
-    idmp: Arc<AtomicU8>,
 }
 
 const IDMP_UNKNOWN: u8 = 0;
@@ -105,13 +111,23 @@ impl RedisSink {
             .set_number_of_retries(3);
         let conn = ConnectionManager::new_lazy_with_config(client, manager)
             .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
+        let idmp = Arc::new(AtomicU8::new(if cfg.idmp { IDMP_UNKNOWN } else { IDMP_NO }));
+        let sender = Sender {
+            conn: conn.clone(),
+            health: health.clone(),
+            config: cfg.clone(),
+            idmp,
+        };
+        let batches = super::coalescing(PIPELINES_IN_FLIGHT, PIPELINE_ROWS, move |batches| {
+            sender.clone().pipeline(batches)
+        });
         Ok(Self {
+            batches,
             conn,
             config: cfg.clone(),
             health,
             tls: cfg.url.starts_with("rediss://"),
             user,
-            idmp: Arc::new(AtomicU8::new(if cfg.idmp { IDMP_UNKNOWN } else { IDMP_NO })),
         })
     }
 
@@ -261,6 +277,75 @@ pub fn check_config(cfg: &RedisConfig) -> Vec<String> {
     e
 }
 
+/// What the writer needs to send a pipeline.
+#[derive(Clone)]
+struct Sender {
+    conn: ConnectionManager,
+    health: Arc<Health>,
+    config: RedisConfig,
+    /// Whether the server takes `XADD IDMP`: [`IDMP_UNKNOWN`] until read.
+    idmp: Arc<AtomicU8>,
+}
+
+impl Sender {
+    /// One pipeline for `batches`: an `XADD` per row that can be sent, each reply settling
+    /// its row.
+    async fn pipeline(mut self, batches: Vec<Arc<Batch>>) {
+        if self.idmp.load(Ordering::Relaxed) == IDMP_UNKNOWN {
+            learn_idmp(&mut self.conn, &self.idmp).await;
+        }
+        let idmp = self.idmp.load(Ordering::Relaxed) == IDMP_YES;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sent = Vec::new();
+        for batch in &batches {
+            for (i, row) in batch.rows().iter().enumerate() {
+                match RedisSink::message(&self.config, row) {
+                    Ok(m) => {
+                        let event_id = idmp.then(|| row.event_id.to_string());
+                        pipe.add_command(RedisSink::xadd(&self.config, &m, event_id.as_deref()));
+                        sent.push((batch, i));
+                    }
+                    Err(f) => batch.failed(i, f),
+                }
+            }
+        }
+        if sent.is_empty() {
+            return;
+        }
+        match pipe.query_async::<Vec<Value>>(&mut self.conn).await {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                for (batch, i) in sent {
+                    match replies.next() {
+                        Some(Value::ServerError(e)) => {
+                            let f = classify_code(e.code(), e.to_string());
+                            server_failure(&self.health, &f);
+                            batch.failed(i, f);
+                        }
+                        Some(_) => batch.acked(i),
+                        None => batch.failed(
+                            i,
+                            PublishFailure::new(
+                                FailureKind::Transient,
+                                "transient",
+                                "Redis sent fewer replies than commands",
+                            ),
+                        ),
+                    }
+                }
+            }
+            Err(e) => {
+                let f = classify(&e);
+                server_failure(&self.health, &f);
+                for batch in &batches {
+                    batch.fail_rest(&f);
+                }
+            }
+        }
+    }
+}
+
 /// Reads once whether the server takes `XADD IDMP`; leaves it unknown if the server
 /// did not answer (the next batch asks again).
 async fn learn_idmp(conn: &mut ConnectionManager, idmp: &AtomicU8) {
@@ -271,7 +356,10 @@ async fn learn_idmp(conn: &mut ConnectionManager, idmp: &AtomicU8) {
     {
         Ok(info) => {
             let yes = supports_idmp(&info);
-            idmp.store(if yes { IDMP_YES } else { IDMP_NO }, Ordering::Relaxed);
+            // Batches sent before the first answer all ask; one says it.
+            if idmp.swap(if yes { IDMP_YES } else { IDMP_NO }, Ordering::Relaxed) != IDMP_UNKNOWN {
+                return;
+            }
             tracing::info!(
                 idempotent = yes,
                 "Redis {}: XADD {}.",
@@ -361,60 +449,7 @@ impl Sink for RedisSink {
     }
 
     fn send(&self, batch: Arc<Batch>) {
-        let mut conn = self.conn.clone();
-        let health = self.health.clone();
-        let config = self.config.clone();
-        let idmp = self.idmp.clone();
-        tokio::spawn(async move {
-            if idmp.load(Ordering::Relaxed) == IDMP_UNKNOWN {
-                learn_idmp(&mut conn, &idmp).await;
-            }
-            let idmp = idmp.load(Ordering::Relaxed) == IDMP_YES;
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            let mut sent = Vec::with_capacity(batch.rows().len());
-            for (i, row) in batch.rows().iter().enumerate() {
-                match Self::message(&config, row) {
-                    Ok(m) => {
-                        let event_id = idmp.then(|| row.event_id.to_string());
-                        pipe.add_command(Self::xadd(&config, &m, event_id.as_deref()));
-                        sent.push(i);
-                    }
-                    Err(f) => batch.failed(i, f),
-                }
-            }
-            if sent.is_empty() {
-                return;
-            }
-            match pipe.query_async::<Vec<Value>>(&mut conn).await {
-                Ok(replies) => {
-                    let mut replies = replies.into_iter();
-                    for i in sent {
-                        match replies.next() {
-                            Some(Value::ServerError(e)) => {
-                                let f = classify_code(e.code(), e.to_string());
-                                server_failure(&health, &f);
-                                batch.failed(i, f);
-                            }
-                            Some(_) => batch.acked(i),
-                            None => batch.failed(
-                                i,
-                                PublishFailure::new(
-                                    FailureKind::Transient,
-                                    "transient",
-                                    "Redis sent fewer replies than commands",
-                                ),
-                            ),
-                        }
-                    }
-                }
-                Err(e) => {
-                    let f = classify(&e);
-                    server_failure(&health, &f);
-                    batch.fail_rest(&f);
-                }
-            }
-        });
+        super::enqueue(&self.batches, batch);
     }
 
     fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {
