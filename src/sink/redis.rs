@@ -80,15 +80,19 @@ const IDMP_UNKNOWN: u8 = 0;
 const IDMP_NO: u8 = 1;
 const IDMP_YES: u8 = 2;
 
+/// The server's version, from what `INFO server` says.
+fn redis_version(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(str::trim)
+}
+
 /// Whether a server whose `INFO server` says `info` takes `XADD … IDMP` (Redis 8.6+).
 pub fn supports_idmp(info: &str) -> bool {
-    let Some(version) = info.lines().find_map(|l| l.strip_prefix("redis_version:")) else {
+    let Some(version) = redis_version(info) else {
         return false;
     };
-    let mut parts = version
-        .trim()
-        .split('.')
-        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (major, minor) >= (8, 6)
 }
@@ -363,10 +367,7 @@ async fn learn_idmp(conn: &mut ConnectionManager, idmp: &AtomicU8) {
             tracing::info!(
                 idempotent = yes,
                 "Redis {}: XADD {}.",
-                info.lines()
-                    .find_map(|l| l.strip_prefix("redis_version:"))
-                    .unwrap_or("?")
-                    .trim(),
+                redis_version(&info).unwrap_or("?"),
                 if yes {
                     "with IDMP (resends add nothing)"
                 } else {
@@ -478,10 +479,8 @@ impl Sink for RedisSink {
             .await
             .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?;
             let version = match info {
-                Ok(text) => text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("redis_version:"))
-                    .map(|v| format!("Redis {}", v.trim()))
+                Ok(text) => redis_version(&text)
+                    .map(|v| format!("Redis {v}"))
                     .unwrap_or_else(|| "Redis".into()),
                 // An ACL user may not run INFO; PING tells that the server answers.
                 Err(e) if e.code() == Some("NOPERM") => {
