@@ -3,7 +3,8 @@
 //! Applications write business rows and outbox rows in one transaction, with
 //! [`enqueue`] / [`enqueue_batch`] or plain SQL; the relay (`outboxd run`, or [`Relay`]
 //! in-process) publishes every committed outbox row to Kafka at least once, in order per
-//! aggregate.
+//! aggregate. Consumers make their own database writes happen once per event with the
+//! [`inbox`].
 
 pub mod actors;
 pub mod broker;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod health;
+pub mod inbox;
 pub mod outbox;
 pub mod ratelimit;
 pub mod relay;
@@ -26,5 +28,5 @@ pub use outbox::{
 pub use relay::{Relay, RelayOptions};
 
 /// The schema migrations (`outbox`, `outbox_dead_letter`, `outbox_lease`, the NOTIFY
-/// trigger), for applications that migrate themselves: `outboxd::MIGRATOR.run(&pool)`.
+/// trigger, the consumers' `outbox_inbox`), for applications that migrate themselves: `outboxd::MIGRATOR.run(&pool)`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -23,7 +23,7 @@ async fn migrate_twice_is_a_no_op_and_gives_a_table_that_takes_the_smallest_inse
     let db = TestDb::empty().await;
     let first = migrate(&db.url);
     assert!(first.status.success(), "{first:?}");
-    assert!(String::from_utf8_lossy(&first.stdout).contains("Applied 4 migration(s)"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("Applied 5 migration(s)"));
     let second = migrate(&db.url);
     assert!(second.status.success(), "{second:?}");
     assert!(
@@ -89,7 +89,15 @@ async fn library_migrator_creates_the_same_schema() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(tables, ["outbox", "outbox_dead_letter", "outbox_lease"]);
+    assert_eq!(
+        tables,
+        [
+            "outbox",
+            "outbox_dead_letter",
+            "outbox_inbox",
+            "outbox_lease"
+        ]
+    );
     let pending_index: bool = sqlx::query_scalar(
         "SELECT indexdef LIKE '%WHERE (published_at IS NULL)%' FROM pg_indexes \
          WHERE indexname = 'outbox_pending_idx'",
