@@ -12,7 +12,6 @@ use crate::actors::supervisor::RelayExit;
 use crate::config::Config;
 use crate::outbox::admin::{self, Selection};
 use crate::relay::{Relay, RelayOptions};
-use crate::sink::SinkKind;
 use crate::{db, health, sink, telemetry};
 
 /// Exit code for an invalid configuration.
@@ -224,7 +223,8 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         partitions = config.relay.partitions,
-        brokers = %config.kafka.brokers,
+        sink = config.sink.kind.name(),
+        at = %config.sink_location(),
         database = %db::redact(&config.database.url),
         "Starting outboxd."
     );
@@ -275,11 +275,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let now = chrono::Utc::now();
     let age = |t: chrono::DateTime<chrono::Utc>| (now - t).num_milliseconds() as f64 / 1000.0;
     let sink = config.sink.kind;
-    let location = match sink {
-        SinkKind::Kafka => config.kafka.brokers.clone(),
-        SinkKind::Redis => crate::db::redact(&config.redis.url),
-        SinkKind::Nats => crate::db::redact(&config.nats.url),
-    };
+    let location = config.sink_location();
     #[derive(Default, serde::Serialize)]
     struct Part {
         pending: i64,

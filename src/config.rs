@@ -530,6 +530,16 @@ impl ConfigSource {
 }
 
 impl Config {
+    /// Where the configured sink is, for logs and `status`: Kafka's bootstrap brokers, or
+    /// the Redis / NATS URL without its password.
+    pub fn sink_location(&self) -> String {
+        match self.sink.kind {
+            crate::sink::SinkKind::Kafka => self.kafka.brokers.clone(),
+            crate::sink::SinkKind::Redis => crate::db::redact(&self.redis.url),
+            crate::sink::SinkKind::Nats => crate::db::redact(&self.nats.url),
+        }
+    }
+
     /// Loads the file (if any) and the `OUTBOXD__…` environment, and checks everything.
     pub fn load(source: &ConfigSource) -> Result<Config, ConfigErrors> {
         let env: Vec<(String, String)> = std::env::vars()
