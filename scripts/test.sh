@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone: installs and starts what the tests need,
-# then runs unit, integration and doc tests against the real PostgreSQL and broker, and
-# the fault-injection harness's short profile (scripts/torture.sh short).
+# then runs unit, integration and doc tests against the real PostgreSQL and broker, the
+# example end to end (scripts/example.sh: API, relay into Redis, mailer with the inbox,
+# two kill -9s) and the fault-injection harness's short profile (scripts/torture.sh short).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -16,4 +17,5 @@ fi
 cargo build --all-targets
 cargo nextest run --all-targets --no-fail-fast
 cargo test --doc
+PROFILE=debug USERS=300 scripts/example.sh
 scripts/torture.sh short
