@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release --bin outboxd
+cargo build --release --features testkit --bin outboxd
 exec "$target/release/outboxd" demo "$@"

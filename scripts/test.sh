@@ -14,8 +14,21 @@ psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE '
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
-cargo build --all-targets
-cargo nextest run --all-targets --no-fail-fast
-cargo test --doc
+cargo build --all-targets --features testkit
+cargo nextest run --all-targets --features testkit --no-fail-fast
+cargo test --doc --features testkit
+# What an application builds (default-features = false): the library alone, without any
+# of the relay's dependencies; and a relay with one sink, for each sink.
+cargo nextest run --no-default-features --lib --test inbox --test enqueue
+relay_only=$(cargo tree --no-default-features -e normal --prefix none |
+    grep -E '^(rdkafka|redis|async-nats|ractor|axum|clap|governor|metrics|figment|rustls) ' | sort -u || true)
+if [ -n "$relay_only" ]; then
+    echo "the library without default features depends on relay crates: $relay_only" >&2
+    exit 1
+fi
+for sink in kafka redis nats; do
+    cargo build --no-default-features --features "$sink" --bin outboxd
+    cargo nextest run --no-default-features --features "$sink" --lib
+done
 PROFILE=debug USERS=300 scripts/example.sh
 scripts/torture.sh short

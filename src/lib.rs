@@ -1,32 +1,60 @@
-//! outboxd — a transactional-outbox relay from PostgreSQL to Kafka.
+//! outboxd — a transactional-outbox relay from PostgreSQL to Kafka, Redis Streams or NATS
+//! JetStream.
 //!
 //! Applications write business rows and outbox rows in one transaction, with
-//! [`enqueue`] / [`enqueue_batch`] or plain SQL; the relay (`outboxd run`, or [`Relay`]
-//! in-process) publishes every committed outbox row to Kafka at least once, in order per
+//! [`enqueue`] / [`enqueue_batch`] or plain SQL; the relay (`outboxd run`, or `Relay`
+//! in-process) publishes every committed outbox row at least once, in order per
 //! aggregate. Consumers make their own database writes happen once per event with the
 //! [`inbox`].
+//!
+//! Features: with `default-features = false` this crate is the library an application
+//! needs — [`NewEvent`], [`enqueue`], [`enqueue_batch`], [`MIGRATOR`], [`inbox`] — on sqlx,
+//! serde, uuid and thiserror alone. `relay` adds the relay (actors, configuration, CLI,
+//! HTTP, metrics); `kafka`, `redis` and `nats` (the default: all three) each add a sink and
+//! imply `relay`.
 
+#[cfg(feature = "relay")]
 pub mod actors;
-pub mod broker;
-pub mod chaos;
+#[cfg(feature = "relay")]
 pub mod cli;
+#[cfg(feature = "relay")]
 pub mod config;
+#[cfg(feature = "relay")]
 pub mod db;
-pub mod demo;
+#[cfg(feature = "relay")]
 pub mod health;
 pub mod inbox;
 pub mod outbox;
+#[cfg(feature = "relay")]
 pub mod ratelimit;
+#[cfg(feature = "relay")]
 pub mod relay;
+#[cfg(feature = "relay")]
 pub mod sink;
+#[cfg(feature = "relay")]
 pub mod telemetry;
+
+// Test, fault-injection and benchmark machinery: not an API (feature "testkit").
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod broker;
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod chaos;
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod demo;
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
 pub mod verify;
 
 pub use outbox::{
     NewEvent, NewEventBuilder, Payload, SinkKind, ValidationError, enqueue, enqueue_batch,
 };
+#[cfg(feature = "relay")]
 pub use relay::{Relay, RelayOptions};
 
 /// The schema migrations (`outbox`, `outbox_dead_letter`, `outbox_lease`, the NOTIFY
-/// trigger, the consumers' `outbox_inbox`), for applications that migrate themselves: `outboxd::MIGRATOR.run(&pool)`.
+/// trigger, the consumers' `outbox_inbox`), for applications that migrate themselves:
+/// `outboxd::MIGRATOR.run(&pool)`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

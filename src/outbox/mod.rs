@@ -1,8 +1,10 @@
 //! Everything that touches the outbox tables, as plain SQL functions: what applications
 //! write ([`event`]) and what the relay reads and writes ([`store`]). No actors here.
 
+#[cfg(feature = "relay")]
 pub mod admin;
 pub mod event;
+#[cfg(feature = "relay")]
 pub mod store;
 
 pub use event::{

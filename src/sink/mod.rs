@@ -14,8 +14,11 @@
 //!
 //! A new sink is a new file implementing [`Sink`], a [`SinkKind`] and a line in [`create`].
 
+#[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::borrow::Cow;
@@ -286,19 +289,59 @@ pub fn enqueue(queue: &tokio::sync::mpsc::UnboundedSender<Arc<Batch>>, batch: Ar
 /// (an unreadable certificate, a bad URL) is an error here.
 pub async fn create(config: &Config, health: Arc<Health>) -> anyhow::Result<Arc<dyn Sink>> {
     Ok(match config.sink.kind {
+        #[cfg(feature = "kafka")]
         SinkKind::Kafka => Arc::new(kafka::KafkaSink::new(&config.kafka, health)?),
+        #[cfg(feature = "redis")]
         SinkKind::Redis => Arc::new(redis::RedisSink::new(&config.redis, health)?),
+        #[cfg(feature = "nats")]
         SinkKind::Nats => Arc::new(nats::NatsSink::new(&config.nats, health).await?),
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = health;
+            anyhow::bail!("{}", not_built(other))
+        }
     })
 }
 
 /// Problems with the chosen sink's section of the configuration, each naming its key.
 pub fn check_config(config: &Config) -> Vec<String> {
     match config.sink.kind {
+        #[cfg(feature = "kafka")]
         SinkKind::Kafka => kafka::check_config(&config.kafka),
+        #[cfg(feature = "redis")]
         SinkKind::Redis => redis::check_config(&config.redis),
+        #[cfg(feature = "nats")]
         SinkKind::Nats => nats::check_config(&config.nats),
+        #[allow(unreachable_patterns)]
+        other => vec![not_built(other)],
     }
+}
+
+/// The sinks this build of outboxd has (Cargo features `kafka`, `redis`, `nats`).
+pub fn built_in() -> Vec<SinkKind> {
+    [
+        (cfg!(feature = "kafka"), SinkKind::Kafka),
+        (cfg!(feature = "redis"), SinkKind::Redis),
+        (cfg!(feature = "nats"), SinkKind::Nats),
+    ]
+    .into_iter()
+    .filter_map(|(on, kind)| on.then_some(kind))
+    .collect()
+}
+
+/// The message for a sink this build does not have.
+fn not_built(kind: SinkKind) -> String {
+    let have: Vec<&str> = built_in().iter().map(|k| k.name()).collect();
+    format!(
+        "sink.kind: this outboxd was built without the \"{0}\" sink (Cargo feature `{0}`); \
+         it has: {1}",
+        kind.name(),
+        if have.is_empty() {
+            "none".into()
+        } else {
+            have.join(", ")
+        }
+    )
 }
 
 /// A row as most sinks carry it: the payload, and named string fields — the built-ins
@@ -461,6 +504,19 @@ pub fn read_pem(key: &str, path: &str) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(not(feature = "kafka"))]
+    fn a_sink_left_out_of_the_build_is_refused_naming_its_feature() {
+        let problems = check_config(&Config::default());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("built without the \"kafka\" sink (Cargo feature `kafka`)"),
+            "{problems:?}"
+        );
+        let have: Vec<&str> = built_in().iter().map(|k| k.name()).collect();
+        assert!(problems[0].ends_with(&have.join(", ")), "{problems:?}");
+    }
 
     #[test]
     fn each_sink_judges_names_by_its_own_rules() {
