@@ -230,6 +230,10 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         database = %db::redact(&config.database.url),
         "Starting outboxd."
     );
+    if !listen.is_empty() {
+        // Before the relay starts, so that the series it sets up at start are recorded.
+        telemetry::metrics_handle();
+    }
     let mut relay = Relay::start(
         config,
         RelayOptions {

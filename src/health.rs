@@ -53,6 +53,7 @@ impl Health {
     pub fn set_db_up(&self, up: bool) {
         if self.db_up.swap(up, Ordering::Relaxed) != up {
             metrics::gauge!("outboxd_database_up").set(if up { 1.0 } else { 0.0 });
+            metrics::gauge!("outboxd_ready").set(if self.ready() { 1.0 } else { 0.0 });
             if up {
                 tracing::info!("Database reachable.");
             }
@@ -72,6 +73,7 @@ impl Health {
         }
         if changed {
             metrics::gauge!("outboxd_broker_up").set(if up { 1.0 } else { 0.0 });
+            metrics::gauge!("outboxd_ready").set(if self.ready() { 1.0 } else { 0.0 });
             if up {
                 tracing::info!("Broker reachable again.");
             }

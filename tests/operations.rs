@@ -305,7 +305,9 @@ async fn metrics_and_readiness_are_served_and_follow_the_database() {
     let (code, metrics) = http_get(&addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     assert!(
-        metrics.contains("outboxd_events_published_total{sink=\"kafka\"} 5"),
+        metrics.contains(&format!(
+            "outboxd_events_published_total{{sink=\"kafka\",topic=\"{t}\"}} 5"
+        )),
         "{metrics}"
     );
 

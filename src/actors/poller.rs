@@ -1112,8 +1112,7 @@ impl PollerState {
             if let Some(hook) = &self.shared.hooks.on_delivered {
                 hook(&c.delivered);
             }
-            metrics::counter!("outboxd_events_published_total", "sink" => self.shared.sink.kind().name())
-                .increment(ids.len() as u64);
+            crate::telemetry::record_delivered(self.shared.sink.kind().name(), &c.delivered);
             // Held against the memory bound until the acker has marked them.
             self.shared.add_unmarked(ids.len());
             let _ = wiring.acker.send_message(AckerMsg::Delivered(ids));

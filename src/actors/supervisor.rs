@@ -172,6 +172,26 @@ impl Actor for Supervisor {
             SupervisorMsg::CheckProducer
         });
         myself.send_message(SupervisorMsg::AcquireLease)?;
+        // Series that exist before anything happens, so dashboards and alerts see zeros.
+        for scope in [Scope::Pipeline, Scope::Publisher(0), Scope::Cleanup] {
+            metrics::counter!("outboxd_actor_restarts_total", "actor" => scope_label(scope))
+                .increment(0);
+        }
+        for counter in [
+            "outboxd_lease_acquisitions_total",
+            "outboxd_late_rows_total",
+            "outboxd_cleanup_deleted_total",
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
+        metrics::gauge!("outboxd_restart_budget")
+            .set(f64::from(args.config.supervisor.max_restarts));
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        metrics::gauge!("outboxd_ready").set(flag(args.health.ready()));
+        metrics::gauge!("outboxd_database_up").set(flag(args.health.db_up()));
+        metrics::gauge!("outboxd_broker_up").set(flag(args.health.broker_up()));
+        metrics::gauge!("outboxd_destinations_blocked").set(0.0);
+        metrics::gauge!("outboxd_oldest_pending_age_seconds").set(0.0);
         let partitions = args.config.relay.partitions as usize;
         Ok(SupervisorState {
             args,
@@ -308,6 +328,7 @@ impl SupervisorState {
             Ok(Some(epoch)) => {
                 self.args.health.set_db_up(true);
                 info!(owner = %self.args.owner, epoch, "Lease acquired; starting the pipeline.");
+                metrics::counter!("outboxd_lease_acquisitions_total").increment(1);
                 self.standby_logged = false;
                 self.fence = Some(Fence {
                     name: RELAY_LEASE.into(),

@@ -447,6 +447,18 @@ pub async fn delete_published(
     Ok(n as u64)
 }
 
+/// Pending rows, counted up to `cap`, and open dead letters: what the backlog gauges show.
+/// Both walk partial indexes (`outbox_pending_idx`, `outbox_dead_letter_open_idx`).
+pub async fn backlog(pool: &sqlx::PgPool, cap: i64) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE published_at IS NULL LIMIT $1) p), \
+                (SELECT count(*) FROM outbox_dead_letter WHERE resolved_at IS NULL)",
+    )
+    .bind(cap)
+    .fetch_one(pool)
+    .await
+}
+
 /// Deletes up to `limit` dead letters resolved more than `retention_secs` ago.
 pub async fn delete_resolved_dead_letters(
     pool: &sqlx::PgPool,
