@@ -9,6 +9,7 @@
 #  - redis-server and nats-server (Debian packages), started on 127.0.0.1:6379 and, with
 #    JetStream, on 127.0.0.1:4222 when nothing listens there; the sink tests also start
 #    private ones on free ports
+#  - promtool (Debian's prometheus package) and PyYAML, for deploy/check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -28,11 +29,13 @@ command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check pyyaml
 
 # --- PostgreSQL ----------------------------------------------------------------
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then

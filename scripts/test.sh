@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone: installs and starts what the tests need,
 # then runs unit, integration and doc tests against the real PostgreSQL and broker, the
-# example end to end (scripts/example.sh: API, relay into Redis, mailer with the inbox,
-# two kill -9s) and the fault-injection harness's short profile (scripts/torture.sh short).
+# library alone and each sink alone, the operations pack (deploy/check.sh), the example
+# end to end (scripts/example.sh: API, relay into Redis, mailer with the inbox, two
+# kill -9s) and the fault-injection harness's short profile (scripts/torture.sh short).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -30,5 +31,6 @@ for sink in kafka redis nats; do
     cargo build --no-default-features --features "$sink" --bin outboxd
     cargo nextest run --no-default-features --features "$sink" --lib
 done
+deploy/check.sh "${CARGO_TARGET_DIR:-target}/debug/outboxd"
 PROFILE=debug USERS=300 scripts/example.sh
 scripts/torture.sh short
