@@ -18,6 +18,9 @@ fi
 cargo build --all-targets --features testkit
 cargo nextest run --all-targets --features testkit --no-fail-fast
 cargo test --doc --features testkit
+# The docs: every public item documented (deny(missing_docs)), no broken links.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
 # What an application builds (default-features = false): the library alone, without any
 # of the relay's dependencies; and a relay with one sink, for each sink.
 cargo nextest run --no-default-features --lib --test inbox --test enqueue

@@ -13,25 +13,37 @@
 //! HTTP, metrics); `kafka`, `redis` and `nats` (the default: all three) each add a sink and
 //! imply `relay`.
 
+#![deny(missing_docs)]
+
+// The relay's insides (actors, CLI, database plumbing, rate limits, telemetry) are public
+// for the `outboxd` binary and this repository's tests, not for applications: hidden from
+// the docs, which show what users call — the library, the inbox, `Relay` with its
+// configuration, and the `Sink` interface.
+
 #[cfg(feature = "relay")]
+#[doc(hidden)]
 pub mod actors;
 #[cfg(feature = "relay")]
+#[doc(hidden)]
 pub mod cli;
 #[cfg(feature = "relay")]
 pub mod config;
 #[cfg(feature = "relay")]
+#[doc(hidden)]
 pub mod db;
 #[cfg(feature = "relay")]
 pub mod health;
 pub mod inbox;
 pub mod outbox;
 #[cfg(feature = "relay")]
+#[doc(hidden)]
 pub mod ratelimit;
 #[cfg(feature = "relay")]
 pub mod relay;
 #[cfg(feature = "relay")]
 pub mod sink;
 #[cfg(feature = "relay")]
+#[doc(hidden)]
 pub mod telemetry;
 
 // Test, fault-injection and benchmark machinery: not an API (feature "testkit").

@@ -18,9 +18,11 @@ use crate::health::Health;
 /// Options beyond the configuration.
 #[derive(Debug, Clone, Default)]
 pub struct RelayOptions {
-    /// Embedding callbacks.
+    /// Embedding callbacks (the benchmark's timing hooks).
+    #[doc(hidden)]
     pub hooks: Hooks,
     /// Test faults.
+    #[doc(hidden)]
     pub faults: Faults,
 }
 
@@ -93,11 +95,13 @@ impl Relay {
     }
 
     /// The supervisor, for tests.
+    #[doc(hidden)]
     pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
         &self.supervisor
     }
 
     /// The supervisor's state.
+    #[doc(hidden)]
     pub async fn info(&self) -> anyhow::Result<SupervisorInfo> {
         Ok(ractor::call_t!(
             self.supervisor,
@@ -107,6 +111,7 @@ impl Relay {
     }
 
     /// Runs one read cycle now, if the pipeline runs; returns the rows loaded.
+    #[doc(hidden)]
     pub async fn poll_now(&self) -> anyhow::Result<usize> {
         let poller: Option<ActorRef<PollerMsg>> =
             ractor::call_t!(self.supervisor, SupervisorMsg::Poller, 5_000)?;
@@ -117,6 +122,7 @@ impl Relay {
     }
 
     /// What the poller holds now, if the pipeline runs.
+    #[doc(hidden)]
     pub async fn poller_stats(&self) -> anyhow::Result<Option<PollerStats>> {
         let poller: Option<ActorRef<PollerMsg>> =
             ractor::call_t!(self.supervisor, SupervisorMsg::Poller, 5_000)?;

@@ -1,10 +1,12 @@
 //! Everything that touches the outbox tables, as plain SQL functions: what applications
-//! write ([`event`]) and what the relay reads and writes ([`store`]). No actors here.
+//! write ([`event`]) and what the relay reads and writes (`store`, with the `relay` feature). No actors here.
 
 #[cfg(feature = "relay")]
+#[doc(hidden)]
 pub mod admin;
 pub mod event;
 #[cfg(feature = "relay")]
+#[doc(hidden)]
 pub mod store;
 
 pub use event::{

@@ -7,9 +7,9 @@
 //! sink knows about its broker — building messages, connections, error classification,
 //! TLS and credentials, `outboxd check` — lives in its own file:
 //!
-//! - [`kafka`] — librdkafka's idempotent producer;
-//! - [`redis`] — one `XADD` per event to the stream named by the row's topic, pipelined;
-//! - [`nats`] — a JetStream publish per event with `Nats-Msg-Id = event_id`, complete on
+//! - `kafka` (feature `kafka`) — librdkafka's idempotent producer;
+//! - `redis` (feature `redis`) — one `XADD` per event to the stream named by the row's topic, pipelined;
+//! - `nats` (feature `nats`) — a JetStream publish per event with `Nats-Msg-Id = event_id`, complete on
 //!   its PubAck.
 //!
 //! A new sink is a new file implementing [`Sink`], a [`SinkKind`] and a line in [`create`].

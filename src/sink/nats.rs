@@ -101,7 +101,7 @@ async fn connect_options(cfg: &NatsConfig) -> anyhow::Result<async_nats::Connect
 
 /// Publishes in flight at once (each a group of batches); batches handed over meanwhile
 /// wait and go together.
-const GROUPS_IN_FLIGHT: usize = 4;
+pub const GROUPS_IN_FLIGHT: usize = 4;
 
 /// Messages in one group, at most.
 const GROUP_ROWS: usize = 5_000;

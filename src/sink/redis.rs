@@ -60,10 +60,10 @@ use crate::health::Health;
 use crate::outbox::store::OutboxRow;
 
 /// Pipelines in flight at once; batches handed over meanwhile wait and go together.
-const PIPELINES_IN_FLIGHT: usize = 4;
+pub const PIPELINES_IN_FLIGHT: usize = 4;
 
 /// Commands in one pipeline, at most (more batches wait for the next).
-const PIPELINE_ROWS: usize = 5_000;
+pub const PIPELINE_ROWS: usize = 5_000;
 
 /// The Redis Streams sink.
 pub struct RedisSink {

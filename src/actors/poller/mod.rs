@@ -48,12 +48,18 @@ use tracing::{debug, info, warn};
 use super::acker::AckerMsg;
 use super::publisher::PublisherMsg;
 use super::retry::RetryMsg;
-use super::{Delivered, Row, Shared, partition_of};
+use super::{Delivered, Row, Shared};
 use crate::config::DeadLetterPolicy;
 use crate::outbox::store::{self, OutboxRow};
 use crate::outbox::{NOTIFY_CHANNEL, NOTIFY_RESCAN};
 use crate::ratelimit::Throttled;
 use crate::sink::PublishFailure;
+
+mod gaps;
+mod queues;
+
+use gaps::Gaps;
+use queues::{Agg, Deferred};
 
 /// The poller behaviour.
 pub struct Poller;
@@ -151,141 +157,12 @@ pub struct PollerStats {
     pub oldest_pending_age_secs: Option<f64>,
 }
 
-/// An id range nobody has seen a row for yet.
-#[derive(Debug, Clone, PartialEq)]
-struct Gap {
-    lo: i64,
-    hi: i64,
-    seen: Instant,
-    /// The snapshot `xmax` noted after the grace period: once `xmin` passes it, every
-    /// transaction that could fill the gap has ended.
-    horizon: Option<i64>,
-    /// `xmin` passed the horizon: one more look-up and the gap is settled.
-    closing: bool,
-}
-
-/// The gaps below the cursor, by range.
-#[derive(Debug, Default)]
-pub(crate) struct Gaps(Vec<Gap>);
-
-impl Gaps {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Remembers the ids strictly between `prev` and `next`.
-    fn record_between(&mut self, prev: i64, next: i64, now: Instant) {
-        if next > prev + 1 {
-            self.0.push(Gap {
-                lo: prev + 1,
-                hi: next - 1,
-                seen: now,
-                horizon: None,
-                closing: false,
-            });
-        }
-    }
-
-    /// A row with this id was found: the gap around it splits.
-    fn remove_id(&mut self, id: i64) {
-        if let Some(i) = self.0.iter().position(|g| g.lo <= id && id <= g.hi) {
-            let g = self.0.swap_remove(i);
-            if g.lo < id {
-                self.0.push(Gap {
-                    hi: id - 1,
-                    ..g.clone()
-                });
-            }
-            if id < g.hi {
-                self.0.push(Gap { lo: id + 1, ..g });
-            }
-        }
-    }
-
-    fn ranges(&self) -> Vec<(i64, i64)> {
-        self.0.iter().map(|g| (g.lo, g.hi)).collect()
-    }
-
-    fn needs_snapshot(&self, now: Instant, grace: Duration) -> bool {
-        self.0
-            .iter()
-            .any(|g| g.horizon.is_some() || now.duration_since(g.seen) >= grace)
-    }
-
-    fn apply_snapshot(&mut self, xmin: i64, xmax: i64, now: Instant, grace: Duration) {
-        for g in &mut self.0 {
-            match g.horizon {
-                Some(h) if xmin >= h => g.closing = true,
-                None if now.duration_since(g.seen) >= grace => g.horizon = Some(xmax),
-                _ => {}
-            }
-        }
-    }
-
-    fn drop_closing(&mut self) -> usize {
-        let before = self.0.len();
-        self.0.retain(|g| !g.closing);
-        before - self.0.len()
-    }
-
-    fn contains(&self, id: i64) -> bool {
-        self.0.iter().any(|g| g.lo <= id && id <= g.hi)
-    }
-}
-
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// A row known by id only (see [`Agg::deferred`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Deferred {
-    id: i64,
-    created_at: DateTime<Utc>,
-}
-
-/// An aggregate's rows in memory.
-struct Agg {
-    /// Not yet handed out, ascending ids.
-    queue: VecDeque<Row>,
-    /// Its pending rows beyond `relay.max_rows_per_aggregate`, by id (ascending, every one
-    /// above every id in `queue`) with their `created_at`: read again by id when the queue
-    /// runs low.
-    deferred: VecDeque<Deferred>,
-    /// A row of this aggregate is in flight, failing, or waiting for a retry.
-    busy: bool,
-    /// The row with the producer now, if any.
-    in_flight: Option<Row>,
-    /// Its publisher, computed once.
-    partition: usize,
-    /// The dispatch round that sent `in_flight`.
-    round: u64,
-}
-
-impl Agg {
-    fn new(aggregate_id: &str, partitions: usize) -> Agg {
-        Agg {
-            queue: VecDeque::new(),
-            deferred: VecDeque::new(),
-            busy: false,
-            in_flight: None,
-            partition: partition_of(aggregate_id, partitions),
-            round: 0,
-        }
-    }
-
-    /// Takes the in-flight row if it is the one with this id; with the round that sent it.
-    fn take_in_flight(&mut self, id: i64) -> Option<(Row, u64)> {
-        if self.in_flight.as_ref().is_some_and(|r| r.id == id) {
-            self.in_flight.take().map(|r| (r, self.round))
-        } else {
-            None
-        }
     }
 }
 
@@ -1252,54 +1129,5 @@ async fn listen(pool: sqlx::PgPool, poller: ActorRef<PollerMsg>, flag: Arc<Atomi
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gaps_split_when_late_rows_appear() {
-        let t = Instant::now();
-        let mut g = Gaps::default();
-        g.record_between(10, 11, t);
-        assert!(g.is_empty(), "adjacent ids leave no gap");
-        g.record_between(11, 20, t);
-        assert_eq!(g.ranges(), vec![(12, 19)]);
-        g.remove_id(15);
-        let mut r = g.ranges();
-        r.sort();
-        assert_eq!(r, vec![(12, 14), (16, 19)]);
-        g.remove_id(12);
-        g.remove_id(19);
-        let mut r = g.ranges();
-        r.sort();
-        assert_eq!(r, vec![(13, 14), (16, 18)]);
-        assert!(g.contains(13) && !g.contains(15));
-    }
-
-    #[test]
-    fn a_gap_closes_only_after_xmin_passes_the_horizon_noted_after_grace() {
-        let t0 = Instant::now();
-        let grace = Duration::from_millis(100);
-        let mut g = Gaps::default();
-        g.record_between(1, 5, t0);
-        assert!(!g.needs_snapshot(t0, grace), "within grace nothing to ask");
-        let t1 = t0 + grace;
-        assert!(g.needs_snapshot(t1, grace));
-        g.apply_snapshot(90, 100, t1, grace);
-        assert_eq!(g.0[0].horizon, Some(100));
-        assert!(!g.0[0].closing);
-        g.apply_snapshot(99, 120, t1, grace);
-        assert!(
-            !g.0[0].closing,
-            "a transaction below the horizon may still run"
-        );
-        assert_eq!(g.drop_closing(), 0);
-        g.apply_snapshot(100, 130, t1, grace);
-        assert!(g.0[0].closing);
-        assert_eq!(g.drop_closing(), 1);
-        assert!(g.is_empty());
     }
 }
