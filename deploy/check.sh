@@ -58,6 +58,7 @@ PY
 cp /var/lib/outboxd-tests/pg-tls/ca.crt "$secrets/ca.crt"
 echo stand-in >"$secrets/database-password"
 echo stand-in >"$secrets/kafka-password"
-said=$(timeout 60 "$outboxd" --config "$secrets/outboxd.toml" check 2>/dev/null || true)
-grep -qx 'config: ok' <<<"$said" || { echo "the ConfigMap's outboxd.toml: $said" >&2; exit 1; }
+said=$(timeout 60 "$outboxd" --config "$secrets/outboxd.toml" check 2>"$secrets/stderr" || true)
+grep -qx 'config: ok' <<<"$said" ||
+    { echo "the ConfigMap's outboxd.toml ($outboxd check): $said $(cat "$secrets/stderr")" >&2; exit 1; }
 echo "ConfigMap outboxd.toml: config ok"

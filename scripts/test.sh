@@ -21,6 +21,8 @@ cargo test --doc --features testkit
 # The docs: every public item documented (deny(missing_docs)), no broken links.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
+# The operations pack, with the relay just built (the one-sink builds below replace it).
+deploy/check.sh "${CARGO_TARGET_DIR:-target}/debug/outboxd"
 # What an application builds (default-features = false): the library alone, without any
 # of the relay's dependencies; and a relay with one sink, for each sink.
 cargo nextest run --no-default-features --lib --test inbox --test enqueue
@@ -34,6 +36,5 @@ for sink in kafka redis nats; do
     cargo build --no-default-features --features "$sink" --bin outboxd
     cargo nextest run --no-default-features --features "$sink" --lib
 done
-deploy/check.sh "${CARGO_TARGET_DIR:-target}/debug/outboxd"
 PROFILE=debug USERS=300 scripts/example.sh
 scripts/torture.sh short

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Shared;
 use crate::config::OnPublish;
@@ -74,7 +74,8 @@ impl Actor for Cleanup {
                     metrics::gauge!("outboxd_backlog_rows").set(pending as f64);
                     metrics::gauge!("outboxd_dead_letters_open").set(open_dead_letters as f64);
                 }
-                Err(e) => warn!(error = %e, "Cannot measure the backlog."),
+                // The database being down is reported by readiness and the other actors.
+                Err(e) => debug!(error = %e, "Cannot measure the backlog."),
             }
             return Ok(());
         }
