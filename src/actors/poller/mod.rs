@@ -32,9 +32,13 @@
 //!
 //! Failure: database errors are retried with back-off (readiness goes down); a crash loses
 //! only in-memory state, which the supervisor rebuilds from the table.
+//!
+//! The bookkeeping is pure and has its own files and tests: `gaps.rs` (the id ranges not
+//! seen yet) and `queues.rs` (each aggregate's queue, deferred ids and row in flight, and
+//! who goes next). This file is the actor: messages, reads, and what it sends.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -52,14 +56,13 @@ use super::{Delivered, Row, Shared};
 use crate::config::DeadLetterPolicy;
 use crate::outbox::store::{self, OutboxRow};
 use crate::outbox::{NOTIFY_CHANNEL, NOTIFY_RESCAN};
-use crate::ratelimit::Throttled;
 use crate::sink::PublishFailure;
 
 mod gaps;
 mod queues;
 
 use gaps::Gaps;
-use queues::{Agg, Deferred};
+use queues::Queues;
 
 /// The poller behaviour.
 pub struct Poller;
@@ -172,20 +175,10 @@ pub struct PollerState {
     wiring: Option<Wiring>,
     generations: Vec<u64>,
     cursor: i64,
-    aggs: HashMap<String, Agg>,
-    /// Aggregates (by one of their rows) that may have a row to hand out.
-    runnable: VecDeque<Row>,
-    in_memory: usize,
-    /// Ids held in the aggregates' `deferred` lists.
-    deferred: usize,
-    /// Rows deferred since start.
-    deferred_total: u64,
+    /// Every aggregate's rows in memory.
+    queues: Queues,
     /// When the oldest pending age was last published.
     oldest_reported_at: Option<Instant>,
-    /// Aggregates whose queue runs low while they have deferred ids.
-    refills: HashSet<String>,
-    /// Rows with the producer now (each also in its aggregate's `in_flight`).
-    in_flight: usize,
     /// Reused per dispatch: one batch per publisher.
     batches: Vec<Vec<Row>>,
     deciding: HashSet<i64>,
@@ -240,20 +233,15 @@ impl Actor for Poller {
         let interval = Duration::from_millis(shared.config.poller.interval_ms);
         myself.send_interval(interval, || PollerMsg::Tick);
         let partitions = shared.partitions();
+        let max_rows_per_aggregate = shared.config.relay.max_rows_per_aggregate.max(1) as usize;
         let rescan = Duration::from_millis(shared.config.poller.rescan_interval_ms);
         Ok(PollerState {
             shared,
             wiring: None,
             generations: vec![0; partitions],
             cursor: 0,
-            aggs: HashMap::default(),
-            runnable: VecDeque::new(),
-            in_memory: 0,
-            deferred: 0,
-            deferred_total: 0,
+            queues: Queues::new(partitions, max_rows_per_aggregate),
             oldest_reported_at: None,
-            refills: HashSet::new(),
-            in_flight: 0,
             batches: vec![Vec::new(); partitions],
             deciding: HashSet::new(),
             waiting: HashMap::default(),
@@ -338,7 +326,7 @@ impl Actor for Poller {
                 }
                 st.dispatch(&myself);
                 let batch = st.shared.config.poller.batch_size as usize;
-                let want_rows = st.more || !st.refills.is_empty();
+                let want_rows = st.more || !st.queues.refills.is_empty();
                 if want_rows {
                     if st.room() >= batch.min(st.max_in_memory() / 2).max(1) {
                         st.cycle(&myself).await;
@@ -367,18 +355,18 @@ impl Actor for Poller {
             } => st.publisher_restarted(partition, generation, publisher),
             PollerMsg::StopClaiming(reply) => {
                 st.claiming = false;
-                info!(in_flight = st.in_flight, "Stopped claiming rows.");
+                info!(in_flight = st.queues.in_flight, "Stopped claiming rows.");
                 let _ = reply.send(());
             }
             PollerMsg::InFlight(reply) => {
-                let _ = reply.send(st.in_flight);
+                let _ = reply.send(st.queues.in_flight);
             }
             PollerMsg::Stats(reply) => {
                 let _ = reply.send(PollerStats {
-                    in_memory: st.in_memory,
-                    in_flight: st.in_flight,
-                    deferred: st.deferred,
-                    deferred_total: st.deferred_total,
+                    in_memory: st.queues.in_memory,
+                    in_flight: st.queues.in_flight,
+                    deferred: st.queues.deferred,
+                    deferred_total: st.queues.deferred_total,
                     held: st.held.len(),
                     oldest_pending_age_secs: st.oldest_pending().map(age_secs),
                 });
@@ -388,10 +376,10 @@ impl Actor for Poller {
                 let _ = reply.send(n);
             }
         }
-        st.shared.set_in_flight(st.in_flight);
-        metrics::gauge!("outboxd_rows_in_flight").set(st.in_flight as f64);
-        metrics::gauge!("outboxd_rows_in_memory").set(st.in_memory as f64);
-        metrics::gauge!("outboxd_rows_deferred").set(st.deferred as f64);
+        st.shared.set_in_flight(st.queues.in_flight);
+        metrics::gauge!("outboxd_rows_in_flight").set(st.queues.in_flight as f64);
+        metrics::gauge!("outboxd_rows_in_memory").set(st.queues.in_memory as f64);
+        metrics::gauge!("outboxd_rows_deferred").set(st.queues.deferred as f64);
         Ok(())
     }
 }
@@ -406,7 +394,7 @@ impl PollerState {
     /// `relay.max_in_flight` rows).
     fn room(&self) -> usize {
         self.max_in_memory()
-            .saturating_sub(self.in_memory + self.shared.unmarked())
+            .saturating_sub(self.queues.in_memory + self.shared.unmarked())
     }
 
     /// Rows are waiting to be read but the memory bound is used up: when part of it is
@@ -421,26 +409,14 @@ impl PollerState {
         }
     }
 
-    fn max_rows_per_aggregate(&self) -> usize {
-        self.shared.config.relay.max_rows_per_aggregate.max(1) as usize
-    }
-
     /// The oldest pending row the poller knows of: queued, in flight, waiting for a retry,
     /// or deferred. (Rows of held aggregates are not read; the dead-letter gauges count
     /// them. Rows not read yet are newer than every row read.) Computed from memory: the
     /// `ORDER BY id LIMIT 1` query it replaces walks every dead index entry while a long
     /// transaction holds vacuum back — seconds per call at a few million.
     fn oldest_pending(&self) -> Option<DateTime<Utc>> {
-        let in_aggs = self.aggs.values().flat_map(|a| {
-            a.in_flight
-                .iter()
-                .map(|r| r.created_at)
-                .chain(a.queue.front().map(|r| r.created_at))
-                .chain(a.deferred.front().map(|d| d.created_at))
-        });
-        in_aggs
-            .chain(self.waiting.values().map(|r| r.created_at))
-            .min()
+        let waiting = self.waiting.values().map(|r| r.created_at).min();
+        self.queues.oldest().into_iter().chain(waiting).min()
     }
 
     /// Publishes the oldest pending row's age, at most once a second.
@@ -551,7 +527,7 @@ impl PollerState {
         }
 
         loaded += self.refill(&pool).await?;
-        let room = if self.deferred >= self.max_deferred() {
+        let room = if self.queues.deferred >= self.max_deferred() {
             0
         } else {
             self.room() as i64
@@ -667,6 +643,7 @@ impl PollerState {
             }
         }
         let mut known: HashSet<i64> = self
+            .queues
             .aggs
             .values()
             .filter_map(|a| a.in_flight.as_ref().map(|r| r.id))
@@ -674,12 +651,14 @@ impl PollerState {
         known.extend(self.deciding.iter().copied());
         known.extend(self.waiting.keys().copied());
         known.extend(
-            self.aggs
+            self.queues
+                .aggs
                 .values()
                 .flat_map(|a| a.queue.iter().map(|r| r.id)),
         );
         known.extend(
-            self.aggs
+            self.queues
+                .aggs
                 .values()
                 .flat_map(|a| a.deferred.iter().map(|d| d.id)),
         );
@@ -717,91 +696,17 @@ impl PollerState {
         if self.held.contains(&row.aggregate_id) {
             return 0;
         }
-        let cap = self.max_rows_per_aggregate();
-        if !self.aggs.contains_key(&row.aggregate_id) {
-            let agg = Agg::new(&row.aggregate_id, self.shared.partitions());
-            self.aggs.insert(row.aggregate_id.clone(), agg);
-        }
-        let agg = self
-            .aggs
-            .get_mut(&row.aggregate_id)
-            .expect("inserted above");
-        // Every deferred id is above every queued one: a row above the first deferred id
-        // is deferred too, in order.
-        if let Some(first) = agg.deferred.front()
-            && row.id >= first.id
-        {
-            let pos = agg.deferred.partition_point(|d| d.id < row.id);
-            if agg.deferred.get(pos).is_some_and(|d| d.id == row.id) {
-                return 0;
-            }
-            agg.deferred.insert(
-                pos,
-                Deferred {
-                    id: row.id,
-                    created_at: row.created_at,
-                },
-            );
-            self.deferred += 1;
-            self.deferred_total += 1;
-            return 1;
-        }
-        let was_idle = !agg.busy && agg.queue.is_empty();
-        let row = Arc::new(row);
-        if sorted {
-            let pos = agg.queue.partition_point(|r| r.id < row.id);
-            if agg.queue.get(pos).is_some_and(|r| r.id == row.id) {
-                return 0;
-            }
-            agg.queue.insert(pos, row.clone());
-        } else {
-            agg.queue.push_back(row.clone());
-        }
-        self.in_memory += 1;
-        // Over the cap: the highest queued rows give up their memory and keep their ids.
-        while agg.queue.len() > cap {
-            let last = agg.queue.pop_back().expect("over the cap");
-            agg.deferred.push_front(Deferred {
-                id: last.id,
-                created_at: last.created_at,
-            });
-            self.in_memory -= 1;
-            self.deferred += 1;
-            self.deferred_total += 1;
-        }
-        if was_idle && !agg.queue.is_empty() {
-            self.runnable.push_back(row);
-        }
-        1
+        self.queues.load(row, sorted)
     }
 
     /// Reads again, by id, the deferred rows of aggregates whose queue runs low: as many
     /// as the memory bound allows, in one statement. Rows no longer pending (published or
     /// dead-lettered meanwhile) simply do not come back.
     async fn refill(&mut self, pool: &sqlx::PgPool) -> Result<usize, sqlx::Error> {
-        if self.refills.is_empty() {
+        if self.queues.refills.is_empty() {
             return Ok(0);
         }
-        let cap = self.max_rows_per_aggregate();
-        let mut room = self.room();
-        let mut ids = Vec::new();
-        // (aggregate, how many of its first deferred ids are asked for)
-        let mut taken: Vec<(String, usize)> = Vec::new();
-        for key in &self.refills {
-            if room == 0 {
-                break;
-            }
-            let take = self.aggs.get(key).map_or(0, |agg| {
-                let take = cap
-                    .saturating_sub(agg.queue.len())
-                    .min(room)
-                    .min(agg.deferred.len());
-                ids.extend(agg.deferred.iter().take(take).map(|d| d.id));
-                take
-            });
-            room -= take;
-            taken.push((key.clone(), take));
-        }
+        let (ids, taken) = self.queues.refill_plan(self.room());
         // Nothing else runs until the rows are back (one actor, one message at a time), so
         // the ids stay in the lists until then: a failed read changes nothing.
         let rows = if ids.is_empty() {
@@ -812,33 +717,12 @@ impl PollerState {
             self.note_read(&rows, started);
             rows
         };
-        let mut touched = Vec::with_capacity(taken.len());
-        for (key, take) in taken {
-            self.refills.remove(&key);
-            if let Some(agg) = self.aggs.get_mut(&key) {
-                agg.deferred.drain(..take);
-                self.deferred -= take;
-                touched.push(key);
-            }
-        }
-        let mut loaded = 0;
-        for row in rows {
-            loaded += self.load(row, true);
-        }
-        // An aggregate none of whose asked-for rows came back (all gone meanwhile) has
-        // nothing to send: ask again for the next ones, or forget it.
-        for key in touched {
-            if let Some(agg) = self.aggs.get(&key)
-                && !agg.busy
-                && agg.queue.is_empty()
-            {
-                if agg.deferred.is_empty() {
-                    self.aggs.remove(&key);
-                } else {
-                    self.refills.insert(key);
-                }
-            }
-        }
+        // Rows of an aggregate held meanwhile are not loaded.
+        let rows = rows
+            .into_iter()
+            .filter(|r| !self.held.contains(&r.aggregate_id))
+            .collect();
+        let loaded = self.queues.refilled(taken, rows);
         if !ids.is_empty() {
             debug!(asked = ids.len(), loaded, "Read deferred rows again.");
         }
@@ -861,50 +745,18 @@ impl PollerState {
         let mut batches = std::mem::take(&mut self.batches);
         let limits = &self.shared.limits;
         let limited = limits.any();
-        let mut deferred = Vec::new();
-        let mut wait: Option<Duration> = None;
         let round = self.round + 1;
-        let mut sent = 0;
-        while let Some(key) = self.runnable.pop_front() {
-            let Some(agg) = self.aggs.get_mut(&key.aggregate_id) else {
-                continue;
-            };
-            if agg.busy {
-                continue;
-            }
-            let Some(head) = agg.queue.front() else {
-                continue;
-            };
+        let (sent, wait) = self.queues.hand_out(round, &mut batches, |row| {
             if limited {
-                match limits.check(&head.topic) {
-                    Ok(()) => {}
-                    Err(Throttled::Topic(w)) => {
-                        wait = Some(wait.map_or(w, |x| x.min(w)));
-                        deferred.push(key);
-                        continue;
-                    }
-                    Err(Throttled::Global(w)) => {
-                        wait = Some(wait.map_or(w, |x| x.min(w)));
-                        deferred.push(key);
-                        break;
-                    }
-                }
+                limits.check(&row.topic)
+            } else {
+                Ok(())
             }
-            let row = agg.queue.pop_front().expect("head exists");
-            agg.busy = true;
-            agg.in_flight = Some(row.clone());
-            agg.round = round;
-            self.in_flight += 1;
-            sent += 1;
-            batches[agg.partition].push(row);
-        }
+        });
         if sent > 0 {
             self.round = round;
             self.round_pending = sent;
             self.round_started = Instant::now();
-        }
-        for key in deferred.into_iter().rev() {
-            self.runnable.push_front(key);
         }
         for (p, batch) in batches.iter_mut().enumerate() {
             if !batch.is_empty() {
@@ -939,34 +791,14 @@ impl PollerState {
             let Some(row) = self.waiting.remove(&id) else {
                 continue;
             };
-            let partitions = self.shared.partitions();
-            let agg = self
-                .aggs
-                .entry(row.aggregate_id.clone())
-                .or_insert_with(|| Agg::new(&row.aggregate_id, partitions));
-            agg.queue.push_front(row.clone());
-            agg.busy = false;
-            self.runnable.push_front(row);
+            self.queues.retry_due(row);
         }
     }
 
     /// The aggregate's in-flight row is done: its next row may go, and its deferred rows
     /// are read again once its queue is down to half the cap.
     fn release(&mut self, row: &Row) {
-        let cap = self.max_rows_per_aggregate();
-        if let Some(agg) = self.aggs.get_mut(&row.aggregate_id) {
-            agg.busy = false;
-            if agg.queue.is_empty() && agg.deferred.is_empty() {
-                self.aggs.remove(&row.aggregate_id);
-                return;
-            }
-            if !agg.queue.is_empty() {
-                self.runnable.push_back(row.clone());
-            }
-            if !agg.deferred.is_empty() && agg.queue.len() <= cap / 2 {
-                self.refills.insert(row.aggregate_id.clone());
-            }
-        }
+        self.queues.release(row);
     }
 
     fn completed(&mut self, c: Completion) {
@@ -980,7 +812,7 @@ impl PollerState {
         for d in &c.delivered {
             ids.push(d.row.id);
             if !stale && self.take_in_flight(&d.row).is_some() {
-                self.in_memory -= 1;
+                self.queues.in_memory -= 1;
                 self.release(&d.row);
             }
         }
@@ -1012,11 +844,7 @@ impl PollerState {
 
     /// The aggregate's in-flight row, if it is this one; counts it out.
     fn take_in_flight(&mut self, row: &Row) -> Option<Row> {
-        let (taken, round) = self
-            .aggs
-            .get_mut(&row.aggregate_id)?
-            .take_in_flight(row.id)?;
-        self.in_flight -= 1;
+        let (taken, round) = self.queues.take_in_flight(row)?;
         if round == self.round {
             self.round_pending = self.round_pending.saturating_sub(1);
         }
@@ -1025,16 +853,12 @@ impl PollerState {
 
     fn dead_lettered(&mut self, row: Row) {
         self.deciding.remove(&row.id);
-        self.in_memory -= 1;
+        self.queues.in_memory -= 1;
         match self.shared.config.relay.dead_letter_policy {
             DeadLetterPolicy::Continue => self.release(&row),
             DeadLetterPolicy::Hold => {
                 // Later rows stay pending in the table until an operator acts.
-                if let Some(agg) = self.aggs.remove(&row.aggregate_id) {
-                    self.in_memory -= agg.queue.len();
-                    self.deferred -= agg.deferred.len();
-                }
-                self.refills.remove(&row.aggregate_id);
+                self.queues.forget(&row.aggregate_id);
                 info!(aggregate = %row.aggregate_id, "Holding the aggregate until its dead letter is replayed or discarded.");
                 self.held.insert(row.aggregate_id.clone());
             }
@@ -1051,13 +875,7 @@ impl PollerState {
             return;
         };
         self.generations[partition] = generation;
-        let mut rows: Vec<Row> = self
-            .aggs
-            .values()
-            .filter(|a| a.partition == partition)
-            .filter_map(|a| a.in_flight.clone())
-            .collect();
-        rows.sort_by_key(|r| r.id);
+        let rows = self.queues.in_flight_of(partition);
         info!(
             partition,
             generation,
