@@ -10,7 +10,7 @@ use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::actors::Delivered;
+use crate::actors::{AbortOnDrop, Delivered};
 use crate::config::{LogConfig, LogFormat};
 use crate::health::Health;
 
@@ -279,15 +279,6 @@ pub async fn serve(listen: SocketAddr, health: Arc<Health>) -> anyhow::Result<()
     tracing::info!(%listen, "Serving /metrics, /healthz and /readyz.");
     axum::serve(listener, app).await?;
     Ok(())
-}
-
-/// Aborts a task when dropped (with the future that owns it).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn up(b: bool) -> &'static str {

@@ -324,6 +324,15 @@ pub fn partition_of(aggregate_id: &str, partitions: usize) -> usize {
     (h % partitions.max(1) as u64) as usize
 }
 
+/// Aborts a task when dropped, with whatever owns it (a crashed actor's state included).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Exponential back-off: `initial × 2^(n-1)`, capped at `max` (n ≥ 1).
 pub fn exponential(initial: Duration, max: Duration, n: u32) -> Duration {
     let factor = 1u64 << n.saturating_sub(1).min(30);

@@ -52,7 +52,7 @@ use tracing::{debug, info, warn};
 use super::acker::AckerMsg;
 use super::publisher::PublisherMsg;
 use super::retry::RetryMsg;
-use super::{Delivered, Row, Shared};
+use super::{AbortOnDrop, Delivered, Row, Shared};
 use crate::config::DeadLetterPolicy;
 use crate::outbox::store::{self, OutboxRow};
 use crate::outbox::{NOTIFY_CHANNEL, NOTIFY_RESCAN};
@@ -158,15 +158,6 @@ pub struct PollerStats {
     /// Age of the oldest pending row the poller knows of, in seconds (see
     /// `outboxd_oldest_pending_age_seconds`); `None` when it holds none.
     pub oldest_pending_age_secs: Option<f64>,
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// What the poller owns.
