@@ -197,7 +197,7 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
         }
     };
     let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1_000));
-    let location = sink.location();
+    let location = config.sink_location();
     match sink.probe(timeout).await {
         Ok(what) => println!(
             "broker: ok ({kind} at {location}, {what}; {})",

@@ -52,8 +52,7 @@ impl Health {
     /// Records the outcome of a database operation; logs transitions once.
     pub fn set_db_up(&self, up: bool) {
         if self.db_up.swap(up, Ordering::Relaxed) != up {
-            metrics::gauge!("outboxd_database_up").set(if up { 1.0 } else { 0.0 });
-            metrics::gauge!("outboxd_ready").set(if self.ready() { 1.0 } else { 0.0 });
+            self.publish_gauges();
             if up {
                 tracing::info!("Database reachable.");
             }
@@ -72,8 +71,7 @@ impl Health {
             self.set_broker_problem(None);
         }
         if changed {
-            metrics::gauge!("outboxd_broker_up").set(if up { 1.0 } else { 0.0 });
-            metrics::gauge!("outboxd_ready").set(if self.ready() { 1.0 } else { 0.0 });
+            self.publish_gauges();
             if up {
                 tracing::info!("Broker reachable again.");
             }
@@ -164,6 +162,15 @@ impl Health {
     /// Ready: the database and the broker are reachable.
     pub fn ready(&self) -> bool {
         self.db_up() && self.broker_up()
+    }
+    /// Sets the readiness gauges (`outboxd_database_up`, `outboxd_broker_up`,
+    /// `outboxd_ready`) from the current state: on every change, and at start so that they
+    /// exist before anything changes.
+    pub fn publish_gauges(&self) {
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        metrics::gauge!("outboxd_database_up").set(flag(self.db_up()));
+        metrics::gauge!("outboxd_broker_up").set(flag(self.broker_up()));
+        metrics::gauge!("outboxd_ready").set(flag(self.ready()));
     }
 }
 

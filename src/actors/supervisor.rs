@@ -186,10 +186,7 @@ impl Actor for Supervisor {
         }
         metrics::gauge!("outboxd_restart_budget")
             .set(f64::from(args.config.supervisor.max_restarts));
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        metrics::gauge!("outboxd_ready").set(flag(args.health.ready()));
-        metrics::gauge!("outboxd_database_up").set(flag(args.health.db_up()));
-        metrics::gauge!("outboxd_broker_up").set(flag(args.health.broker_up()));
+        args.health.publish_gauges();
         metrics::gauge!("outboxd_destinations_blocked").set(0.0);
         metrics::gauge!("outboxd_oldest_pending_age_seconds").set(0.0);
         let partitions = args.config.relay.partitions as usize;

@@ -358,10 +358,6 @@ impl Sink for KafkaSink {
         })
     }
 
-    fn location(&self) -> String {
-        self.config.brokers.clone()
-    }
-
     fn describe(&self) -> String {
         format!(
             "librdkafka {} with {}",

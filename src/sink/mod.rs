@@ -206,9 +206,6 @@ pub trait Sink: Send + Sync + 'static {
     /// to fix when not. Used by `outboxd check` and to tell a wedged client from an outage.
     fn probe(&self, timeout: Duration) -> BoxFuture<'static, Result<String, String>>;
 
-    /// Where the sink publishes (brokers, server URL without credentials), for messages.
-    fn location(&self) -> String;
-
     /// The client library and what it was built with, for `outboxd check`.
     fn describe(&self) -> String;
 

@@ -431,10 +431,6 @@ impl Sink for NatsSink {
         })
     }
 
-    fn location(&self) -> String {
-        crate::db::redact(&self.config.url)
-    }
-
     fn describe(&self) -> String {
         "async-nats 0.51 (rustls)".into()
     }

@@ -503,10 +503,6 @@ impl Sink for RedisSink {
         })
     }
 
-    fn location(&self) -> String {
-        crate::db::redact(&self.config.url)
-    }
-
     fn describe(&self) -> String {
         "redis-rs 1 (rustls)".into()
     }
