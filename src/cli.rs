@@ -259,6 +259,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
             return Ok(match exit {
                 RelayExit::Stopped => ExitCode::SUCCESS,
                 RelayExit::RestartBudgetExhausted(_) => ExitCode::FAILURE,
+                RelayExit::Misconfigured(_) => ExitCode::from(2),
             });
         }
     }

@@ -69,12 +69,12 @@ async fn a_second_instance_stands_by_and_takes_over_within_the_lease() {
 async fn every_write_of_an_instance_whose_lease_was_taken_over_is_refused() {
     let db = TestDb::new().await;
     insert_sql(&db.pool, "t", &["a".to_string()], 3).await;
-    let e1 = store::acquire_lease(&db.pool, RELAY_LEASE, "one", 1, true)
+    let e1 = store::acquire_lease(&db.pool, RELAY_LEASE, "one", 1, true, 0)
         .await
         .unwrap()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await; // expires
-    let e2 = store::acquire_lease(&db.pool, RELAY_LEASE, "two", 60_000, true)
+    let e2 = store::acquire_lease(&db.pool, RELAY_LEASE, "two", 60_000, true, 0)
         .await
         .unwrap()
         .unwrap();
@@ -104,7 +104,7 @@ async fn every_write_of_an_instance_whose_lease_was_taken_over_is_refused() {
     assert_eq!(db.pending().await, 3, "nothing changed");
     // A standby cannot take a live lease.
     assert_eq!(
-        store::acquire_lease(&db.pool, RELAY_LEASE, "three", 1000, true)
+        store::acquire_lease(&db.pool, RELAY_LEASE, "three", 1000, true, 0)
             .await
             .unwrap(),
         None

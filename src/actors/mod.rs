@@ -12,6 +12,7 @@
 
 pub mod acker;
 pub mod cleanup;
+pub mod lease;
 pub mod poller;
 pub mod publisher;
 pub mod retry;

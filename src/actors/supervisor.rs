@@ -2,7 +2,8 @@
 //!
 //! It competes for the lease (standing by while another instance holds it), and while it
 //! holds the lease runs the pipeline — poller, `relay.partitions` publishers, acker, retry
-//! and cleanup — renewing the lease every third of `relay.lease_ttl_ms`.
+//! and cleanup — renewing the lease as [`Lease`] says (every 250 ms by default) and
+//! letting the pipeline publish only within the window each renewal gives.
 //!
 //! Restarts. A crashed child is restarted after an exponential back-off
 //! (`supervisor.initial_backoff_ms`, doubling, capped at `supervisor.max_backoff_ms`):
@@ -23,17 +24,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::acker::{Acker, AckerArgs, AckerMsg};
 use super::cleanup::{Cleanup, CleanupMsg};
+use super::lease::{Lease, Renewal, Take};
 use super::poller::{Poller, PollerMsg, Wiring};
 use super::publisher::{Publisher, PublisherArgs, PublisherMsg};
 use super::retry::{Retry, RetryArgs, RetryMsg};
 use super::{Faults, Hooks, Shared, names};
 use crate::config::Config;
 use crate::health::{Health, LeaseState};
-use crate::outbox::store::{self, Fence, RELAY_LEASE};
+use crate::outbox::store::LockCheck;
 use crate::sink::{self, Sink};
 
 /// The supervisor behaviour.
@@ -46,6 +48,8 @@ pub enum RelayExit {
     Stopped,
     /// Too many crashes in the restart window.
     RestartBudgetExhausted(String),
+    /// The set-up cannot keep the guarantees (a pooler in transaction mode).
+    Misconfigured(String),
 }
 
 /// Which part of the pipeline a restart concerns.
@@ -138,7 +142,8 @@ pub struct SupervisorState {
     args: SupervisorArgs,
     sink: Option<Arc<dyn Sink>>,
     shared: Option<Arc<Shared>>,
-    fence: Option<Fence>,
+    lease: Lease,
+    /// Until when the pipeline may publish (see [`Lease::window`]).
     lease_deadline: Option<Instant>,
     refs: Refs,
     children: HashMap<ActorId, Scope>,
@@ -147,10 +152,9 @@ pub struct SupervisorState {
     restarts: u64,
     generations: Vec<u64>,
     standby_logged: bool,
+    /// "run `outboxd migrate`" was said (once per outage of the schema).
+    schema_missing_logged: bool,
     shutting_down: bool,
-    /// The connection that holds this process's instance-name lock (see
-    /// [`store::lock_instance`]); `None` while another live session holds it.
-    identity: Option<sqlx::PgConnection>,
 }
 
 impl Actor for Supervisor {
@@ -163,8 +167,11 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let ttl = Duration::from_millis(args.config.relay.lease_ttl_ms);
-        myself.send_interval(ttl / 3, || SupervisorMsg::RenewLease);
+        let lease = Lease::new(
+            args.owner.clone(),
+            Duration::from_millis(args.config.relay.lease_ttl_ms),
+        );
+        myself.send_interval(lease.renew_every(), || SupervisorMsg::RenewLease);
         // Only Kafka's stall timeout is configurable; the others never wedge (see
         // `Sink::stall_timeout`), and the check is then a no-op.
         let stall = Duration::from_millis(args.config.kafka.stall_timeout_ms);
@@ -194,7 +201,7 @@ impl Actor for Supervisor {
             args,
             sink: None,
             shared: None,
-            fence: None,
+            lease,
             lease_deadline: None,
             refs: Refs::default(),
             children: HashMap::new(),
@@ -203,8 +210,8 @@ impl Actor for Supervisor {
             restarts: 0,
             generations: vec![0; partitions],
             standby_logged: false,
+            schema_missing_logged: false,
             shutting_down: false,
-            identity: None,
         })
     }
 
@@ -249,7 +256,7 @@ impl Actor for Supervisor {
             SupervisorMsg::Info(reply) => {
                 let _ = reply.send(SupervisorInfo {
                     active: st.shared.is_some(),
-                    epoch: st.fence.as_ref().map(|f| f.epoch),
+                    epoch: st.lease.fence.as_ref().map(|f| f.epoch),
                     restarts: st.restarts,
                 });
             }
@@ -310,29 +317,14 @@ impl SupervisorState {
         if self.shutting_down || self.shared.is_some() {
             return;
         }
-        let ttl = self.ttl();
-        let asked_at = Instant::now();
-        let reclaim = self.hold_identity().await;
-        match store::acquire_lease(
-            &self.args.pool,
-            RELAY_LEASE,
-            &self.args.owner,
-            ttl.as_millis() as i64,
-            reclaim,
-        )
-        .await
-        {
-            Ok(Some(epoch)) => {
+        match self.lease.acquire(&self.args.pool).await {
+            Ok(Take::Taken(epoch, deadline)) => {
                 self.args.health.set_db_up(true);
+                self.schema_missing_logged = false;
                 info!(owner = %self.args.owner, epoch, "Lease acquired; starting the pipeline.");
                 metrics::counter!("outboxd_lease_acquisitions_total").increment(1);
                 self.standby_logged = false;
-                self.fence = Some(Fence {
-                    name: RELAY_LEASE.into(),
-                    owner: self.args.owner.clone(),
-                    epoch,
-                });
-                self.lease_deadline = Some(asked_at + ttl.mul_f64(0.9));
+                self.lease_deadline = Some(deadline);
                 self.args.health.set_lease(LeaseState::Active);
                 if let Err(e) = self.start_pipeline(myself).await {
                     error!(error = %e, "Cannot start the pipeline; retrying.");
@@ -340,95 +332,75 @@ impl SupervisorState {
                     myself.send_after(Duration::from_secs(1), || SupervisorMsg::AcquireLease);
                 }
             }
-            Ok(None) => {
+            Ok(Take::Standby(retry_in)) => {
                 self.args.health.set_db_up(true);
+                self.schema_missing_logged = false;
                 self.args.health.set_lease(LeaseState::Standby);
                 if !self.standby_logged {
                     info!("Another instance holds the lease; standing by.");
                     self.standby_logged = true;
                 }
-                myself.send_after(ttl / 3, || SupervisorMsg::AcquireLease);
+                myself.send_after(retry_in, || SupervisorMsg::AcquireLease);
             }
-            Err(e) => {
+            Err(LockCheck::Db(e)) => {
                 self.args.health.set_db_up(false);
                 if is_undefined_table(&e) {
-                    error!("The outbox tables do not exist: run `outboxd migrate` first.");
+                    if !self.schema_missing_logged {
+                        error!("The outbox tables do not exist: run `outboxd migrate` first.");
+                        self.schema_missing_logged = true;
+                    }
                 } else {
                     warn!(error = %e, "Cannot reach the database to take the lease; retrying.");
                 }
                 myself.send_after(Duration::from_secs(1), || SupervisorMsg::AcquireLease);
             }
+            Err(e @ LockCheck::NotSession) => self.refuse(myself, e.to_string()).await,
         }
     }
 
-    /// Whether this process holds the lock on its instance name, taking it if it can: a
-    /// process restarted under the same name (systemd, Kubernetes) then reclaims its lease
-    /// at once, while another instance — or a second process given the same name by
-    /// mistake — waits for the lease to expire.
-    async fn hold_identity(&mut self) -> bool {
-        if let Some(conn) = &mut self.identity {
-            if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
-                return true;
-            }
-            // The session and its lock are gone: take it again below, if nobody else has.
-            self.identity = None;
-        }
-        let Ok(conn) = self.args.pool.acquire().await else {
-            return false;
-        };
-        let mut conn = conn.detach();
-        match store::lock_instance(&mut conn, &self.args.owner).await {
-            Ok(true) => {
-                self.identity = Some(conn);
-                true
-            }
-            Ok(false) => {
-                debug!(owner = %self.args.owner, "Another live process runs under this instance name.");
-                false
-            }
-            Err(_) => false,
-        }
+    /// Stops the relay: its set-up cannot keep the guarantees.
+    async fn refuse(&mut self, myself: &ActorRef<SupervisorMsg>, why: String) {
+        error!(%why, "Stopping the relay.");
+        *self.args.exit.lock().expect("exit lock") = Some(RelayExit::Misconfigured(why.clone()));
+        self.stop_pipeline().await;
+        let _ = self.lease.release(&self.args.pool).await;
+        myself.stop(Some(why));
     }
 
     async fn renew(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        let (Some(fence), Some(shared)) = (self.fence.clone(), self.shared.clone()) else {
+        let Some(shared) = self.shared.clone() else {
             return;
         };
-        let ttl = self.ttl();
-        let asked_at = Instant::now();
-        match store::renew_lease(&self.args.pool, &fence, ttl.as_millis() as i64).await {
-            Ok(true) => {
-                let deadline = asked_at + ttl.mul_f64(0.9);
+        match self.lease.renew(&self.args.pool).await {
+            Ok(Renewal::Renewed(deadline)) => {
                 self.lease_deadline = Some(deadline);
                 shared.extend_lease(deadline);
             }
-            Ok(false) => {
-                warn!(
-                    epoch = fence.epoch,
-                    "Lease taken over by another instance; standing by."
-                );
+            Ok(Renewal::TakenOver) => {
+                warn!("Lease taken over by another instance; standing by.");
                 self.lose_lease(myself).await;
             }
-            Err(e) => {
+            Ok(Renewal::Failed(e)) => {
                 warn!(error = %e, "Cannot renew the lease; retrying.");
                 if self.lease_deadline.is_none_or(|d| Instant::now() >= d) {
                     warn!("Lease expired without renewal; stopping the pipeline.");
                     self.lose_lease(myself).await;
                 }
             }
+            Err(e) => self.refuse(myself, e.to_string()).await,
         }
     }
 
     async fn lose_lease(&mut self, myself: &ActorRef<SupervisorMsg>) {
         self.stop_pipeline().await;
-        self.fence = None;
+        self.lease.forget();
         self.lease_deadline = None;
         self.args.health.set_lease(LeaseState::Standby);
         myself.send_after(self.ttl() / 3, || SupervisorMsg::AcquireLease);
     }
 
     async fn start_pipeline(&mut self, myself: &ActorRef<SupervisorMsg>) -> anyhow::Result<()> {
-        let fence = self.fence.clone().expect("lease held");
+        let fence = self.lease.fence.clone().expect("lease held");
         let sink = match &self.sink {
             Some(s) => s.clone(),
             None => {
@@ -609,9 +581,7 @@ impl SupervisorState {
             *self.args.exit.lock().expect("exit lock") =
                 Some(RelayExit::RestartBudgetExhausted(reason.clone()));
             self.stop_pipeline().await;
-            if let Some(fence) = &self.fence {
-                let _ = store::release_lease(&self.args.pool, fence).await;
-            }
+            let _ = self.lease.release(&self.args.pool).await;
             myself.stop(Some(reason));
             return;
         }
@@ -651,7 +621,7 @@ impl SupervisorState {
     }
 
     async fn restart(&mut self, myself: &ActorRef<SupervisorMsg>, scope: Scope) {
-        if self.shutting_down || self.fence.is_none() {
+        if self.shutting_down || self.lease.fence.is_none() {
             return;
         }
         let result = match scope {
@@ -758,9 +728,7 @@ impl SupervisorState {
             report.marked_all = ractor::call_t!(acker, AckerMsg::Flush, 10_000).unwrap_or(false);
         }
         self.stop_pipeline().await;
-        if let Some(fence) = self.fence.take()
-            && let Err(e) = store::release_lease(&self.args.pool, &fence).await
-        {
+        if let Err(e) = self.lease.release(&self.args.pool).await {
             warn!(error = %e, "Could not release the lease; it expires on its own.");
         }
         if let Some(sink) = &self.sink {

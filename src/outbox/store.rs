@@ -332,18 +332,61 @@ pub async fn dead_letter(
 
 /// Takes, on `conn`, the session-level advisory lock on an instance name. Only one session
 /// can hold it, and it goes with the session: when the process exits or is killed its
-/// connection closes and PostgreSQL releases the lock. So a process that gets it knows
-/// that no other live process runs under that name, and may reclaim the name's lease at
-/// once instead of waiting for it to expire.
-pub async fn lock_instance(
-    conn: &mut sqlx::PgConnection,
-    owner: &str,
-) -> Result<bool, sqlx::Error> {
+/// connection closes and PostgreSQL releases the lock. A process that gets it knows that
+/// no other process *holds the name's lock* — not that none is alive: the holder's lock
+/// session can die while the holder lives (a PostgreSQL restart, `idle_session_timeout`,
+/// `pg_terminate_backend`, a NAT dropping an idle connection). So the lock only lets a
+/// process reclaim its name's lease early when the lease also stopped being renewed (see
+/// [`acquire_lease`]).
+///
+/// `Err(LockCheck::NotSession)` when the lock, just taken, is not held by the session that
+/// asks next: statements of one connection reach different server sessions, as behind a
+/// pooler in transaction mode, where neither the lock nor the relay's guarantees hold.
+pub async fn lock_instance(conn: &mut sqlx::PgConnection, owner: &str) -> Result<bool, LockCheck> {
     count_query();
-    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('outboxd.instance'), hashtext($1))")
-        .bind(owner)
-        .fetch_one(conn)
-        .await
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtext('outboxd.instance'), hashtext($1))",
+    )
+    .bind(owner)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !locked {
+        return Ok(false);
+    }
+    // A second statement, which a transaction-mode pooler may hand to another session.
+    let visible: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+           AND pid = pg_backend_pid() AND granted AND objsubid = 2 \
+           AND classid = hashtext('outboxd.instance')::oid AND objid = hashtext($1)::oid)",
+    )
+    .bind(owner)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !visible {
+        return Err(LockCheck::NotSession);
+    }
+    // For operators (and tests) looking at pg_stat_activity.
+    sqlx::query("SET application_name = 'outboxd instance lock'")
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}
+
+/// Why the instance lock could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockCheck {
+    /// The database could not be asked.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// The session that took the lock is not the one that asked next.
+    #[error(
+        "the instance lock taken by one statement was not held by the session of the next \
+         statement on the same connection: a connection pooler in transaction mode \
+         (PgBouncer pool_mode = transaction or statement) stands between the relay and \
+         PostgreSQL. The relay needs session-level connections: connect it to PostgreSQL \
+         directly or through a pool in session mode"
+    )]
+    NotSession,
 }
 
 /// Aggregates with an open (not replayed, not discarded) dead letter.
@@ -356,16 +399,20 @@ pub async fn held_aggregates(pool: &sqlx::PgPool) -> Result<Vec<String>, sqlx::E
     .await
 }
 
-/// Takes the lease if it is free or expired — or, with `reclaim`, held under this owner
-/// name (by this process, or by an earlier incarnation of it that cannot be alive: see
-/// [`lock_instance`]); returns the new epoch. The epoch goes up on every take, so the
-/// writes of any earlier holder, an earlier incarnation included, are fenced.
+/// Takes the lease if it is free or expired — or, with `reclaim` (this process holds
+/// its name's lock, see [`lock_instance`]), held under this owner name but not renewed for
+/// `grace_ms`: its holder, an earlier incarnation of this process or another process
+/// given the same name, is dead or cut off from the database, and by then has stopped
+/// publishing (it publishes only within a shorter window after each renewal). Returns the
+/// new epoch. The epoch goes up on every take, so the writes of any earlier holder, an
+/// earlier incarnation included, are fenced.
 pub async fn acquire_lease(
     pool: &sqlx::PgPool,
     name: &str,
     owner: &str,
     ttl_ms: i64,
     reclaim: bool,
+    grace_ms: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
     count_query();
     sqlx::query_scalar(
@@ -374,20 +421,24 @@ pub async fn acquire_lease(
          ON CONFLICT (name) DO UPDATE \
             SET owner = EXCLUDED.owner, epoch = l.epoch + 1, acquired_at = now(), \
                 renewed_at = now(), expires_at = EXCLUDED.expires_at \
-            WHERE l.expires_at < now() OR (l.owner = EXCLUDED.owner AND $4) \
+            WHERE l.expires_at < now() \
+               OR (l.owner = EXCLUDED.owner AND $4 \
+                   AND l.renewed_at < now() - $5 * interval '1 millisecond') \
          RETURNING epoch",
     )
     .bind(name)
     .bind(owner)
     .bind(ttl_ms)
     .bind(reclaim)
+    .bind(grace_ms)
     .fetch_optional(pool)
     .await
 }
 
-/// Extends our lease; false when it is no longer ours.
-pub async fn renew_lease(
-    pool: &sqlx::PgPool,
+/// Extends our lease (on a connection of the pool, or on the instance-lock connection,
+/// which no busy pool can delay); false when it is no longer ours.
+pub async fn renew_lease<'c>(
+    db: impl sqlx::PgExecutor<'c>,
     fence: &Fence,
     ttl_ms: i64,
 ) -> Result<bool, sqlx::Error> {
@@ -400,7 +451,7 @@ pub async fn renew_lease(
     .bind(&fence.owner)
     .bind(fence.epoch)
     .bind(ttl_ms)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     Ok(row.is_some())
 }

@@ -820,7 +820,7 @@ async fn machine() -> serde_json::Value {
 async fn ceiling_postgres(rows: u64) -> anyhow::Result<(f64, f64)> {
     let w = World::new().await?;
     w.prefill(rows).await?;
-    let epoch = store::acquire_lease(&w.pool, RELAY_LEASE, "bench", 600_000, false)
+    let epoch = store::acquire_lease(&w.pool, RELAY_LEASE, "bench", 600_000, false, 0)
         .await?
         .expect("lease");
     let fence = Fence {
@@ -1084,7 +1084,7 @@ async fn ceiling_minimal(rows: u64) -> anyhow::Result<(f64, f64)> {
     let w = World::new().await?;
     w.prefill(rows).await?;
     let cfg = w.config();
-    let epoch = store::acquire_lease(&w.pool, RELAY_LEASE, "bench", 600_000, false)
+    let epoch = store::acquire_lease(&w.pool, RELAY_LEASE, "bench", 600_000, false, 0)
         .await?
         .expect("lease");
     let fence = Fence {
