@@ -55,7 +55,7 @@ pub struct Config {
 }
 
 /// `[database]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// PostgreSQL URL.
@@ -68,7 +68,9 @@ pub struct DatabaseConfig {
     /// `verify-full`; empty = the URL's `sslmode` (libpq's default, `prefer`, without one).
     pub sslmode: String,
     /// CA certificate(s) the server's certificate may be signed by (PEM file), trusted
-    /// besides the public web roots built in; empty = the URL's `sslrootcert`.
+    /// besides the public web roots built in; empty = the URL's `sslrootcert`. Only with
+    /// `verify-full`: `verify-ca`, and `require` / `prefer` with a root certificate (which
+    /// libpq verifies against it alone), are refused, as their libpq meaning cannot be had.
     pub sslrootcert: String,
     /// Client certificate for mutual TLS (PEM file); empty = the URL's `sslcert`.
     pub sslcert: String,
@@ -77,6 +79,41 @@ pub struct DatabaseConfig {
     /// A file whose content is the password (a Kubernetes secret mounted as a file; one
     /// trailing newline is ignored); when set it wins over a password in the URL.
     pub password_file: String,
+}
+
+/// `Debug` for the sections that hold secrets: every URL with its credentials hidden
+/// ([`crate::secrets::redact`]) and the values of secret librdkafka options as `***`, so
+/// that `{:?}` of a configuration never shows a password.
+macro_rules! debug_without_secrets {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+                hide_secrets(&mut v);
+                write!(f, "{} {v}", stringify!($t))
+            }
+        }
+    )*};
+}
+debug_without_secrets!(DatabaseConfig, KafkaConfig, RedisConfig, NatsConfig);
+
+fn hide_secrets(v: &mut serde_json::Value) {
+    let Some(map) = v.as_object_mut() else {
+        return;
+    };
+    for (k, v) in map.iter_mut() {
+        match (k.as_str(), v) {
+            ("url", serde_json::Value::String(s)) => *s = crate::secrets::redact(s),
+            ("producer", serde_json::Value::Object(options)) => {
+                for (option, value) in options.iter_mut() {
+                    if crate::secrets::is_secret_option(option) {
+                        *value = "***".into();
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Default for DatabaseConfig {
@@ -95,7 +132,7 @@ impl Default for DatabaseConfig {
 }
 
 /// `[kafka]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma separated `host:port`.
@@ -134,7 +171,7 @@ pub struct SinkConfig {
 }
 
 /// `[redis]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://[user[:password]@]host:port[/db]`, or `rediss://` for TLS. An ACL user
@@ -193,7 +230,7 @@ impl Default for RedisConfig {
 }
 
 /// `[nats]`
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
     /// Servers, comma separated: `nats://host:4222`, `tls://host:4222` for TLS.
@@ -825,22 +862,7 @@ pub const SSL_MODES: &[&str] = &[
 /// read, a client certificate together with its key.
 fn check_database_tls(db: &DatabaseConfig) -> Vec<String> {
     let mut e = Vec::new();
-    let query: Vec<(String, String)> = url::Url::parse(&db.url)
-        .map(|u| u.query_pairs().into_owned().collect())
-        .unwrap_or_default();
-    let from_url = |names: &[&str]| {
-        query
-            .iter()
-            .find(|(k, _)| names.contains(&k.as_str()))
-            .map(|(k, v)| (format!("database.url ({k})"), v.clone()))
-    };
-    let pick = |key: &str, value: &str, names: &[&str]| {
-        if value.is_empty() {
-            from_url(names)
-        } else {
-            Some((format!("database.{key}"), value.to_string()))
-        }
-    };
+    let pick = tls_settings(db);
     if let Some((key, mode)) = pick("sslmode", &db.sslmode, &["sslmode", "ssl-mode"])
         && !SSL_MODES.contains(&mode.as_str())
     {
@@ -854,6 +876,7 @@ fn check_database_tls(db: &DatabaseConfig) -> Vec<String> {
         &db.sslrootcert,
         &["sslrootcert", "ssl-root-cert", "ssl-ca"],
     );
+    e.extend(unsupported_tls(db));
     let cert = pick("sslcert", &db.sslcert, &["sslcert", "ssl-cert"]);
     let key = pick("sslkey", &db.sslkey, &["sslkey", "ssl-key"]);
     for (what, setting) in [
@@ -885,6 +908,55 @@ fn check_database_tls(db: &DatabaseConfig) -> Vec<String> {
         ));
     }
     e
+}
+
+/// A lookup of `[database]` TLS settings: `pick(key, value, url_names)` is the key's
+/// value when set, else the URL query's (under any of libpq's or sqlx's names), each with
+/// the name to report it by.
+fn tls_settings(db: &DatabaseConfig) -> impl Fn(&str, &str, &[&str]) -> Option<(String, String)> {
+    let query: Vec<(String, String)> = url::Url::parse(&db.url)
+        .map(|u| u.query_pairs().into_owned().collect())
+        .unwrap_or_default();
+    move |key, value, names| {
+        if value.is_empty() {
+            query
+                .iter()
+                .find(|(k, _)| names.contains(&k.as_str()))
+                .map(|(k, v)| (format!("database.url ({k})"), v.clone()))
+        } else {
+            Some((format!("database.{key}"), value.to_string()))
+        }
+    }
+}
+
+/// The `sslmode` / `sslrootcert` combinations whose libpq meaning the TLS client built
+/// in (rustls through sqlx) cannot give, refused rather than silently weakened. It
+/// trusts `sslrootcert` *in addition to* the public web roots, and `require` never
+/// verifies. libpq, in contrast, trusts only `sslrootcert`, so its `verify-ca` (chain
+/// only, no host name) is safe there but here would take any publicly issued certificate
+/// for any host; and with `sslrootcert` set, libpq verifies the chain in `require` and
+/// `prefer` as well. `verify-full` checks the host name too, which keeps it safe here.
+pub fn unsupported_tls(db: &DatabaseConfig) -> Option<String> {
+    let pick = tls_settings(db);
+    let (key, mode) = pick("sslmode", &db.sslmode, &["sslmode", "ssl-mode"])?;
+    let root = pick(
+        "sslrootcert",
+        &db.sslrootcert,
+        &["sslrootcert", "ssl-root-cert", "ssl-ca"],
+    );
+    match (mode.as_str(), root) {
+        ("verify-ca", _) => Some(format!(
+            "{key}: verify-ca is not supported: libpq trusts only sslrootcert, this relay \
+             also trusts the public web roots, so verify-ca (no host-name check) would accept \
+             any publicly issued certificate; use verify-full (checks the host name too)"
+        )),
+        ("allow" | "prefer" | "require", Some((root_key, _))) => Some(format!(
+            "{key}: {mode} with {root_key} set: libpq then verifies the server's certificate \
+             chain, which this relay does only with verify-full; use verify-full, or remove \
+             {root_key} to encrypt without verifying"
+        )),
+        _ => None,
+    }
 }
 
 /// Whether a file can be opened for reading, or why not.
@@ -1105,6 +1177,85 @@ mod tests {
             },
             &env,
         )
+    }
+
+    #[test]
+    fn each_sslmode_is_what_libpq_means_or_refused() {
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let ca = ca.path().to_str().unwrap().to_string();
+        let base = "postgres://u@h/d";
+        let problems = |url: String, mode: &str, root: &str| {
+            check_database_tls(&DatabaseConfig {
+                url,
+                sslmode: mode.into(),
+                sslrootcert: root.into(),
+                ..Default::default()
+            })
+        };
+        // Accepted: what the built-in client does as libpq does.
+        for (mode, root) in [
+            ("disable", ""),
+            ("allow", ""),
+            ("prefer", ""),
+            ("require", ""),
+            ("verify-full", ""),
+            ("verify-full", ca.as_str()),
+        ] {
+            assert_eq!(
+                problems(base.into(), mode, root),
+                Vec::<String>::new(),
+                "{mode} {root}"
+            );
+        }
+        // Refused, naming verify-full: verify-ca in any form; require / prefer / allow with
+        // a root certificate (libpq would verify the chain against it).
+        for (url, mode, root) in [
+            (base.to_string(), "verify-ca", ""),
+            (base.to_string(), "verify-ca", ca.as_str()),
+            (format!("{base}?sslmode=verify-ca"), "", ""),
+            (base.to_string(), "require", ca.as_str()),
+            (base.to_string(), "prefer", ca.as_str()),
+            (base.to_string(), "allow", ca.as_str()),
+            (format!("{base}?sslmode=require&sslrootcert={ca}"), "", ""),
+        ] {
+            let p = problems(url.clone(), mode, root);
+            assert_eq!(p.len(), 1, "{url} {mode} {root}: {p:?}");
+            assert!(p[0].contains("use verify-full"), "{p:?}");
+        }
+        // A key wins over the URL: verify-full in the key makes the URL's require safe.
+        assert!(
+            problems(
+                format!("{base}?sslmode=require&sslrootcert={ca}"),
+                "verify-full",
+                ""
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn debug_of_a_configuration_shows_no_secret() {
+        let mut c = Config::default();
+        c.database.url = "postgres://u:dbpw1@h/d?password=dbpw2".into();
+        c.kafka
+            .producer
+            .insert("sasl.password".into(), "kafkapw".into());
+        c.kafka.producer.insert("linger.ms".into(), "5".into());
+        c.redis.url = "rediss://relay:redispw@h:6380".into();
+        c.nats.url = "nats://natstoken@h:4222,nats://u:natspw@h2:4222".into();
+        let shown = format!("{c:?}");
+        for secret in [
+            "dbpw1",
+            "dbpw2",
+            "kafkapw",
+            "redispw",
+            "natstoken",
+            "natspw",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("linger.ms"), "{shown}");
+        assert!(shown.contains("postgres://u:***@h/d"), "{shown}");
     }
 
     #[test]

@@ -9,8 +9,12 @@ use crate::config::DatabaseConfig;
 /// Connection options from the configuration, with `application_name = outboxd`. The
 /// URL is read as libpq reads it (`sslmode`, `sslrootcert`, `sslcert`, `sslkey` in its
 /// query); each `[database]` TLS key that is set wins over the URL's, and
-/// `database.password_file` wins over a password in the URL.
+/// `database.password_file` wins over a password in the URL. A TLS set-up whose libpq
+/// meaning cannot be had is refused ([`crate::config::unsupported_tls`]).
 pub fn connect_options(cfg: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+    if let Some(why) = crate::config::unsupported_tls(cfg) {
+        anyhow::bail!(why);
+    }
     let mut opts: PgConnectOptions = cfg
         .url
         .parse()
@@ -87,7 +91,7 @@ pub fn explain(error: &str) -> Option<&'static str> {
         // rustls's own words (its `Display`), not its variant names.
         (
             "certificate not valid for name",
-            "the server's certificate is not issued for this host name: connect by the name in the certificate, or use sslmode=verify-ca",
+            "the server's certificate is not issued for this host name: connect by the name in the certificate (or an address in its subject alternative names)",
         ),
         (
             "certificate expired",
@@ -142,19 +146,7 @@ pub async fn tls_description(pool: &sqlx::PgPool) -> String {
     }
 }
 
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::secrets::redact;
 
 #[cfg(test)]
 mod tests {
@@ -185,14 +177,5 @@ mod tests {
             );
         }
         assert_eq!(super::explain("connection refused"), None);
-    }
-
-    #[test]
-    fn passwords_are_not_printed() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h:5432/d"),
-            "postgres://u:***@h:5432/d"
-        );
-        assert_eq!(super::redact("postgres://u@h/d"), "postgres://u@h/d");
     }
 }

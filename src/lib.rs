@@ -41,6 +41,9 @@ pub mod ratelimit;
 #[cfg(feature = "relay")]
 pub mod relay;
 #[cfg(feature = "relay")]
+#[doc(hidden)]
+pub mod secrets;
+#[cfg(feature = "relay")]
 pub mod sink;
 #[cfg(feature = "relay")]
 #[doc(hidden)]

@@ -74,6 +74,52 @@ async fn check_passes_against_the_running_broker_and_database() {
     assert!(text.contains("broker: ok"), "{text}");
 }
 
+/// libpq (and sqlx) take a password in the URL's query too: `check` and `run`'s
+/// start-up line must hide it as they hide the user-info one.
+#[tokio::test]
+async fn a_password_in_the_url_query_is_never_printed() {
+    let db = TestDb::new().await;
+    // Trust authentication here: any password connects.
+    let url = format!("{}?password=hunter2query&application_name=x", db.url);
+    let url = url.replacen(
+        "postgres://postgres@",
+        "postgres://postgres:hunter2info@",
+        1,
+    );
+    let out = outboxd(&["check"])
+        .current_dir(std::env::temp_dir())
+        .env("OUTBOXD__DATABASE__URL", &url)
+        .env("OUTBOXD__KAFKA__BROKERS", brokers())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("database: ok"), "{text}");
+    assert!(text.contains("password=***"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+
+    let mut relay = common::RelayProcess::spawn(&[
+        ("OUTBOXD__DATABASE__URL", url),
+        ("OUTBOXD__KAFKA__BROKERS", brokers()),
+        ("OUTBOXD__METRICS__LISTEN", String::new()),
+    ]);
+    let started = common::eventually(std::time::Duration::from_secs(20), || {
+        let log = relay.output();
+        async move { log.contains("Starting outboxd") }
+    })
+    .await;
+    relay.signal(nix::sys::signal::Signal::SIGTERM);
+    relay.wait_for(std::time::Duration::from_secs(15));
+    let log = relay.output();
+    assert!(started, "{log}");
+    assert!(log.contains("password=***"), "{log}");
+    assert!(!log.contains("hunter2"), "{log}");
+}
+
 #[tokio::test]
 async fn check_names_a_stopped_broker_and_exits_3() {
     let db = TestDb::new().await;
@@ -311,9 +357,21 @@ fn each_invalid_configuration_names_its_key_and_exits_2() {
         ),
         (
             "missing CA file in the URL",
-            "[database]\nurl = \"postgres://u@h/db?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem\"\n",
+            "[database]\nurl = \"postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"\n",
             &[],
             "database.url (sslrootcert): cannot read the CA certificate",
+        ),
+        (
+            "verify-ca (weaker here than libpq's)",
+            "[database]\nurl = \"postgres://u@h/db?sslmode=verify-ca\"\n",
+            &[],
+            "database.url (sslmode): verify-ca is not supported",
+        ),
+        (
+            "require with a root certificate (libpq would verify)",
+            "[database]\nsslmode = \"require\"\nsslrootcert = \"/etc/hostname\"\n",
+            &[],
+            "database.sslmode: require with database.sslrootcert set",
         ),
         (
             "client certificate without its key",

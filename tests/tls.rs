@@ -78,15 +78,43 @@ async fn verify_full_refuses_a_server_whose_certificate_the_ca_did_not_sign() {
     );
     // The same through the URL alone.
     let url = local(&format!(
-        "sslmode=verify-ca&sslrootcert={}",
+        "sslmode=verify-full&sslrootcert={}",
         file("other-ca.crt")
     ));
     let err = format!("{:#}", session(&url).await.unwrap_err());
     assert!(err.contains("not signed by the CA"), "{err}");
 }
 
+/// libpq's verify-ca trusts only sslrootcert; the client built in also trusts the public
+/// roots, so verify-ca (no host-name check) would take any publicly issued certificate:
+/// refused, as is require with a root certificate (libpq would verify the chain).
 #[tokio::test]
-async fn verify_ca_and_verify_full_with_a_client_certificate_connect() {
+async fn verify_ca_and_require_with_a_root_certificate_are_refused_naming_verify_full() {
+    let mut cfg = tls_cluster("postgres", "sslmode=verify-ca");
+    cfg.sslrootcert = file("ca.crt");
+    let err = format!("{:#}", session(&cfg).await.unwrap_err());
+    assert!(
+        err.contains("verify-ca is not supported") && err.contains("use verify-full"),
+        "{err}"
+    );
+    let url = tls_cluster(
+        "postgres",
+        &format!("sslmode=require&sslrootcert={}", file("ca.crt")),
+    );
+    let err = format!("{:#}", session(&url).await.unwrap_err());
+    assert!(
+        err.contains("require with database.url (sslrootcert)"),
+        "{err}"
+    );
+    // The machine's cluster has a self-signed certificate that no CA here signed: require
+    // with a root certificate would have connected without verifying it.
+    let mut cfg = local("sslmode=require");
+    cfg.sslrootcert = file("other-ca.crt");
+    assert!(session(&cfg).await.is_err());
+}
+
+#[tokio::test]
+async fn verify_full_with_a_client_certificate_connects() {
     // Through the URL, as libpq users write it.
     let q = format!(
         "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
@@ -99,7 +127,7 @@ async fn verify_ca_and_verify_full_with_a_client_certificate_connect() {
     assert_eq!(dn.as_deref(), Some("/CN=postgres"));
     // Through the keys.
     let mut cfg = tls_cluster("postgres", "");
-    cfg.sslmode = "verify-ca".into();
+    cfg.sslmode = "verify-full".into();
     cfg.sslrootcert = file("ca.crt");
     cfg.sslcert = file("client.crt");
     cfg.sslkey = file("client.key");

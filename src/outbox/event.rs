@@ -59,7 +59,7 @@ pub enum ValidationError {
         found: String,
     },
     /// A header would override one outboxd sets itself.
-    #[error("header {0:?} is reserved by outboxd")]
+    #[error("header {0:?} is reserved (outboxd or the sink sets it)")]
     ReservedHeader(String),
 }
 
@@ -301,11 +301,11 @@ impl NewEventBuilder {
             topic: self.topic.clone(),
             reason,
         })?;
-        if let Some(key) = self
-            .headers
-            .keys()
-            .find(|k| RESERVED_HEADERS.contains(&k.as_str()))
-        {
+        let reserved = |name: &str| match sink {
+            Some(kind) => kind.reserves_header(name),
+            None => RESERVED_HEADERS.contains(&name),
+        };
+        if let Some(key) = self.headers.keys().find(|k| reserved(k)) {
             return Err(ValidationError::ReservedHeader(key.clone()));
         }
         let payload = self.payload.ok_or(ValidationError::MissingPayload)?;
@@ -354,6 +354,22 @@ impl SinkKind {
             SinkKind::Redis => "stream key",
             SinkKind::Nats => "subject",
         }
+    }
+
+    /// Whether a row's own header may not use this name on this sink: the built-ins
+    /// ([`RESERVED_HEADERS`]) everywhere; on Redis also `payload` (the entry's payload
+    /// field); on NATS also every `Nats-` name, compared case-insensitively, because
+    /// JetStream reads them as instructions (`Nats-Msg-Id` would replace the event's
+    /// de-duplication id, `Nats-Expected-*` and `Nats-Rollup` change what the stream does).
+    pub fn reserves_header(self, name: &str) -> bool {
+        RESERVED_HEADERS.contains(&name)
+            || match self {
+                SinkKind::Kafka => false,
+                SinkKind::Redis => name == "payload",
+                SinkKind::Nats => name
+                    .get(..5)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("nats-")),
+            }
     }
 
     /// Checks a destination name by this sink's rules: Kafka topic names, any non-empty
@@ -619,6 +635,40 @@ mod tests {
             base().header("event_id", "x").build(),
             Err(ValidationError::ReservedHeader("event_id".into()))
         );
+    }
+
+    #[test]
+    fn each_sink_refuses_the_header_names_it_reserves() {
+        for name in [
+            "Nats-Msg-Id",
+            "nats-msg-id",
+            "NATS-Expected-Stream",
+            "Nats-Rollup",
+            "Nats-TTL",
+        ] {
+            assert_eq!(
+                base().header(name, "x").build_for(SinkKind::Nats),
+                Err(ValidationError::ReservedHeader(name.into())),
+                "{name}"
+            );
+            // Only NATS reads them.
+            assert!(base().header(name, "x").build_for(SinkKind::Kafka).is_ok());
+            assert!(base().header(name, "x").build_for(SinkKind::Redis).is_ok());
+        }
+        assert!(
+            base()
+                .header("natsy", "x")
+                .build_for(SinkKind::Nats)
+                .is_ok()
+        );
+        assert_eq!(
+            base().header("payload", "x").build_for(SinkKind::Redis),
+            Err(ValidationError::ReservedHeader("payload".into()))
+        );
+        for kind in SinkKind::ALL {
+            assert!(kind.reserves_header("outbox_id"), "{kind}");
+            assert!(!kind.reserves_header("traceparent"), "{kind}");
+        }
     }
 
     #[test]

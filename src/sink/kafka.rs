@@ -18,7 +18,7 @@ use super::{Batch, FailureKind, PublishFailure, Sink, SinkKind};
 use crate::config::KafkaConfig;
 use crate::health::Health;
 use crate::outbox::store::OutboxRow;
-use crate::outbox::{RESERVED_HEADERS, validate_topic};
+use crate::outbox::validate_topic;
 
 /// The producer every publisher shares. Deliveries are reported through
 /// [`DeliveryTarget`]s from librdkafka's polling thread, without a future per record.
@@ -459,20 +459,7 @@ pub fn check_brokers(brokers: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a librdkafka option carries a secret; its value is never shown.
-pub fn is_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "key.pem",
-        "oauthbearer.config",
-        "jaas",
-        "token",
-    ]
-    .iter()
-    .any(|s| k.contains(s))
-}
+pub use crate::secrets::is_secret_option as is_secret;
 
 /// `text` with the value of every secret option of `cc` replaced by `***`.
 fn hide_secrets(text: &str, cc: &ClientConfig) -> String {
@@ -842,16 +829,7 @@ pub fn build_record_with(
             ));
         }
     };
-    let user = if row.headers.is_empty() || row.headers == "{}" {
-        None
-    } else {
-        let parsed: serde_json::Value = serde_json::from_str(&row.headers)
-            .map_err(|e| PublishFailure::malformed(format!("headers are not JSON: {e}")))?;
-        Some(
-            crate::outbox::headers_from_json(&parsed)
-                .map_err(|e| PublishFailure::malformed(format!("headers: {e}")))?,
-        )
-    };
+    let user = super::user_headers(row, SinkKind::Kafka)?;
     let mut id_buf = uuid::Uuid::encode_buffer();
     let event_id = row.event_id.hyphenated().encode_lower(&mut id_buf);
     let mut outbox_id = itoa::Buffer::new();
@@ -873,14 +851,12 @@ pub fn build_record_with(
             value: Some(v.as_bytes()),
         });
     }
-    // The built-ins cannot be overridden: a row's own header of that name is dropped.
+    // A row's own header never has a built-in's name (refused by `user_headers`).
     for (key, v) in user.iter().flatten() {
-        if !RESERVED_HEADERS.contains(&key.as_str()) {
-            headers = headers.insert(Header {
-                key,
-                value: Some(v.as_bytes()),
-            });
-        }
+        headers = headers.insert(Header {
+            key,
+            value: Some(v.as_bytes()),
+        });
     }
     Ok(Record {
         topic: &row.topic,
@@ -904,7 +880,7 @@ mod tests {
             topic: "orders".into(),
             payload: Some(br#"{"total": 12}"#.to_vec()),
             payload_bytes: None,
-            headers: r#"{"traceparent": "00-abc", "event_type": "spoofed"}"#.into(),
+            headers: r#"{"traceparent": "00-abc"}"#.into(),
             event_id: uuid::Uuid::nil(),
             created_at: chrono::Utc
                 .with_ymd_and_hms(2026, 11, 22, 12, 0, 0)
@@ -936,7 +912,11 @@ mod tests {
             ]
         );
         assert_eq!(headers[0].1, "00000000-0000-0000-0000-000000000000");
-        assert_eq!(headers[1].1, "order.created", "built-in wins");
+        assert_eq!(headers[1].1, "order.created");
+        // A row's own header named like a built-in is refused, never dropped or sent.
+        let mut spoofed = row();
+        spoofed.headers = r#"{"traceparent": "00-abc", "event_type": "spoofed"}"#.into();
+        assert_eq!(build_record(&spoofed).unwrap_err().class, "reserved_header");
         assert_eq!(headers[4].1, "7");
         assert_eq!(headers[5].1, "2026-11-22T12:00:00.000000Z");
     }

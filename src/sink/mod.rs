@@ -31,7 +31,6 @@ use futures::future::BoxFuture;
 use crate::actors::Row;
 use crate::config::Config;
 use crate::health::Health;
-use crate::outbox::RESERVED_HEADERS;
 use crate::outbox::store::OutboxRow;
 
 pub use crate::outbox::{SinkKind, validate_subject};
@@ -76,6 +75,18 @@ impl PublishFailure {
     /// A row that cannot be turned into a message.
     pub fn malformed(why: impl Into<String>) -> Self {
         Self::new(FailureKind::Permanent, "malformed_row", why)
+    }
+
+    /// A row header with a name the sink reserves ([`SinkKind::reserves_header`]).
+    pub fn reserved_header(kind: SinkKind, name: &str) -> Self {
+        Self::new(
+            FailureKind::Permanent,
+            "reserved_header",
+            format!(
+                "header {name:?} is reserved on the {kind} sink (outboxd or the broker reads it); \
+                 the row was not published"
+            ),
+        )
     }
 
     /// A destination name the sink refuses.
@@ -354,8 +365,9 @@ pub struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
-    /// The message for a row, or why the row cannot be one (`malformed_row`).
-    pub fn from_row(row: &'a OutboxRow) -> Result<Message<'a>, PublishFailure> {
+    /// The message for `kind` of a row, or why the row cannot be one (`malformed_row`,
+    /// `reserved_header`).
+    pub fn from_row(row: &'a OutboxRow, kind: SinkKind) -> Result<Message<'a>, PublishFailure> {
         let payload: &[u8] = match (&row.payload, &row.payload_bytes) {
             (Some(text), None) => text,
             (None, Some(bytes)) => bytes,
@@ -366,14 +378,9 @@ impl<'a> Message<'a> {
             }
         };
         let mut headers = builtin_headers(row);
-        if !(row.headers.is_empty() || row.headers == "{}") {
-            let parsed: serde_json::Value = serde_json::from_str(&row.headers)
-                .map_err(|e| PublishFailure::malformed(format!("headers are not JSON: {e}")))?;
-            let user = crate::outbox::headers_from_json(&parsed)
-                .map_err(|e| PublishFailure::malformed(format!("headers: {e}")))?;
+        if let Some(user) = user_headers(row, kind)? {
             headers.extend(
                 user.into_iter()
-                    .filter(|(k, _)| !RESERVED_HEADERS.contains(&k.as_str()))
                     .map(|(k, v)| (Cow::Owned(k), Cow::Owned(v))),
             );
         }
@@ -388,11 +395,12 @@ impl<'a> Message<'a> {
     /// payload and ids) sent to `topic`, with where it was going and why it was not.
     pub fn dead_letter(
         row: &'a OutboxRow,
+        kind: SinkKind,
         topic: &'a str,
         class: &'a str,
         reason: &'a str,
     ) -> Message<'a> {
-        let mut message = Message::from_row(row).unwrap_or_else(|_| Message {
+        let mut message = Message::from_row(row, kind).unwrap_or_else(|_| Message {
             topic,
             payload: row
                 .payload
@@ -409,6 +417,27 @@ impl<'a> Message<'a> {
         ]);
         message
     }
+}
+
+/// A row's own headers (`None` when it has none), or why they cannot be sent: not a JSON
+/// object of strings (`malformed_row`), or a name the sink reserves (`reserved_header`,
+/// never silently dropped: a header the application meant for the broker would otherwise
+/// change what the broker does, or vanish).
+pub fn user_headers(
+    row: &OutboxRow,
+    kind: SinkKind,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, PublishFailure> {
+    if row.headers.is_empty() || row.headers == "{}" {
+        return Ok(None);
+    }
+    let parsed: serde_json::Value = serde_json::from_str(&row.headers)
+        .map_err(|e| PublishFailure::malformed(format!("headers are not JSON: {e}")))?;
+    let user = crate::outbox::headers_from_json(&parsed)
+        .map_err(|e| PublishFailure::malformed(format!("headers: {e}")))?;
+    if let Some(name) = user.keys().find(|k| kind.reserves_header(k)) {
+        return Err(PublishFailure::reserved_header(kind, name));
+    }
+    Ok(Some(user))
 }
 
 /// `event_id`, `event_type`, `aggregate_type`, `aggregate_id`, `outbox_id`, `created_at`.
@@ -557,7 +586,7 @@ mod tests {
             topic: "user:events".into(),
             payload: Some(br#"{"id": 1}"#.to_vec()),
             payload_bytes: None,
-            headers: r#"{"traceparent": "00-abc", "event_id": "spoofed"}"#.into(),
+            headers: r#"{"traceparent": "00-abc"}"#.into(),
             event_id: uuid::Uuid::nil(),
             created_at: chrono::Utc.with_ymd_and_hms(2026, 12, 2, 8, 0, 0).unwrap(),
             attempts: 0,
@@ -566,9 +595,9 @@ mod tests {
     }
 
     #[test]
-    fn a_message_carries_builtins_first_and_they_win() {
+    fn a_message_carries_builtins_first_then_the_row_headers() {
         let r = row();
-        let m = Message::from_row(&r).unwrap();
+        let m = Message::from_row(&r, SinkKind::Redis).unwrap();
         let names: Vec<&str> = m.headers.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(
             names,
@@ -588,10 +617,39 @@ mod tests {
     }
 
     #[test]
+    fn a_row_header_the_sink_reserves_is_refused_never_dropped() {
+        let mut r = row();
+        r.headers = r#"{"event_id": "forged", "traceparent": "00-1"}"#.into();
+        for kind in SinkKind::ALL {
+            let f = Message::from_row(&r, kind).unwrap_err();
+            assert_eq!(
+                (f.kind, f.class),
+                (FailureKind::Permanent, "reserved_header")
+            );
+            assert!(f.message.contains("event_id"), "{}", f.message);
+        }
+        r.headers = r#"{"Nats-Msg-Id": "fixed"}"#.into();
+        let f = Message::from_row(&r, SinkKind::Nats).unwrap_err();
+        assert_eq!(f.class, "reserved_header");
+        assert!(Message::from_row(&r, SinkKind::Redis).is_ok());
+        r.headers = r#"{"payload": "x"}"#.into();
+        assert_eq!(
+            Message::from_row(&r, SinkKind::Redis).unwrap_err().class,
+            "reserved_header"
+        );
+    }
+
+    #[test]
     fn a_dead_letter_copy_says_where_it_was_going_and_why() {
         let mut r = row();
         r.headers = "[1]".into();
-        let m = Message::dead_letter(&r, "dlq", "malformed_row", "headers: not an object");
+        let m = Message::dead_letter(
+            &r,
+            SinkKind::Redis,
+            "dlq",
+            "malformed_row",
+            "headers: not an object",
+        );
         assert_eq!(m.topic, "dlq");
         let get = |k: &str| {
             m.headers

@@ -26,6 +26,7 @@
 //! |---|---|---|
 //! | message over the server's `max_payload`; stream `max_msg_size` exceeded (10054) | permanent | `record_too_large` |
 //! | a subject one cannot publish to (wildcards, white space), a bad header | permanent | `invalid_topic` / `malformed_row` |
+//! | a row header named `Nats-…` (any case) or like a built-in (checked before sending) | permanent | `reserved_header` |
 //! | no PubAck in time | transient | `timeout` |
 //! | connection lost | transient | `broker_unavailable` |
 //! | storage or resource errors (10023, 10028, 10047, 10072, 10002, 10077 except "maximum … exceeded") | transient | `storage` |
@@ -119,7 +120,8 @@ async fn publish(js: jetstream::Context, batches: Vec<Arc<Batch>>) {
                 );
                 continue;
             }
-            let prepared = Message::from_row(row).and_then(|m| Ok((headers(&m)?, m.payload)));
+            let prepared =
+                Message::from_row(row, SinkKind::Nats).and_then(|m| Ok((headers(&m)?, m.payload)));
             let (headers, payload) = match prepared {
                 Ok(p) => p,
                 Err(f) => {
@@ -309,9 +311,12 @@ pub fn check_config(cfg: &NatsConfig) -> Vec<String> {
     e
 }
 
-/// The headers of a message, `Nats-Msg-Id` first.
+/// The headers of a message, and `Nats-Msg-Id` = the event id, set last so that nothing
+/// replaces it (a row's own `Nats-` headers are refused before this, by
+/// [`Message::from_row`]).
 fn headers(message: &Message<'_>) -> Result<HeaderMap, PublishFailure> {
     let mut map = HeaderMap::new();
+    let mut event_id = None;
     for (k, v) in &message.headers {
         let name = HeaderName::from_str(k).map_err(|e| {
             PublishFailure::malformed(format!("header {k:?} is not a valid NATS header name: {e}"))
@@ -320,10 +325,12 @@ fn headers(message: &Message<'_>) -> Result<HeaderMap, PublishFailure> {
             PublishFailure::malformed(format!("header {k:?} has a value NATS cannot carry: {e}"))
         })?;
         if k == "event_id" {
-            map.insert(async_nats::header::NATS_MESSAGE_ID, value.clone());
+            event_id = Some(value.clone());
         }
         map.insert(name, value);
     }
+    let event_id = event_id.ok_or_else(|| PublishFailure::malformed("no event_id"))?;
+    map.insert(async_nats::header::NATS_MESSAGE_ID, event_id);
     Ok(map)
 }
 
@@ -376,7 +383,7 @@ impl Sink for NatsSink {
     }
 
     fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {
-        let message = Message::dead_letter(row, topic, class, reason);
+        let message = Message::dead_letter(row, SinkKind::Nats, topic, class, reason);
         let prepared = headers(&message).unwrap_or_default();
         let payload = bytes::Bytes::copy_from_slice(message.payload);
         let topic = topic.to_string();
@@ -495,14 +502,26 @@ mod tests {
         };
         let mut ok = row.clone();
         ok.headers = "{}".into();
-        let m = Message::from_row(&ok).unwrap();
+        let m = Message::from_row(&ok, SinkKind::Nats).unwrap();
         let h = headers(&m).unwrap();
         assert_eq!(
             h.get(async_nats::header::NATS_MESSAGE_ID)
                 .map(|v| v.as_str()),
             Some(uuid::Uuid::nil().to_string().as_str())
         );
-        let m = Message::from_row(&row).unwrap();
+        let m = Message::from_row(&row, SinkKind::Nats).unwrap();
         assert_eq!(headers(&m).unwrap_err().class, "malformed_row");
+        // A row's own Nats-Msg-Id (any case) never reaches the server.
+        for name in ["Nats-Msg-Id", "nats-msg-id", "Nats-Expected-Last-Sequence"] {
+            let mut forged = ok.clone();
+            forged.headers = format!(r#"{{"{name}": "fixed"}}"#);
+            assert_eq!(
+                Message::from_row(&forged, SinkKind::Nats)
+                    .unwrap_err()
+                    .class,
+                "reserved_header",
+                "{name}"
+            );
+        }
     }
 }

@@ -36,6 +36,7 @@
 //! |---|---|---|
 //! | payload over `redis.max_payload_bytes` (checked before sending) | permanent | `record_too_large` |
 //! | an empty stream key | permanent | `invalid_topic` |
+//! | a row header named `payload` or like a built-in (checked before sending) | permanent | `reserved_header` |
 //! | no reply in time | transient | `timeout` |
 //! | connection refused / dropped, TLS or DNS failure | transient | `broker_unavailable` |
 //! | `LOADING`, `BUSY`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `MISCONF` | transient | `server_busy` |
@@ -171,7 +172,7 @@ impl RedisSink {
                 "empty",
             ));
         }
-        let message = Message::from_row(row)?;
+        let message = Message::from_row(row, SinkKind::Redis)?;
         if message.payload.len() as u64 > config.max_payload_bytes {
             return Err(PublishFailure::new(
                 FailureKind::Permanent,
@@ -454,7 +455,7 @@ impl Sink for RedisSink {
     }
 
     fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {
-        let message = Message::dead_letter(row, topic, class, reason);
+        let message = Message::dead_letter(row, SinkKind::Redis, topic, class, reason);
         let cmd = Self::xadd(&self.config, &message, None);
         let mut conn = self.conn.clone();
         tokio::spawn(async move {

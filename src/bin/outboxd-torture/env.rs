@@ -47,8 +47,6 @@ pub struct Book {
     pub latencies: Vec<(Instant, Duration)>,
     /// Highest `outbox_id` seen.
     pub max_outbox_id: i64,
-    /// Records whose built-in header did not win over a spoofed one.
-    pub spoofed_headers_won: u64,
     /// Every first sighting's time (throughput per phase).
     pub sightings: Vec<Instant>,
 }
@@ -65,11 +63,6 @@ fn note(book: &Mutex<Book>, consumed: &AtomicU64, records: Vec<Consumed>) {
         };
         if let Some(id) = r.header("outbox_id").and_then(|s| s.parse::<i64>().ok()) {
             b.max_outbox_id = b.max_outbox_id.max(id);
-        }
-        if let Some(expected) = v.get("spoof").and_then(serde_json::Value::as_str)
-            && r.header("event_type") != Some(expected)
-        {
-            b.spoofed_headers_won += 1;
         }
         let key = (r.key.clone(), seq);
         let first = b
