@@ -365,6 +365,118 @@ async fn nats_subject_no_stream_captures_is_held_until_the_stream_exists() {
     relay.shutdown().await.unwrap();
 }
 
+/// A TCP proxy in front of a Redis server that, while `pretend` is on, makes `INFO`
+/// say the server is Redis 9 (it takes `XADD … IDMP`) although it is not: as after a
+/// failover from a newer server to an older one behind the same address.
+async fn version_faking_proxy(
+    target: u16,
+    pretend: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", target))
+                .await
+                .unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+            let pretend = pretend.clone();
+            tokio::spawn(async move {
+                // The version's first digit becomes 9 ("9.0.15": same length), wherever
+                // the reads split the reply: the key may straddle two reads.
+                let key = b"redis_version:";
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut seen: Vec<u8> = Vec::new(); // the last bytes sent, for straddling keys
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let chunk = &mut buf[..n];
+                    if pretend.load(std::sync::atomic::Ordering::Relaxed) {
+                        let carried = seen.len();
+                        let mut joined = std::mem::take(&mut seen);
+                        joined.extend_from_slice(chunk);
+                        let mut from = 0;
+                        while let Some(at) =
+                            joined[from..].windows(key.len()).position(|w| w == key)
+                        {
+                            let digit = from + at + key.len();
+                            if digit >= carried && digit < joined.len() {
+                                chunk[digit - carried] = b'9';
+                            }
+                            from += at + 1;
+                        }
+                        let keep = joined.len().min(key.len());
+                        seen = joined[joined.len() - keep..].to_vec();
+                    }
+                    if cw.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The relay learns at start that the server takes `XADD … IDMP`; the server behind the
+/// address does not (a failover to an older server). Every XADD is refused: readiness
+/// says so with the server's words, nothing is dead-lettered, and once the server says
+/// what it is, the relay asks again and publishes everything, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_stops_taking_idmp_is_asked_again_and_readiness_says_why() {
+    let db = TestDb::new().await;
+    let server = PrivateServer::start(SinkKind::Redis);
+    let pretend = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let port = version_faking_proxy(server.port(), pretend.clone()).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let stream = unique("idmp:");
+    let written = write_events(&db, &stream, &aggregates(5), 6).await;
+    let mut cfg = redis_config(&db, &url);
+    cfg.retry.max_attempts = 2;
+    let relay = Relay::start(cfg, RelayOptions::default()).await.unwrap();
+    let health = relay.health();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            !health.ready()
+                && health
+                    .broker_problem()
+                    .is_some_and(|p| p.contains("Invalid stream ID"))
+        })
+        .await,
+        "readiness says why: {:?}",
+        health.broker_problem()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        db.dead_letters().await.is_empty(),
+        "held, not dead-lettered"
+    );
+    assert_eq!(db.pending().await, written.len() as i64);
+    // The server tells the truth from now on: asked again, it gets plain XADDs.
+    pretend.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(drained(&db, Duration::from_secs(30)).await);
+    let records = read_redis(
+        &server.url(),
+        &[&stream],
+        Duration::from_secs(20),
+        Duration::from_secs(1),
+        every_event(written.len()),
+    )
+    .await
+    .unwrap();
+    assert_whole_and_in_order(&written, &records);
+    assert!(
+        eventually(Duration::from_secs(5), || async { health.ready() }).await,
+        "ready again: {:?}",
+        health.broker_problem()
+    );
+    relay.shutdown().await.unwrap();
+}
+
 /// Rounds of 10,000 rows through a private server that is killed and restarted while
 /// every other round drains; returns what was written and what the stream holds.
 async fn restarts_under_load(kind: SinkKind) -> (Vec<(String, u64)>, Vec<Consumed>) {

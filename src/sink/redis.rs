@@ -43,6 +43,7 @@
 //! | `OOM` | transient | `out_of_memory` |
 //! | `READONLY` (a failover in progress) | transient | `read_only` |
 //! | `WRONGTYPE` (the key holds another type) | destination: held | `wrong_type` |
+//! | `MOVED`, `ASK`, `CROSSSLOT` (a Redis Cluster node that does not serve the key) | destination: held | `cluster_redirect` |
 //! | `NOPERM` (the ACL user may not write the key) | destination: held | `not_authorized` |
 //! | `NOAUTH`, `WRONGPASS` | destination: held | `not_authenticated` |
 //! | anything else | transient (counted) | `transient` |
@@ -296,10 +297,12 @@ impl Sender {
     /// One pipeline for `batches`: an `XADD` per row that can be sent, each reply settling
     /// its row.
     async fn pipeline(mut self, batches: Vec<Arc<Batch>>) {
-        if self.idmp.load(Ordering::Relaxed) == IDMP_UNKNOWN {
-            learn_idmp(&mut self.conn, &self.idmp).await;
+        let mut idmp = self.idmp.load(Ordering::Relaxed);
+        if idmp == IDMP_UNKNOWN {
+            idmp = learn_idmp(&mut self.conn, &self.idmp).await;
         }
-        let idmp = self.idmp.load(Ordering::Relaxed) == IDMP_YES;
+        // What this pipeline learned or found, not what another one changed it to since.
+        let idmp = idmp == IDMP_YES;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let mut sent = Vec::new();
@@ -321,14 +324,28 @@ impl Sender {
         match pipe.query_async::<Vec<Value>>(&mut self.conn).await {
             Ok(replies) => {
                 let mut replies = replies.into_iter();
+                let mut added = 0;
+                let mut refused = None;
                 for (batch, i) in sent {
                     match replies.next() {
                         Some(Value::ServerError(e)) => {
                             let f = classify_code(e.code(), e.to_string());
                             server_failure(&self.health, &f);
+                            if idmp && e.code() == "ERR" {
+                                // A server that does not know IDMP reads it as the entry
+                                // id ("Invalid stream ID"): after a failover to an older
+                                // server. Ask the server again before the next pipeline.
+                                self.idmp.store(IDMP_UNKNOWN, Ordering::Relaxed);
+                            }
+                            if f.kind == FailureKind::Transient {
+                                refused = Some(f.message.clone());
+                            }
                             batch.failed(i, f);
                         }
-                        Some(_) => batch.acked(i),
+                        Some(_) => {
+                            added += 1;
+                            batch.acked(i);
+                        }
                         None => batch.failed(
                             i,
                             PublishFailure::new(
@@ -339,10 +356,20 @@ impl Sender {
                         ),
                     }
                 }
+                if added == 0
+                    && let Some(words) = refused
+                {
+                    refuses_every_write(&self.health, &words);
+                }
             }
             Err(e) => {
                 let f = classify(&e);
                 server_failure(&self.health, &f);
+                if f.class == "broker_unavailable" {
+                    // The connection is re-made, maybe to another server (a failover
+                    // behind the same address): learn again whether it takes IDMP.
+                    self.idmp.store(IDMP_UNKNOWN, Ordering::Relaxed);
+                }
                 for batch in &batches {
                     batch.fail_rest(&f);
                 }
@@ -351,9 +378,10 @@ impl Sender {
     }
 }
 
-/// Reads once whether the server takes `XADD IDMP`; leaves it unknown if the server
-/// did not answer (the next batch asks again).
-async fn learn_idmp(conn: &mut ConnectionManager, idmp: &AtomicU8) {
+/// Reads whether the server takes `XADD IDMP` (again after a refusal or a lost
+/// connection) and returns it; leaves it unknown if the server did not answer (the next
+/// batch asks again).
+async fn learn_idmp(conn: &mut ConnectionManager, idmp: &AtomicU8) -> u8 {
     match redis::cmd("INFO")
         .arg("server")
         .query_async::<String>(conn)
@@ -361,9 +389,10 @@ async fn learn_idmp(conn: &mut ConnectionManager, idmp: &AtomicU8) {
     {
         Ok(info) => {
             let yes = supports_idmp(&info);
+            let learned = if yes { IDMP_YES } else { IDMP_NO };
             // Batches sent before the first answer all ask; one says it.
-            if idmp.swap(if yes { IDMP_YES } else { IDMP_NO }, Ordering::Relaxed) != IDMP_UNKNOWN {
-                return;
+            if idmp.swap(learned, Ordering::Relaxed) == learned {
+                return learned;
             }
             tracing::info!(
                 idempotent = yes,
@@ -375,9 +404,13 @@ async fn learn_idmp(conn: &mut ConnectionManager, idmp: &AtomicU8) {
                     "without IDMP (Redis 8.6+ has it; resends are duplicates consumers drop by event_id)"
                 }
             );
+            learned
         }
-        Err(e) if e.code() == Some("NOPERM") => idmp.store(IDMP_NO, Ordering::Relaxed),
-        Err(_) => {}
+        Err(e) if e.code() == Some("NOPERM") => {
+            idmp.store(IDMP_NO, Ordering::Relaxed);
+            IDMP_NO
+        }
+        Err(_) => IDMP_UNKNOWN,
     }
 }
 
@@ -414,6 +447,20 @@ pub fn classify_code(code: &str, message: String) -> PublishFailure {
         "WRONGTYPE" => (FailureKind::Destination, "wrong_type"),
         "NOPERM" => (FailureKind::Destination, "not_authorized"),
         "NOAUTH" | "WRONGPASS" => (FailureKind::Destination, "not_authenticated"),
+        // A Redis Cluster node that does not serve the key's slot: this sink talks to one
+        // node, so the row waits (never dead-lettered) until the operator points
+        // redis.url at a single server.
+        "MOVED" | "ASK" | "CROSSSLOT" => {
+            return PublishFailure::new(
+                FailureKind::Destination,
+                "cluster_redirect",
+                format!(
+                    "{message} — this Redis is a cluster node and the key's slot is served by \
+                     another node; the Redis sink talks to one server: point redis.url at a \
+                     standalone Redis (or a Sentinel-managed master)"
+                ),
+            );
+        }
         _ => (FailureKind::Transient, "transient"),
     };
     PublishFailure::new(kind, class, message)
@@ -428,6 +475,20 @@ fn security_hint(failure: &PublishFailure) -> Option<(&'static str, String)> {
         ));
     }
     super::tls_hint("redis", &failure.message)
+}
+
+/// A pipeline of which the server took nothing, for a reason that is not the rows' own
+/// (`OOM`, `READONLY`, `LOADING`, a command it does not know): nothing can be published
+/// until it changes, so readiness says so, with the server's words, and the log says it
+/// once; the next delivery clears it. Rows stay pending and spend no attempts meanwhile.
+fn refuses_every_write(health: &Health, words: &str) {
+    health.set_broker_up(false);
+    if health.set_broker_problem(Some((
+        "refuses writes",
+        format!("Redis refuses every XADD: {words}"),
+    ))) {
+        tracing::error!(error = %words, "Redis refuses every XADD; rows stay pending until it takes them again.");
+    }
 }
 
 /// Health bookkeeping for a failure that concerns the whole server.
@@ -518,6 +579,19 @@ impl Sink for RedisSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_redirect_holds_the_row_and_says_what_to_do() {
+        for code in ["MOVED", "ASK", "CROSSSLOT"] {
+            let f = classify_code(code, format!("{code} 3999 127.0.0.1:7001"));
+            assert_eq!(
+                (f.kind, f.class),
+                (FailureKind::Destination, "cluster_redirect"),
+                "{code}"
+            );
+            assert!(f.message.contains("redis.url"), "{}", f.message);
+        }
+    }
 
     #[test]
     fn idmp_is_used_from_redis_8_6_on() {
