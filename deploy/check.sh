@@ -4,17 +4,25 @@
 # Kubernetes manifests and the Grafana dashboard well-formed and consistent. That every
 # metric they use exists on a live relay is tests/deploy.rs.
 set -euo pipefail
+# The binary, resolved before leaving the caller's directory (a path relative to it would
+# not be found from deploy/).
+outboxd=${1:-${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/debug/outboxd}
+[ -x "$outboxd" ] || { echo "deploy/check.sh: no outboxd binary at $outboxd" >&2; exit 1; }
+outboxd=$(realpath "$outboxd")
 cd "$(dirname "$0")"
-outboxd=${1:-${CARGO_TARGET_DIR:-../target}/debug/outboxd}
 
 (cd prometheus && promtool check rules outboxd.rules.yml && promtool test rules outboxd.rules.test.yml)
 
 unit=$(mktemp --suffix=.service)
 secrets=$(mktemp -d)
 trap 'rm -rf "$unit" "$secrets"' EXIT
-sed "s#/usr/local/bin/outboxd#$(realpath "$outboxd")#g" systemd/outboxd.service >"$unit"
+sed "s#/usr/local/bin/outboxd#$outboxd#g" systemd/outboxd.service >"$unit"
+grep -q "^ExecStart=$outboxd " "$unit" || { echo "systemd unit: the binary path was not substituted" >&2; exit 1; }
 out=$(systemd-analyze verify "$unit" 2>&1) || { echo "$out" >&2; exit 1; }
 [ -z "$out" ] || { echo "systemd-analyze: $out" >&2; exit 1; }
+# The pre-start step must not need the servers (a database down at boot would loop).
+grep '^ExecStartPre=' "$unit" | grep -q -- '--config-only' ||
+    { echo "systemd unit: ExecStartPre must be 'check --config-only'" >&2; exit 1; }
 echo "systemd unit: OK"
 
 SECRETS=$secrets python3 - <<'PY'
@@ -53,12 +61,12 @@ print(f"kubernetes: {len(docs)} manifests OK; dashboard: {len(ids)} panels OK")
 PY
 
 # The ConfigMap's TOML passes outboxd's own configuration check (with stand-ins for the
-# Secret's files; its servers are not reachable from here, which `check` reports after
-# saying whether the configuration is valid).
+# Secret's files; its servers are not reachable from here, so only the configuration).
 cp /var/lib/outboxd-tests/pg-tls/ca.crt "$secrets/ca.crt"
 echo stand-in >"$secrets/database-password"
 echo stand-in >"$secrets/kafka-password"
-said=$(timeout 60 "$outboxd" --config "$secrets/outboxd.toml" check 2>"$secrets/stderr" || true)
+said=$(timeout 60 "$outboxd" --config "$secrets/outboxd.toml" check --config-only 2>"$secrets/stderr") ||
+    { echo "the ConfigMap's outboxd.toml ($outboxd check): $said $(cat "$secrets/stderr")" >&2; exit 1; }
 grep -qx 'config: ok' <<<"$said" ||
     { echo "the ConfigMap's outboxd.toml ($outboxd check): $said $(cat "$secrets/stderr")" >&2; exit 1; }
 echo "ConfigMap outboxd.toml: config ok"

@@ -43,7 +43,7 @@ pub enum Command {
     Migrate,
     /// Validate the configuration, connect to PostgreSQL and ask the broker for metadata.
     /// Exit 2 for an invalid configuration, 3 when a server cannot be reached.
-    Check,
+    Check(CheckArgs),
     /// Backlog, oldest pending age and dead letters, per partition.
     Status(StatusArgs),
     /// List, replay or discard dead letters.
@@ -56,6 +56,16 @@ pub enum Command {
 }
 
 /// `status` options.
+/// `outboxd check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only validate the configuration (and the files it names); connect to nothing.
+    /// For a service manager's pre-start step: a database or broker that is down at boot
+    /// must not turn into a restart loop, as `run` itself waits for them.
+    #[arg(long)]
+    pub config_only: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON instead of a table.
@@ -113,7 +123,11 @@ pub async fn execute(command: Command, config: Config) -> ExitCode {
     let result = match command {
         Command::Run => run(config).await,
         Command::Migrate => migrate(&config).await,
-        Command::Check => check(&config).await,
+        Command::Check(a) if a.config_only => {
+            println!("config: ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(_) => check(&config).await,
         Command::Status(a) => status(&config, a.json).await,
         Command::DeadLetters(c) => dead_letters(&config, c).await,
         #[cfg(feature = "testkit")]

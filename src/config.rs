@@ -477,12 +477,18 @@ impl Default for SupervisorConfig {
 pub struct MetricsConfig {
     /// Address of the HTTP endpoint serving `/metrics`, `/healthz`, `/readyz`; empty = off.
     pub listen: String,
+    /// How many topics get a `topic` label of their own on
+    /// `outboxd_events_published_total`: the first this many published; the rest are
+    /// counted under `topic="other"`, so that a topic (or NATS subject) per entity cannot
+    /// make a series per entity. 0 = every topic is `other`.
+    pub topic_labels: u32,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9464".into(),
+            topic_labels: 100,
         }
     }
 }
@@ -658,6 +664,12 @@ impl Config {
             600_000,
         );
         range("relay.partitions", self.relay.partitions.into(), 1, 1_024);
+        range(
+            "metrics.topic_labels",
+            self.metrics.topic_labels.into(),
+            0,
+            10_000,
+        );
         range(
             "relay.max_in_flight",
             self.relay.max_in_flight.into(),

@@ -198,7 +198,7 @@ fn describe() {
 /// Records a batch of acknowledged rows: commit-to-acknowledgement latency and sends per
 /// event (histograms), events per topic (counter). One handle per batch, one counter
 /// update per topic in it.
-pub fn record_delivered(sink: &'static str, delivered: &[Delivered]) {
+pub fn record_delivered(sink: &'static str, topic_labels: u32, delivered: &[Delivered]) {
     let (wall, now) = (chrono::Utc::now(), std::time::Instant::now());
     let latency = metrics::histogram!("outboxd_commit_to_ack_seconds", "sink" => sink);
     let attempts = metrics::histogram!("outboxd_publish_attempts", "sink" => sink);
@@ -217,9 +217,47 @@ pub fn record_delivered(sink: &'static str, delivered: &[Delivered]) {
             None => per_topic.push((&d.row.topic, 1)),
         }
     }
+    let labels = TopicLabels::global(topic_labels);
     for (topic, n) in per_topic {
-        metrics::counter!("outboxd_events_published_total", "sink" => sink, "topic" => topic.to_owned())
+        metrics::counter!("outboxd_events_published_total", "sink" => sink, "topic" => labels.label(topic))
             .increment(n);
+    }
+}
+
+/// The `topic` label values: the first `limit` topics published have their own, every
+/// later one is `other` — a topic or NATS subject per entity would otherwise make a
+/// series per entity, without bound.
+pub struct TopicLabels {
+    limit: usize,
+    labeled: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl TopicLabels {
+    /// Labels for at most `limit` topics.
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit: limit as usize,
+            labeled: Default::default(),
+        }
+    }
+
+    /// The process's labels (the limit of the first relay that publishes).
+    fn global(limit: u32) -> &'static TopicLabels {
+        static LABELS: std::sync::OnceLock<TopicLabels> = std::sync::OnceLock::new();
+        LABELS.get_or_init(|| TopicLabels::new(limit))
+    }
+
+    /// The label for `topic`.
+    pub fn label(&self, topic: &str) -> String {
+        let mut labeled = self.labeled.lock().expect("topic labels");
+        if labeled.contains(topic) {
+            return topic.to_owned();
+        }
+        if labeled.len() < self.limit {
+            labeled.insert(topic.to_owned());
+            return topic.to_owned();
+        }
+        "other".to_owned()
     }
 }
 
@@ -283,4 +321,25 @@ pub async fn serve(listen: SocketAddr, health: Arc<Health>) -> anyhow::Result<()
 
 fn up(b: bool) -> &'static str {
     if b { "up" } else { "down" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TopicLabels;
+
+    #[test]
+    fn only_the_first_topics_get_a_label_of_their_own() {
+        let labels = TopicLabels::new(2);
+        let got: Vec<String> = [
+            "orders", "users.42", "users.43", "orders", "users.42", "users.44",
+        ]
+        .iter()
+        .map(|t| labels.label(t))
+        .collect();
+        assert_eq!(
+            got,
+            ["orders", "users.42", "other", "orders", "users.42", "other"]
+        );
+        assert_eq!(TopicLabels::new(0).label("orders"), "other");
+    }
 }

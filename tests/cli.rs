@@ -120,6 +120,64 @@ async fn a_password_in_the_url_query_is_never_printed() {
     assert!(!log.contains("hunter2"), "{log}");
 }
 
+/// The service manager's pre-start step: the configuration alone, so that a database
+/// down at boot does not become a restart loop (run waits for it).
+#[test]
+fn check_config_only_connects_to_nothing() {
+    let out = outboxd(&["check", "--config-only"])
+        .current_dir(std::env::temp_dir())
+        .env("OUTBOXD__DATABASE__URL", "postgres://u@127.0.0.1:1/db")
+        .env("OUTBOXD__KAFKA__BROKERS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config: ok");
+    let out = outboxd(&["check", "--config-only"])
+        .current_dir(std::env::temp_dir())
+        .env("OUTBOXD__RELAY__PARTITIONS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// `run` against a database without the tables says so once, not every second, and
+/// starts by itself once they exist.
+#[tokio::test]
+async fn run_without_the_schema_says_so_once() {
+    let db = TestDb::empty().await;
+    let mut relay = common::RelayProcess::spawn(&[
+        ("OUTBOXD__DATABASE__URL", db.url.clone()),
+        ("OUTBOXD__KAFKA__BROKERS", brokers()),
+        ("OUTBOXD__METRICS__LISTEN", String::new()),
+    ]);
+    let said = |log: &str| log.matches("run `outboxd migrate` first").count();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(20), || {
+            let n = said(&relay.output());
+            async move { n >= 1 }
+        })
+        .await,
+        "{}",
+        relay.output()
+    );
+    // Five more tries at taking the lease (one a second).
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let log = relay.output();
+    assert_eq!(said(&log), 1, "{log}");
+    outboxd::MIGRATOR.run(&db.pool).await.unwrap();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(20), || {
+            let log = relay.output();
+            async move { log.contains("Lease acquired") }
+        })
+        .await,
+        "{}",
+        relay.output()
+    );
+    relay.signal(nix::sys::signal::Signal::SIGTERM);
+    relay.wait_for(std::time::Duration::from_secs(15));
+}
+
 #[tokio::test]
 async fn check_names_a_stopped_broker_and_exits_3() {
     let db = TestDb::new().await;

@@ -195,6 +195,52 @@ async fn two_live_relays_under_one_name_never_publish_together_when_the_lock_ses
     second.shutdown().await.unwrap();
 }
 
+/// A standby publishes nothing; it must still not call itself ready when it could not
+/// publish if it took over: it asks the broker itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_is_ready_only_when_it_reaches_the_broker() {
+    let db = TestDb::new().await;
+    // Another instance holds the lease for a minute.
+    store::acquire_lease(&db.pool, RELAY_LEASE, "the-holder", 60_000, false, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut cfg = config(&db);
+    cfg.relay.instance_id = "standby".into();
+    cfg.kafka.brokers = format!("127.0.0.1:{}", free_port()); // nobody listens
+    let unreachable = Relay::start(cfg.clone(), RelayOptions::default())
+        .await
+        .unwrap();
+    let health = unreachable.health();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            health.lease() == outboxd::health::LeaseState::Standby
+                && health.db_up()
+                && !health.ready()
+                && health.broker_problem().is_some()
+        })
+        .await,
+        "lease {:?}, ready {}, problem {:?}",
+        health.lease(),
+        health.ready(),
+        health.broker_problem()
+    );
+    unreachable.shutdown().await.unwrap();
+
+    cfg.kafka.brokers = brokers();
+    let reachable = Relay::start(cfg, RelayOptions::default()).await.unwrap();
+    let health = reachable.health();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            health.lease() == outboxd::health::LeaseState::Standby && health.ready()
+        })
+        .await,
+        "a standby that reaches the broker is ready: {:?}",
+        health.broker_problem()
+    );
+    reachable.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn every_write_of_an_instance_whose_lease_was_taken_over_is_refused() {
     let db = TestDb::new().await;

@@ -41,6 +41,9 @@ use crate::sink::{self, Sink};
 /// The supervisor behaviour.
 pub struct Supervisor;
 
+/// How often a standby asks the broker whether it answers.
+const STANDBY_PROBE_EVERY: Duration = Duration::from_secs(5);
+
 /// How the relay ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayExit {
@@ -154,6 +157,8 @@ pub struct SupervisorState {
     standby_logged: bool,
     /// "run `outboxd migrate`" was said (once per outage of the schema).
     schema_missing_logged: bool,
+    /// When a standby last asked the broker.
+    standby_probed_at: Option<Instant>,
     shutting_down: bool,
 }
 
@@ -211,6 +216,7 @@ impl Actor for Supervisor {
             generations: vec![0; partitions],
             standby_logged: false,
             schema_missing_logged: false,
+            standby_probed_at: None,
             shutting_down: false,
         })
     }
@@ -340,6 +346,7 @@ impl SupervisorState {
                     info!("Another instance holds the lease; standing by.");
                     self.standby_logged = true;
                 }
+                self.probe_on_standby().await;
                 myself.send_after(retry_in, || SupervisorMsg::AcquireLease);
             }
             Err(LockCheck::Db(e)) => {
@@ -356,6 +363,49 @@ impl SupervisorState {
             }
             Err(e @ LockCheck::NotSession) => self.refuse(myself, e.to_string()).await,
         }
+    }
+
+    /// A standby publishes nothing, so nothing else would tell whether it could: it asks
+    /// the broker itself (every [`STANDBY_PROBE_EVERY`], in the background), and readiness
+    /// says what it found — a standby that cannot reach the broker is not ready to take over.
+    async fn probe_on_standby(&mut self) {
+        if self
+            .standby_probed_at
+            .is_some_and(|t| t.elapsed() < STANDBY_PROBE_EVERY)
+        {
+            return;
+        }
+        self.standby_probed_at = Some(Instant::now());
+        let health = self.args.health.clone();
+        let sink = match &self.sink {
+            Some(s) => s.clone(),
+            None => match sink::create(&self.args.config, health.clone()).await {
+                Ok(s) => {
+                    self.sink = Some(s.clone());
+                    s
+                }
+                Err(e) => {
+                    health.set_broker_up(false);
+                    if health.set_broker_problem(Some(("sink", format!("{e:#}")))) {
+                        warn!(error = %format!("{e:#}"), "Standing by without a usable sink.");
+                    }
+                    return;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            match sink.probe(Duration::from_secs(2)).await {
+                Ok(_) => {
+                    health.set_broker_up(true);
+                }
+                Err(why) => {
+                    health.set_broker_up(false);
+                    if health.set_broker_problem(Some(("unreachable", why.clone()))) {
+                        warn!(problem = %why, "Standing by; the broker cannot be reached.");
+                    }
+                }
+            }
+        });
     }
 
     /// Stops the relay: its set-up cannot keep the guarantees.

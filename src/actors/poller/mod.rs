@@ -812,7 +812,11 @@ impl PollerState {
             if let Some(hook) = &self.shared.hooks.on_delivered {
                 hook(&c.delivered);
             }
-            crate::telemetry::record_delivered(self.shared.sink.kind().name(), &c.delivered);
+            crate::telemetry::record_delivered(
+                self.shared.sink.kind().name(),
+                self.shared.config.metrics.topic_labels,
+                &c.delivered,
+            );
             // Held against the memory bound until the acker has marked them.
             self.shared.add_unmarked(ids.len());
             let _ = wiring.acker.send_message(AckerMsg::Delivered(ids));
