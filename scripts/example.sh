@@ -75,8 +75,10 @@ post_users() { # post users $1..$2, four at a time; every status goes to $work/c
         -H 'content-type: application/json' \
         -d '{"name":"User {}","email":"user-{}@example.com"}' "http://$API/users" >>"$work/created"
 }
+declare -A answered # status → how many expected answers had it, for the report
 expect() { # status, what, curl arguments...: the answer must have that status and a JSON error
     local status=$1 what=$2; shift 2
+    answered[$status]=$(( ${answered[$status]:-0} + 1 ))
     local got; got=$(curl -s -o "$work/body" -w '%{http_code}' "$@")
     [ "$got" = "$status" ] || fail "$what: expected $status, got $got ($(cat "$work/body"))"
     [ "$status" -lt 400 ] || grep -q '"error"' "$work/body" || fail "$what: no JSON error: $(cat "$work/body")"
@@ -99,6 +101,12 @@ expect 415 "no JSON content type" -d '{"name":"A","email":"a@example.com"}' "htt
 expect 422 "a missing email" "${json[@]}" -d '{"name":"A"}' "http://$API/users"
 expect 422 "an invalid email" "${json[@]}" -d '{"name":"A","email":"not-an-address"}' "http://$API/users"
 expect 422 "an empty name" "${json[@]}" -d '{"name":" ","email":"a@example.com"}' "http://$API/users"
+expect 422 "a NUL character" "${json[@]}" -d '{"name":"A\u0000B","email":"a@example.com"}' "http://$API/users"
+expect 422 "a name of 201 characters" "${json[@]}" \
+    -d "{\"name\":\"$(printf 'n%.0s' $(seq 201))\",\"email\":\"a@example.com\"}" "http://$API/users"
+expect 422 "an email of 255 characters" "${json[@]}" \
+    -d "{\"name\":\"A\",\"email\":\"$(printf 'e%.0s' $(seq 243))@example.com\"}" "http://$API/users"
+grep -q 'longer than 254' "$work/body" || fail "the email's length is what is refused: $(cat "$work/body")"
 expect 404 "an unknown user" "http://$API/users/$(cat /proc/sys/kernel/random/uuid)"
 expect 404 "a user id that is not one" "http://$API/users/nope"
 [ "$(sql 'SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM outbox)')" = 0 ] ||
@@ -108,6 +116,9 @@ DATABASE_URL=postgres://postgres@127.0.0.1:1/none LISTEN=127.0.0.1:18081 \
     "$target/examples/users-api" >"$work/api-no-db.log" 2>&1 &
 pids+=($!)
 wait_for "users-api without a database" "http://127.0.0.1:18081/health" 503
+expect 503 "health without a database" "http://127.0.0.1:18081/health"
+grep -qx '{"error":"database unavailable"}' "$work/body" ||
+    fail "/health must not show the database's own words: $(cat "$work/body")"
 expect 503 "a user posted while the database is down" "${json[@]}" \
     -d '{"name":"A","email":"a@example.com"}' "http://127.0.0.1:18081/users"
 
@@ -126,6 +137,7 @@ left_by_mailer=$(pending_of mailer-1)
 say "the killed mailer left $left_by_mailer entries unacknowledged; starting another"
 start_mailer
 expect 409 "an email already taken" "${json[@]}" -d '{"name":"Again","email":"user-1@example.com"}' "http://$API/users"
+expect 409 "an email taken in other letters" "${json[@]}" -d '{"name":"Again","email":"User-1@Example.com"}' "http://$API/users"
 
 say "posting users $((third + 1))..$((2 * third)); kill -9 of the relay mid-way"
 post_users $((third + 1)) $((2 * third)) &
@@ -174,7 +186,7 @@ taken=$(cat "$work"/mailer-*.log | grep 'Took over' | grep -o 'entries=[0-9]*' |
 
 cat <<EOF
 [example] report
-  users created                     $USERS (refused: 5 bad bodies, 1 email taken, 1 with the database down)
+  users created                     $USERS (refused: $(( ${answered[400]:-0} + ${answered[415]:-0} + ${answered[422]:-0} )) bad bodies, ${answered[409]:-0} emails taken, ${answered[503]:-0} answers with the database down)
   stream entries in $STREAM    $entries (the relay resent $((entries - USERS)) after its kill -9)
   welcome mails                     $mails
   users without a mail              $missing

@@ -196,11 +196,28 @@ async fn a_delivery_waits_for_one_in_progress_and_is_skipped_if_it_commits_or_ru
                     .unwrap()
             })
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The second delivery is blocked on the first one's inbox entry: a lock wait that
+        // PostgreSQL shows (not merely "not finished yet", which a task that never
+        // started would also be).
+        let waiting = common::eventually(Duration::from_secs(10), || {
+            let pool = db.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND wait_event_type = 'Lock' AND query LIKE '%outbox_inbox%'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 1
+            }
+        })
+        .await;
         assert!(
-            !second.is_finished(),
-            "the second delivery waits for the first"
+            waiting,
+            "the second delivery waits for the first one's lock"
         );
+        assert!(!second.is_finished(), "and has not finished");
         if commit_first {
             first.commit().await.unwrap();
             assert_eq!(second.await.unwrap(), Handled::Duplicate);

@@ -64,13 +64,27 @@ async fn relay_delivers(db: &TestDb, env: &[(&str, String)], extra_secrets: &[&s
     env.push(("RUST_LOG", "trace".into()));
     let mut relay = RelayProcess::spawn(&env);
     let done = drained(db, Duration::from_secs(30)).await;
-    let (_, ready) = http_get(&metrics, "/readyz").await.unwrap_or_default();
-    let (_, served) = http_get(&metrics, "/metrics").await.unwrap_or_default();
+    // Both must answer: "no secret in /readyz" means nothing if /readyz never answered.
+    let (ready_status, ready) = http_get(&metrics, "/readyz")
+        .await
+        .expect("/readyz answers");
+    let (metrics_status, served) = http_get(&metrics, "/metrics")
+        .await
+        .expect("/metrics answers");
     relay.signal(Signal::SIGTERM);
     relay.wait_for(Duration::from_secs(15));
     let log = relay.output();
     assert!(done, "rows were not published:\n{log}");
     assert!(log.contains("TRACE"), "trace level was on");
+    assert!(
+        ready_status == 200 || ready_status == 503,
+        "/readyz: {ready_status}"
+    );
+    assert_eq!(metrics_status, 200, "/metrics");
+    assert!(
+        served.contains("outboxd_events_published_total"),
+        "/metrics served the relay's metrics: {served}"
+    );
     assert_no_secret("/readyz", &ready, extra_secrets);
     assert_no_secret("/metrics", &served, extra_secrets);
     assert_no_secret("the relay's log", &log, extra_secrets);

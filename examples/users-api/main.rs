@@ -28,6 +28,10 @@ use uuid::Uuid;
 
 /// The stream the relay writes `user.created` events to (the row's `topic`).
 const TOPIC: &str = "user:events";
+/// The longest name taken, in characters.
+const MAX_NAME: usize = 200;
+/// The longest email address taken (RFC 5321's limit on a path), in characters.
+const MAX_EMAIL: usize = 254;
 
 #[derive(Deserialize)]
 struct NewUser {
@@ -103,6 +107,10 @@ async fn create_tables(pool: &PgPool) -> anyhow::Result<()> {
     )
     .execute(pool)
     .await?;
+    // Ada@example.com and ada@example.com are one mailbox in practice: one user, one mail.
+    sqlx::query("CREATE UNIQUE INDEX IF NOT EXISTS users_email_key_ci ON users (lower(email))")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -115,11 +123,19 @@ async fn create_user(
     let Json(new) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     let name = new.name.trim();
     let email = new.email.trim();
+    let invalid = |why: String| Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, why));
     if name.is_empty() {
-        return Err(ApiError(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "name must not be empty".into(),
-        ));
+        return invalid("name must not be empty".into());
+    }
+    // PostgreSQL text cannot hold NUL: refuse it here rather than fail in the database.
+    if name.contains('\0') || email.contains('\0') {
+        return invalid("name and email must not contain NUL characters".into());
+    }
+    if name.chars().count() > MAX_NAME {
+        return invalid(format!("name is longer than {MAX_NAME} characters"));
+    }
+    if email.chars().count() > MAX_EMAIL {
+        return invalid(format!("email is longer than {MAX_EMAIL} characters"));
     }
     if !email_address::EmailAddress::is_valid(email) {
         return Err(ApiError(
@@ -179,16 +195,26 @@ async fn health(State(pool): State<PgPool>) -> Response {
         Duration::from_secs(2),
         sqlx::query("SELECT 1").execute(&pool),
     );
+    // The database's own words (host names, user names, server versions) go to the log,
+    // not to whoever asks.
     match answer.await {
         Ok(Ok(_)) => Json(serde_json::json!({"status": "ok"})).into_response(),
         Ok(Err(e)) => {
-            ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")).into_response()
+            tracing::warn!(error = %e, "Health check: the database refused.");
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable".into(),
+            )
+            .into_response()
         }
-        Err(_) => ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database: no answer within 2 s".into(),
-        )
-        .into_response(),
+        Err(_) => {
+            tracing::warn!("Health check: the database did not answer within 2 s.");
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable".into(),
+            )
+            .into_response()
+        }
     }
 }
 
