@@ -121,12 +121,22 @@ impl Lease {
         let ttl_ms = self.ttl.as_millis() as i64;
         let asked_at = Instant::now();
         let mut renewed = None;
+        let patience = self.renew_every() * 2;
         if let Some(conn) = &mut self.identity {
-            match store::renew_lease(&mut *conn, &fence, ttl_ms).await {
-                Ok(r) => renewed = Some(r),
-                Err(e) => {
+            // A connection a NAT dropped silently would hang until TCP gives up: give it
+            // two renewal periods, then treat its session as gone.
+            let answer =
+                tokio::time::timeout(patience, store::renew_lease(&mut *conn, &fence, ttl_ms))
+                    .await;
+            match answer {
+                Ok(Ok(r)) => renewed = Some(r),
+                failed => {
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer".into(),
+                    };
                     warn!(
-                        error = %e,
+                        %error,
                         "The session holding the instance lock is gone; renewing through the \
                          pool. A process under the same name waits while the lease is renewed."
                     );
@@ -167,8 +177,11 @@ impl Lease {
 
     /// Whether this process holds the lock on its instance name, taking it if it can.
     async fn hold_identity(&mut self, pool: &sqlx::PgPool) -> Result<bool, LockCheck> {
+        let patience = self.renew_every() * 2;
         if let Some(conn) = &mut self.identity {
-            if sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok() {
+            let alive =
+                tokio::time::timeout(patience, sqlx::query("SELECT 1").execute(&mut *conn)).await;
+            if matches!(alive, Ok(Ok(_))) {
                 return Ok(true);
             }
             // The session and its lock are gone: take it again below, if nobody else has.
