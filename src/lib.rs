@@ -49,17 +49,17 @@ pub mod sink;
 #[doc(hidden)]
 pub mod telemetry;
 
-// Test, fault-injection and benchmark machinery: not an API (feature "testkit").
-#[cfg(feature = "testkit")]
+// Test, fault-injection and benchmark machinery: not an API (features "demo", "testkit").
+#[cfg(feature = "demo")]
 #[doc(hidden)]
 pub mod broker;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod chaos;
-#[cfg(feature = "testkit")]
+#[cfg(feature = "demo")]
 #[doc(hidden)]
 pub mod demo;
-#[cfg(feature = "testkit")]
+#[cfg(feature = "demo")]
 #[doc(hidden)]
 pub mod verify;
 

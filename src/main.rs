@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    #[cfg(feature = "testkit")]
+    #[cfg(feature = "demo")]
     if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
         // The demo draws a progress bar; relay logs below WARN would tear it.
         config.log.level = "warn".into();
