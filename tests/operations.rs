@@ -21,15 +21,7 @@ async fn a_second_instance_stands_by_and_takes_over_within_the_lease() {
     let mut cfg = config(&db); // lease_ttl_ms = 3000
     // Two names: the take-over below is the lease's expiry, not a same-name reclaim.
     cfg.relay.instance_id = "first".into();
-    let first = Relay::start(cfg.clone(), RelayOptions::default())
-        .await
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            first.info().await.unwrap().active
-        })
-        .await
-    );
+    let first = start_active(cfg.clone()).await;
     cfg.relay.instance_id = "second".into();
     let second = Relay::start(cfg, RelayOptions::default()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -76,15 +68,7 @@ async fn a_restarted_process_reclaims_its_own_lease_within_two_seconds() {
     let db = TestDb::new().await;
     let mut cfg = config(&db);
     cfg.relay.lease_ttl_ms = 10_000;
-    let first = Relay::start(cfg.clone(), RelayOptions::default())
-        .await
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            first.info().await.unwrap().active
-        })
-        .await
-    );
+    let first = start_active(cfg.clone()).await;
     // Dies without a word: its connections, the instance lock's included, close.
     first.supervisor().kill();
     let killed_at = std::time::Instant::now();
@@ -111,15 +95,7 @@ async fn two_live_relays_under_one_name_never_publish_together_when_the_lock_ses
     let t = topic("samename");
     create_topic(&brokers(), &t, 2).await.unwrap();
     let cfg = config(&db); // one instance name for both, lease_ttl_ms = 3000
-    let first = Relay::start(cfg.clone(), RelayOptions::default())
-        .await
-        .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            first.info().await.unwrap().active
-        })
-        .await
-    );
+    let first = start_active(cfg.clone()).await;
     let second = Relay::start(cfg, RelayOptions::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!second.info().await.unwrap().active, "second one stands by");

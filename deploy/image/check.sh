@@ -2,8 +2,8 @@
 # What can be checked of the container image without a container engine (there is none
 # on the machines that run the tests): that the Dockerfile's build command, run here as it
 # is written, makes a binary whose every shared library the runtime stage provides — from
-# the packages it installs or from the packages every Debian slim image has (priority
-# "required") — and that the Kubernetes manifests run the image the documented build makes.
+# the packages it installs or from the packages every Debian slim image has (the essential
+# and required ones and what they depend on) — and that the Kubernetes manifests run the image the documented build makes.
 # The image build itself (docker build) is not exercised here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,7 +23,25 @@ runtime=$(sed -n '/RUNTIME_PACKAGES/,/rm -rf/p' "$dockerfile" |
     grep -oE 'install -y --no-install-recommends [a-z0-9 .+-]+' |
     sed 's/install -y --no-install-recommends //')
 [ -n "$runtime" ] || fail "no runtime packages found after RUNTIME_PACKAGES"
-required=$(dpkg-query -W -f='${Package} ${Priority}\n' | awk '$2 == "required" {print $1}')
+# What every Debian slim image has: the essential and required packages (debootstrap's
+# minbase) and everything they depend on, as this Debian installs them.
+required=$(dpkg-query -W -f='${Package}\t${Priority}\t${Essential}\t${Pre-Depends}, ${Depends}\n' | python3 -c '
+import re, sys
+deps, todo = {}, []
+for line in sys.stdin:
+    name, priority, essential, depends = line.rstrip("\n").split("\t")
+    deps[name] = [re.split(r"[ :(]", alt.strip())[0] for d in depends.split(",") if d.strip() for alt in d.split("|")[:1]]
+    if priority == "required" or essential == "yes":
+        todo.append(name)
+seen = set()
+while todo:
+    n = todo.pop()
+    if n in seen or n not in deps:
+        continue
+    seen.add(n)
+    todo.extend(deps[n])
+print("\n".join(sorted(seen)))
+')
 
 # 3. Every shared library the binary needs, by the Debian package that ships it.
 missing=()

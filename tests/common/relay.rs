@@ -54,6 +54,21 @@ pub async fn read_back(
     read_back_from(&brokers(), topics, expected, timeout).await
 }
 
+/// Starts a relay and waits until it holds the lease and runs its pipeline.
+pub async fn start_active(cfg: Config) -> outboxd::Relay {
+    let relay = outboxd::Relay::start(cfg, outboxd::RelayOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            relay.info().await.unwrap().active
+        })
+        .await,
+        "the relay took the lease"
+    );
+    relay
+}
+
 /// Waits until no row is pending.
 pub async fn drained(db: &TestDb, timeout: Duration) -> bool {
     eventually(timeout, || async { db.pending().await == 0 }).await
