@@ -69,12 +69,19 @@ fn redact_url(raw: &str) -> String {
     if let Ok(mut url) = url::Url::parse(raw)
         && url.has_host()
     {
+        let token_as_user =
+            !url.username().is_empty() && TOKEN_AS_USER_SCHEMES.contains(&url.scheme());
+        let secret_query = url.query_pairs().any(|(k, _)| is_secret_key(&k));
+        if url.password().is_none() && !token_as_user && !secret_query {
+            // Nothing to hide: shown as written (the parser would normalize it).
+            return raw.to_string();
+        }
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
-        } else if !url.username().is_empty() && TOKEN_AS_USER_SCHEMES.contains(&url.scheme()) {
+        } else if token_as_user {
             let _ = url.set_username("***");
         }
-        if url.query_pairs().any(|(k, _)| is_secret_key(&k)) {
+        if secret_query {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
@@ -175,6 +182,9 @@ mod tests {
             ("redis://:secret@h:6379/0", "redis://:***@h:6379/0"),
             ("rediss://relay:secret@h:6380", "rediss://relay:***@h:6380"),
             ("redis://h:6379", "redis://h:6379"),
+            // Nothing to hide: exactly as written, not as a parser would normalize it.
+            ("http://x", "http://x"),
+            ("postgres://u@HOST/d", "postgres://u@HOST/d"),
             ("nats://s3cr3t-token@h:4222", "nats://***@h:4222"),
             ("tls://u:pw@h:4222", "tls://u:***@h:4222"),
             ("nats://h:4222?token=abc", "nats://h:4222?token=***"),
