@@ -144,7 +144,7 @@ async fn two_live_relays_under_one_name_never_publish_together_when_the_lock_ses
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Cut whichever session holds the name's lock, three times, each time longer apart
-    // than a same-name reclaim takes (1.25 s without renewal).
+    // than a same-name reclaim takes (1 s without renewal).
     for _ in 0..3 {
         let cut: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \

@@ -6,7 +6,8 @@
 //!   renewal) or was released. Earlier only for a process that holds its instance name's
 //!   advisory lock ([`store::lock_instance`]) and finds the lease held under that same
 //!   name but not renewed for [`Lease::grace`]: a restarted process reclaims its dead
-//!   predecessor's lease within about 1.5 s instead of the whole TTL.
+//!   predecessor's lease within about 1.5 s (the grace, 1 s by default, a retry period
+//!   and its own start) instead of the whole TTL.
 //! - **When the holder may publish.** Only within [`Lease::window`] after it *asked* for
 //!   its last successful renewal — shorter than the grace and than the TTL, so by the time
 //!   anyone may take the lease over, the holder has stopped handing rows to the sink. A
@@ -74,7 +75,7 @@ impl Lease {
     /// How long a lease under this name must have gone without renewal before a process
     /// holding the name's lock may reclaim it.
     pub fn grace(&self) -> Duration {
-        self.renew_every() * 5
+        self.renew_every() * 4
     }
 
     /// How long after asking for a renewal the holder may publish.
@@ -223,7 +224,7 @@ mod tests {
         // The defaults: a restarted process reclaims its lease within about 1.5 s.
         let lease = Lease::new("x".into(), Duration::from_secs(10));
         assert_eq!(lease.renew_every(), Duration::from_millis(250));
-        assert_eq!(lease.grace(), Duration::from_millis(1_250));
-        assert_eq!(lease.window(), Duration::from_millis(1_000));
+        assert_eq!(lease.grace(), Duration::from_secs(1));
+        assert_eq!(lease.window(), Duration::from_millis(800));
     }
 }
