@@ -18,4 +18,5 @@ target=${CARGO_TARGET_DIR:-target}
 # Only the sink shown: a Redis or NATS demo builds no librdkafka, a Kafka one no Redis or
 # NATS client; the demo profile (Cargo.toml) trades a little speed for build time.
 cargo build --profile demo --no-default-features --features "demo,$sink" --bin outboxd
-exec "$target/demo/outboxd" demo "$@"
+# The configuration is checked before the demo reads --sink: name the sink there too.
+OUTBOXD__SINK__KIND=$sink exec "$target/demo/outboxd" demo "$@"
