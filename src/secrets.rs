@@ -27,7 +27,7 @@ pub fn redact(text: &str) -> String {
     let mut rest = text;
     while let Some(sep) = rest.find("://") {
         let start = rest[..sep]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+            .rfind(|c: char| !is_scheme_char(c))
             .map_or(0, |p| p + 1);
         let end = url_end(&rest[sep + 3..]) + sep + 3;
         out.push_str(&rest[..start]);
@@ -49,7 +49,7 @@ fn url_end(after: &str) -> usize {
         if c == ',' {
             let next = &after[i + 1..];
             let scheme_len = next
-                .find(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+                .find(|c: char| !is_scheme_char(c))
                 .unwrap_or(next.len());
             if scheme_len > 0 && next[scheme_len..].starts_with("://") {
                 return i;
@@ -57,6 +57,11 @@ fn url_end(after: &str) -> usize {
         }
     }
     after.len()
+}
+
+/// A character of a URL scheme (RFC 3986: letters, digits, `+`, `.`, `-`).
+fn is_scheme_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "+.-".contains(c)
 }
 
 fn is_secret_key(key: &str) -> bool {

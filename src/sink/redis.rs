@@ -337,7 +337,7 @@ impl Sender {
                                 // server. Ask the server again before the next pipeline.
                                 self.idmp.store(IDMP_UNKNOWN, Ordering::Relaxed);
                             }
-                            if f.kind == FailureKind::Transient {
+                            if f.kind == FailureKind::Transient && refused.is_none() {
                                 refused = Some(f.message.clone());
                             }
                             batch.failed(i, f);
