@@ -47,6 +47,9 @@ pub mod secrets;
 pub mod sink;
 #[cfg(feature = "relay")]
 #[doc(hidden)]
+pub mod store;
+#[cfg(feature = "relay")]
+#[doc(hidden)]
 pub mod telemetry;
 
 // Test, fault-injection and benchmark machinery: not an API (features "demo", "testkit").

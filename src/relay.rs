@@ -2,7 +2,6 @@
 //! and the tests embed.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 
@@ -12,8 +11,9 @@ use crate::actors::supervisor::{
 };
 use crate::actors::{Faults, Hooks, names};
 use crate::config::Config;
-use crate::db;
 use crate::health::Health;
+use crate::store::Store;
+use crate::store::postgres::PgStore;
 
 /// Options beyond the configuration.
 #[derive(Debug, Clone, Default)]
@@ -39,15 +39,19 @@ impl Relay {
     /// Starts the supervisor; it takes the lease (or stands by) and runs the pipeline.
     /// The database need not be reachable yet: the relay keeps trying and says so.
     pub async fn start(config: Config, options: RelayOptions) -> anyhow::Result<Relay> {
+        let store = PgStore::connect_lazy(&config)?;
+        Self::start_with_store(config, Arc::new(store), options).await
+    }
+
+    /// Starts the relay on a store of the caller's (the in-memory store of the pipeline's
+    /// tests).
+    pub async fn start_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        options: RelayOptions,
+    ) -> anyhow::Result<Relay> {
         let config = Arc::new(config);
         let health = Arc::new(Health::default());
-        let pool = db::lazy_pool(&config.database, config.database.max_connections)?;
-        let ack_opts =
-            db::connect_options(&config.database)?.options([("synchronous_commit", "off")]);
-        let ack_pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_millis(config.database.connect_timeout_ms))
-            .connect_lazy_with(ack_opts);
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         // Stable across restarts: a restarted process reclaims its own lease at once.
         let owner = if config.relay.instance_id.is_empty() {
@@ -64,8 +68,7 @@ impl Relay {
             Supervisor,
             SupervisorArgs {
                 config,
-                pool,
-                ack_pool,
+                store,
                 health: health.clone(),
                 hooks: options.hooks,
                 faults: options.faults,

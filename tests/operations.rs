@@ -9,7 +9,8 @@ use common::*;
 use nix::sys::signal::Signal;
 use outboxd::config::{DeadLetterPolicy, OnPublish};
 use outboxd::outbox::admin::{self, Selection};
-use outboxd::outbox::store::{self, Fence, RELAY_LEASE, StoreError};
+use outboxd::store::postgres::sql as store;
+use outboxd::store::{Fence, RELAY_LEASE, StoreError};
 use outboxd::verify::create_topic;
 use outboxd::{Relay, RelayOptions};
 

@@ -318,12 +318,10 @@ async fn hooks_see_each_event_read_then_sent_then_acknowledged() {
     let acks: Acks = Arc::default();
     let (rd, a) = (reads.clone(), acks.clone());
     let hooks = Hooks {
-        on_read: Some(Arc::new(
-            move |rows: &[outboxd::outbox::store::OutboxRow], at| {
-                let mut m = rd.lock().unwrap();
-                m.extend(rows.iter().map(|r| (r.event_id, at)));
-            },
-        )),
+        on_read: Some(Arc::new(move |rows: &[outboxd::store::OutboxRow], at| {
+            let mut m = rd.lock().unwrap();
+            m.extend(rows.iter().map(|r| (r.event_id, at)));
+        })),
         on_delivered: Some(Arc::new(move |batch: &[Delivered]| {
             let mut v = a.lock().unwrap();
             v.extend(

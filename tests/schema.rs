@@ -155,7 +155,7 @@ async fn a_transaction_wakes_the_relay_at_most_once_and_only_on_commit() {
 /// column must come back exactly as written, through each of the relay's reads.
 #[tokio::test]
 async fn rows_decode_as_the_relay_reads_them() {
-    use outboxd::outbox::store;
+    use outboxd::store::postgres::sql as store;
     let db = TestDb::new().await;
     let (id_json, event_id, created_at): (i64, uuid::Uuid, chrono::DateTime<chrono::Utc>) =
         sqlx::query_as(
@@ -229,7 +229,7 @@ async fn rows_decode_as_the_relay_reads_them() {
 /// every dead entry as well. Counts the index entries the statement actually visits.
 #[tokio::test]
 async fn reading_rows_in_gaps_visits_the_gaps_not_the_backlog() {
-    use outboxd::outbox::store;
+    use outboxd::store::postgres::sql as store;
     let db = TestDb::new().await;
     sqlx::query(
         "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \

@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use super::Shared;
 use super::poller::PollerMsg;
 use super::supervisor::SupervisorMsg;
-use crate::outbox::store::{self, StoreError};
+use crate::store::StoreError;
 
 /// Rows per statement, at most.
 const MAX_BATCH: usize = 10_000;
@@ -160,13 +160,14 @@ async fn flush(state: &mut AckerState) -> bool {
     while !state.buffer.is_empty() {
         let n = state.buffer.len().min(MAX_BATCH);
         let shared = &state.shared;
-        let result = store::mark_published(
-            &shared.ack_pool,
-            &shared.fence,
-            &state.buffer[..n],
-            shared.config.relay.on_publish,
-        )
-        .await;
+        let result = shared
+            .store
+            .mark_published(
+                &shared.fence,
+                &state.buffer[..n],
+                shared.config.relay.on_publish,
+            )
+            .await;
         match result {
             Ok(marked) => {
                 state.buffer.drain(..n);

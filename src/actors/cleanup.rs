@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use crate::config::OnPublish;
-use crate::outbox::store::{self, StoreError};
+use crate::store::StoreError;
 
 /// The cleanup behaviour.
 pub struct Cleanup;
@@ -69,7 +69,7 @@ impl Actor for Cleanup {
         shared: &mut Arc<Shared>,
     ) -> Result<(), ActorProcessingErr> {
         if let CleanupMsg::Measure = msg {
-            match store::backlog(&shared.pool, BACKLOG_CAP).await {
+            match shared.store.backlog(BACKLOG_CAP).await {
                 Ok((pending, open_dead_letters)) => {
                     metrics::gauge!("outboxd_backlog_rows").set(pending as f64);
                     metrics::gauge!("outboxd_dead_letters_open").set(open_dead_letters as f64);
@@ -105,13 +105,14 @@ async fn run(shared: &Shared) -> Result<CleanupReport, StoreError> {
     let mut report = CleanupReport::default();
     if shared.config.relay.on_publish == OnPublish::Mark {
         loop {
-            let n = store::delete_published(
-                &shared.pool,
-                &shared.fence,
-                cfg.published_retention_secs as i64,
-                limit,
-            )
-            .await?;
+            let n = shared
+                .store
+                .delete_published(
+                    &shared.fence,
+                    Duration::from_secs(cfg.published_retention_secs),
+                    limit,
+                )
+                .await?;
             report.published += n;
             if (n as i64) < limit {
                 break;
@@ -119,13 +120,14 @@ async fn run(shared: &Shared) -> Result<CleanupReport, StoreError> {
         }
     }
     loop {
-        let n = store::delete_resolved_dead_letters(
-            &shared.pool,
-            &shared.fence,
-            cfg.dead_letter_retention_secs as i64,
-            limit,
-        )
-        .await?;
+        let n = shared
+            .store
+            .delete_resolved_dead_letters(
+                &shared.fence,
+                Duration::from_secs(cfg.dead_letter_retention_secs),
+                limit,
+            )
+            .await?;
         report.dead_letters += n;
         if (n as i64) < limit {
             break;

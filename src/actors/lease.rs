@@ -4,7 +4,7 @@
 //! What I decide:
 //! - **Who may take the lease.** Anyone, once it expired (`relay.lease_ttl_ms` without
 //!   renewal) or was released. Earlier only for a process that holds its instance name's
-//!   advisory lock ([`store::lock_instance`]) and finds the lease held under that same
+//!   lock ([`Store::lock_instance`]) and finds the lease held under that same
 //!   name but not renewed for [`Lease::grace`]: a restarted process reclaims its dead
 //!   predecessor's lease within about 1.5 s (the grace, 1 s by default, a retry period
 //!   and its own start) instead of the whole TTL.
@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::outbox::store::{self, Fence, LockCheck, RELAY_LEASE};
+use crate::store::{Fence, InstanceLock, LeaseClaim, LockCheck, RELAY_LEASE, Store};
 
 /// The lease and the instance lock of one relay.
 pub struct Lease {
     owner: String,
     ttl: Duration,
-    /// The connection holding the instance-name lock; `None` while another session holds it.
-    identity: Option<sqlx::PgConnection>,
+    /// The session holding the instance-name lock; `None` while another session holds it.
+    identity: Option<Box<dyn InstanceLock>>,
     /// When to try again for the lock while holding the lease without it.
     relock_at: Option<Instant>,
     /// The lease held.
@@ -85,18 +85,17 @@ impl Lease {
 
     /// Tries to take the lease. `Err(LockCheck::NotSession)`: the database is behind a
     /// pooler in transaction mode, where no lease can be trusted.
-    pub async fn acquire(&mut self, pool: &sqlx::PgPool) -> Result<Take, LockCheck> {
-        let reclaim = self.hold_identity(pool).await?;
+    pub async fn acquire(&mut self, store: &dyn Store) -> Result<Take, LockCheck> {
+        let reclaim = self.hold_identity(store).await?;
         let asked_at = Instant::now();
-        let taken = store::acquire_lease(
-            pool,
-            RELAY_LEASE,
-            &self.owner,
-            self.ttl.as_millis() as i64,
+        let claim = LeaseClaim {
+            name: RELAY_LEASE,
+            owner: &self.owner,
+            ttl: self.ttl,
             reclaim,
-            self.grace().as_millis() as i64,
-        )
-        .await?;
+            grace: self.grace(),
+        };
+        let taken = store.acquire_lease(&claim).await?;
         Ok(match taken {
             Some(epoch) => {
                 self.fence = Some(Fence {
@@ -115,20 +114,17 @@ impl Lease {
 
     /// Extends the lease held, through the instance-lock connection while there is one,
     /// else through the pool.
-    pub async fn renew(&mut self, pool: &sqlx::PgPool) -> Result<Renewal, LockCheck> {
+    pub async fn renew(&mut self, store: &dyn Store) -> Result<Renewal, LockCheck> {
         let Some(fence) = self.fence.clone() else {
             return Ok(Renewal::TakenOver);
         };
-        let ttl_ms = self.ttl.as_millis() as i64;
         let asked_at = Instant::now();
         let mut renewed = None;
         let patience = self.renew_every() * 2;
-        if let Some(conn) = &mut self.identity {
+        if let Some(lock) = &mut self.identity {
             // A connection a NAT dropped silently would hang until TCP gives up: give it
             // two renewal periods, then treat its session as gone.
-            let answer =
-                tokio::time::timeout(patience, store::renew_lease(&mut *conn, &fence, ttl_ms))
-                    .await;
+            let answer = tokio::time::timeout(patience, lock.renew_lease(&fence, self.ttl)).await;
             match answer {
                 Ok(Ok(r)) => renewed = Some(r),
                 failed => {
@@ -147,7 +143,7 @@ impl Lease {
         }
         let renewed = match renewed {
             Some(r) => r,
-            None => match store::renew_lease(pool, &fence, ttl_ms).await {
+            None => match store.renew_lease(&fence, self.ttl).await {
                 Ok(r) => r,
                 Err(e) => return Ok(Renewal::Failed(e)),
             },
@@ -158,15 +154,15 @@ impl Lease {
         }
         if self.identity.is_none() && self.relock_at.is_none_or(|t| Instant::now() >= t) {
             self.relock_at = Some(Instant::now() + self.ttl / 3);
-            self.hold_identity(pool).await?;
+            self.hold_identity(store).await?;
         }
         Ok(Renewal::Renewed(asked_at + self.window()))
     }
 
     /// Gives the lease up at once, so another instance need not wait for it to expire.
-    pub async fn release(&mut self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    pub async fn release(&mut self, store: &dyn Store) -> Result<(), sqlx::Error> {
         match self.fence.take() {
-            Some(fence) => store::release_lease(pool, &fence).await,
+            Some(fence) => store.release_lease(&fence).await,
             None => Ok(()),
         }
     }
@@ -177,27 +173,21 @@ impl Lease {
     }
 
     /// Whether this process holds the lock on its instance name, taking it if it can.
-    async fn hold_identity(&mut self, pool: &sqlx::PgPool) -> Result<bool, LockCheck> {
+    async fn hold_identity(&mut self, store: &dyn Store) -> Result<bool, LockCheck> {
         let patience = self.renew_every() * 2;
-        if let Some(conn) = &mut self.identity {
-            let alive =
-                tokio::time::timeout(patience, sqlx::query("SELECT 1").execute(&mut *conn)).await;
-            if matches!(alive, Ok(Ok(_))) {
+        if let Some(lock) = &mut self.identity {
+            if lock.alive(patience).await {
                 return Ok(true);
             }
             // The session and its lock are gone: take it again below, if nobody else has.
             self.identity = None;
         }
-        let Ok(conn) = pool.acquire().await else {
-            return Ok(false);
-        };
-        let mut conn = conn.detach();
-        match store::lock_instance(&mut conn, &self.owner).await {
-            Ok(true) => {
-                self.identity = Some(conn);
+        match store.lock_instance(&self.owner).await {
+            Ok(Some(lock)) => {
+                self.identity = Some(lock);
                 Ok(true)
             }
-            Ok(false) => {
+            Ok(None) => {
                 debug!(owner = %self.owner, "Another session holds this instance name's lock.");
                 Ok(false)
             }

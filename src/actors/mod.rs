@@ -26,9 +26,9 @@ use ractor::ActorRef;
 
 use crate::config::Config;
 use crate::health::Health;
-use crate::outbox::store::{Fence, OutboxRow};
 use crate::ratelimit::RateLimits;
 use crate::sink::Sink;
+use crate::store::{Fence, OutboxRow, Store};
 
 /// A row as it travels between actors.
 pub type Row = Arc<OutboxRow>;
@@ -127,11 +127,8 @@ impl Faults {
 pub struct Shared {
     /// The configuration.
     pub config: Arc<Config>,
-    /// Pool for reads and relay bookkeeping.
-    pub pool: sqlx::PgPool,
-    /// Pool for marking published rows (`synchronous_commit = off`: a mark lost in a
-    /// Postgres crash only means the row is sent again).
-    pub ack_pool: sqlx::PgPool,
+    /// The database.
+    pub store: Arc<dyn Store>,
     /// Where rows are published.
     pub sink: Arc<dyn Sink>,
     /// Readiness facts.
@@ -171,8 +168,7 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
-        pool: sqlx::PgPool,
-        ack_pool: sqlx::PgPool,
+        store: Arc<dyn Store>,
         sink: Arc<dyn Sink>,
         health: Arc<Health>,
         fence: Fence,
@@ -184,8 +180,7 @@ impl Shared {
         let epoch = Instant::now();
         Self {
             config,
-            pool,
-            ack_pool,
+            store,
             sink,
             health,
             fence,

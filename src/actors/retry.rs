@@ -24,8 +24,8 @@ use super::poller::PollerMsg;
 use super::supervisor::SupervisorMsg;
 use super::{Row, Shared};
 use crate::config::RetryConfig;
-use crate::outbox::store::{self, StoreError};
 use crate::sink::{FailureKind, PublishFailure};
+use crate::store::StoreError;
 
 /// The retry / dead-letter behaviour.
 pub struct Retry;
@@ -191,26 +191,22 @@ impl Actor for Retry {
             );
         }
         let outcome = match &decision {
-            Decision::Retry { attempts, after } => store::record_failure(
-                &shared.pool,
-                &shared.fence,
-                row.id,
-                *attempts,
-                after.as_millis() as i64,
-                &format!("{}: {}", failure.class, failure.message),
-            )
-            .await
-            .map(|()| true),
-            Decision::DeadLetter { attempts, reason } => {
-                store::dead_letter(
-                    &shared.pool,
+            Decision::Retry { attempts, after } => shared
+                .store
+                .record_failure(
                     &shared.fence,
                     row.id,
                     *attempts,
-                    reason,
-                    failure.class,
+                    *after,
+                    &format!("{}: {}", failure.class, failure.message),
                 )
                 .await
+                .map(|()| true),
+            Decision::DeadLetter { attempts, reason } => {
+                shared
+                    .store
+                    .dead_letter(&shared.fence, row.id, *attempts, reason, failure.class)
+                    .await
             }
         };
         match outcome {

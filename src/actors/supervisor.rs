@@ -35,8 +35,8 @@ use super::retry::{Retry, RetryArgs, RetryMsg};
 use super::{Faults, Hooks, Shared, names};
 use crate::config::Config;
 use crate::health::{Health, LeaseState};
-use crate::outbox::store::LockCheck;
 use crate::sink::{self, Sink};
+use crate::store::{LockCheck, Store, is_missing_schema};
 
 /// The supervisor behaviour.
 pub struct Supervisor;
@@ -113,10 +113,8 @@ pub enum SupervisorMsg {
 pub struct SupervisorArgs {
     /// The configuration.
     pub config: Arc<Config>,
-    /// Pool for reads and bookkeeping.
-    pub pool: sqlx::PgPool,
-    /// Pool for marks (`synchronous_commit = off`).
-    pub ack_pool: sqlx::PgPool,
+    /// The database.
+    pub store: Arc<dyn Store>,
     /// Readiness facts.
     pub health: Arc<Health>,
     /// Embedding callbacks.
@@ -323,7 +321,7 @@ impl SupervisorState {
         if self.shutting_down || self.shared.is_some() {
             return;
         }
-        match self.lease.acquire(&self.args.pool).await {
+        match self.lease.acquire(&*self.args.store).await {
             Ok(Take::Taken(epoch, deadline)) => {
                 self.args.health.set_db_up(true);
                 self.schema_missing_logged = false;
@@ -351,7 +349,7 @@ impl SupervisorState {
             }
             Err(LockCheck::Db(e)) => {
                 self.args.health.set_db_up(false);
-                if is_undefined_table(&e) {
+                if is_missing_schema(&e) {
                     if !self.schema_missing_logged {
                         error!("The outbox tables do not exist: run `outboxd migrate` first.");
                         self.schema_missing_logged = true;
@@ -413,7 +411,7 @@ impl SupervisorState {
         error!(%why, "Stopping the relay.");
         *self.args.exit.lock().expect("exit lock") = Some(RelayExit::Misconfigured(why.clone()));
         self.stop_pipeline().await;
-        let _ = self.lease.release(&self.args.pool).await;
+        let _ = self.lease.release(&*self.args.store).await;
         myself.stop(Some(why));
     }
 
@@ -421,7 +419,7 @@ impl SupervisorState {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        match self.lease.renew(&self.args.pool).await {
+        match self.lease.renew(&*self.args.store).await {
             Ok(Renewal::Renewed(deadline)) => {
                 self.lease_deadline = Some(deadline);
                 shared.extend_lease(deadline);
@@ -461,8 +459,7 @@ impl SupervisorState {
         };
         let shared = Arc::new(Shared::new(
             self.args.config.clone(),
-            self.args.pool.clone(),
-            self.args.ack_pool.clone(),
+            self.args.store.clone(),
             sink,
             self.args.health.clone(),
             fence,
@@ -631,7 +628,7 @@ impl SupervisorState {
             *self.args.exit.lock().expect("exit lock") =
                 Some(RelayExit::RestartBudgetExhausted(reason.clone()));
             self.stop_pipeline().await;
-            let _ = self.lease.release(&self.args.pool).await;
+            let _ = self.lease.release(&*self.args.store).await;
             myself.stop(Some(reason));
             return;
         }
@@ -778,7 +775,7 @@ impl SupervisorState {
             report.marked_all = ractor::call_t!(acker, AckerMsg::Flush, 10_000).unwrap_or(false);
         }
         self.stop_pipeline().await;
-        if let Err(e) = self.lease.release(&self.args.pool).await {
+        if let Err(e) = self.lease.release(&*self.args.store).await {
             warn!(error = %e, "Could not release the lease; it expires on its own.");
         }
         if let Some(sink) = &self.sink {
@@ -792,10 +789,4 @@ impl SupervisorState {
         );
         report
     }
-}
-
-fn is_undefined_table(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c == "42P01")
 }

@@ -1,13 +1,10 @@
 //! Everything that touches the outbox tables, as plain SQL functions: what applications
-//! write ([`event`]) and what the relay reads and writes (`store`, with the `relay` feature). No actors here.
+//! write ([`event`]) and the operators' commands (`admin`, with the `relay` feature).
 
 #[cfg(feature = "relay")]
 #[doc(hidden)]
 pub mod admin;
 pub mod event;
-#[cfg(feature = "relay")]
-#[doc(hidden)]
-pub mod store;
 
 pub use event::{
     NewEvent, NewEventBuilder, Payload, RESERVED_HEADERS, SinkKind, TopicError, ValidationError,

@@ -17,8 +17,8 @@ use futures::future::BoxFuture;
 use super::{Batch, FailureKind, PublishFailure, Sink, SinkKind};
 use crate::config::KafkaConfig;
 use crate::health::Health;
-use crate::outbox::store::OutboxRow;
 use crate::outbox::validate_topic;
+use crate::store::OutboxRow;
 
 /// The producer every publisher shares. Deliveries are reported through
 /// [`DeliveryTarget`]s from librdkafka's polling thread, without a future per record.

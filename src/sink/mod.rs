@@ -31,7 +31,7 @@ use futures::future::BoxFuture;
 use crate::actors::Row;
 use crate::config::Config;
 use crate::health::Health;
-use crate::outbox::store::OutboxRow;
+use crate::store::OutboxRow;
 
 pub use crate::outbox::{SinkKind, validate_subject};
 

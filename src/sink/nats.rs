@@ -49,7 +49,7 @@ use futures::future::BoxFuture;
 use super::{Batch, FailureKind, Message, PublishFailure, Sink, SinkKind};
 use crate::config::NatsConfig;
 use crate::health::Health;
-use crate::outbox::store::OutboxRow;
+use crate::store::OutboxRow;
 
 /// The NATS JetStream sink.
 pub struct NatsSink {

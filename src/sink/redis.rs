@@ -59,7 +59,7 @@ use redis::{Client, IntoConnectionInfo, RedisError, Value};
 use super::{Batch, FailureKind, Message, PublishFailure, Sink, SinkKind, read_pem};
 use crate::config::RedisConfig;
 use crate::health::Health;
-use crate::outbox::store::OutboxRow;
+use crate::store::OutboxRow;
 
 /// Pipelines in flight at once; batches handed over meanwhile wait and go together.
 pub const PIPELINES_IN_FLIGHT: usize = 4;

@@ -13,12 +13,9 @@
 //! one dispatch and one report. A backlog (a read cut by `poller.batch_size`) is read on at
 //! once; a lone event is read at once.
 //!
-//! How rows are found. The poller reads `id > cursor` (oldest first) and never skips a row
-//! that commits late: every id missing between two rows it read is remembered as a *gap*
-//! and looked up again on every cycle. A gap is forgotten only when no transaction that
-//! could still fill it can be running: after `poller.gap_grace_ms` the poller notes the
-//! snapshot's `xmax`, and once the snapshot `xmin` has passed it, one last look-up settles
-//! the gap (the row committed, or it never will: rolled back). A periodic full rescan is a
+//! How rows are found. Through the store's reader ([`crate::store::PendingReader`]):
+//! oldest first, never skipping a row whose transaction commits late (on PostgreSQL by
+//! tracking id gaps until the snapshot horizon passes them). A periodic full rescan is a
 //! second safety net.
 //!
 //! Order. An aggregate has at most one row in flight, failing or waiting for a retry;
@@ -33,9 +30,9 @@
 //! Failure: database errors are retried with back-off (readiness goes down); a crash loses
 //! only in-memory state, which the supervisor rebuilds from the table.
 //!
-//! The bookkeeping is pure and has its own files and tests: `gaps.rs` (the id ranges not
-//! seen yet) and `queues.rs` (each aggregate's queue, deferred ids and row in flight, and
-//! who goes next). This file is the actor: messages, reads, and what it sends.
+//! The bookkeeping is pure and has its own file and tests: `queues.rs` (each aggregate's
+//! queue, deferred ids and row in flight, and who goes next). This file is the actor:
+//! messages, reads, and what it sends.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
@@ -46,7 +43,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rustc_hash::FxHashMap as HashMap;
-use sqlx::postgres::PgListener;
 use tracing::{debug, info, warn};
 
 use super::acker::AckerMsg;
@@ -54,14 +50,11 @@ use super::publisher::PublisherMsg;
 use super::retry::RetryMsg;
 use super::{AbortOnDrop, Delivered, Row, Shared};
 use crate::config::DeadLetterPolicy;
-use crate::outbox::store::{self, OutboxRow};
-use crate::outbox::{NOTIFY_CHANNEL, NOTIFY_RESCAN};
 use crate::sink::PublishFailure;
+use crate::store::{OutboxRow, PendingReader, StoreError, Wakeup};
 
-mod gaps;
 mod queues;
 
-use gaps::Gaps;
 use queues::Queues;
 
 /// The poller behaviour.
@@ -105,7 +98,7 @@ pub enum PollerMsg {
     Rescan,
     /// The rescan's query came back: pending ids below the cursor it had then (or the
     /// error).
-    RescanFound(Result<Vec<i64>, sqlx::Error>),
+    RescanFound(Result<Vec<i64>, StoreError>),
     /// Publishers' batch outcomes wait in [`Shared::take_reports`] (one message for
     /// however many arrived meanwhile).
     Reports,
@@ -165,7 +158,8 @@ pub struct PollerState {
     shared: Arc<Shared>,
     wiring: Option<Wiring>,
     generations: Vec<u64>,
-    cursor: i64,
+    /// Finds pending rows, late committers included.
+    reader: Box<dyn PendingReader>,
     /// Every aggregate's rows in memory.
     queues: Queues,
     /// When the oldest pending age was last published.
@@ -175,16 +169,16 @@ pub struct PollerState {
     deciding: HashSet<i64>,
     waiting: HashMap<i64, Row>,
     timers: BinaryHeap<Reverse<(Instant, i64)>>,
-    gaps: Gaps,
     held: HashSet<String>,
     held_loaded: bool,
     claiming: bool,
     more: bool,
     wake_flag: Arc<AtomicBool>,
     dispatch_armed: bool,
-    /// The LISTEN task; it holds a pool connection, so it must die with the poller, also
-    /// when the poller panics (then `post_stop` does not run, but the state is dropped).
-    _listener: AbortOnDrop,
+    /// The store's wake-up task (PostgreSQL: LISTEN, which holds a pool connection): it
+    /// must die with the poller, also when the poller panics (then `post_stop` does not
+    /// run, but the state is dropped).
+    _watcher: Option<AbortOnDrop>,
     next_rescan: Instant,
     rescan_requested: bool,
     /// The rescan's query, running beside the poller (it walks the whole pending index,
@@ -216,11 +210,11 @@ impl Actor for Poller {
         shared: Arc<Shared>,
     ) -> Result<PollerState, ActorProcessingErr> {
         let wake_flag = Arc::new(AtomicBool::new(false));
-        let listener = tokio::spawn(listen(
-            shared.pool.clone(),
-            myself.clone(),
-            wake_flag.clone(),
-        ));
+        let watcher = shared
+            .store
+            .watch(wake_fn(myself.clone(), wake_flag.clone()))
+            .map(AbortOnDrop);
+        let reader = shared.store.reader();
         let interval = Duration::from_millis(shared.config.poller.interval_ms);
         myself.send_interval(interval, || PollerMsg::Tick);
         let partitions = shared.partitions();
@@ -230,21 +224,20 @@ impl Actor for Poller {
             shared,
             wiring: None,
             generations: vec![0; partitions],
-            cursor: 0,
+            reader,
             queues: Queues::new(partitions, max_rows_per_aggregate),
             oldest_reported_at: None,
             batches: vec![Vec::new(); partitions],
             deciding: HashSet::new(),
             waiting: HashMap::default(),
             timers: BinaryHeap::new(),
-            gaps: Gaps::default(),
             held: HashSet::new(),
             held_loaded: false,
             claiming: true,
             more: true,
             wake_flag,
             dispatch_armed: false,
-            _listener: AbortOnDrop(listener),
+            _watcher: watcher,
             next_rescan: Instant::now() + rescan,
             rescan_requested: false,
             rescan_task: None,
@@ -505,19 +498,18 @@ impl PollerState {
     }
 
     /// One read: late rows in gaps, new rows after the cursor, and the rescan when due.
-    async fn read(&mut self, myself: &ActorRef<PollerMsg>) -> Result<usize, sqlx::Error> {
-        let pool = self.shared.pool.clone();
+    async fn read(&mut self, myself: &ActorRef<PollerMsg>) -> Result<usize, StoreError> {
+        let store = self.shared.store.clone();
         let cfg = self.shared.config.clone();
         let batch = cfg.poller.batch_size as i64;
-        let grace = Duration::from_millis(cfg.poller.gap_grace_ms);
         let mut loaded = 0;
 
         if cfg.relay.dead_letter_policy == DeadLetterPolicy::Hold && !self.held_loaded {
-            self.held = store::held_aggregates(&pool).await?.into_iter().collect();
+            self.held = store.held_aggregates().await?.into_iter().collect();
             self.held_loaded = true;
         }
 
-        loaded += self.refill(&pool).await?;
+        loaded += self.refill().await?;
         let room = if self.queues.deferred >= self.max_deferred() {
             0
         } else {
@@ -527,43 +519,21 @@ impl PollerState {
             self.want_room();
         }
         if room > 0 {
-            let now = Instant::now();
-            if !self.gaps.is_empty() && self.gaps.needs_snapshot(now, grace) {
-                let (xmin, xmax) = store::snapshot_bounds(&pool).await?;
-                self.gaps.apply_snapshot(xmin, xmax, now, grace);
-            }
-            let limit = batch.min(room);
             let started = Instant::now();
-            let rows =
-                store::fetch_after_and_in_ranges(&pool, self.cursor, &self.gaps.ranges(), limit)
-                    .await?;
-            self.note_read(&rows, started);
-            let full = rows.len() as i64 == limit;
-            let old_cursor = self.cursor;
-            let mut prev = old_cursor;
+            let read = self.reader.read(batch.min(room)).await?;
+            self.note_read(&read.rows, read.started.unwrap_or(started));
             let mut late = 0;
-            for row in rows {
-                if row.id > old_cursor {
-                    self.gaps.record_between(prev, row.id, now);
-                    prev = row.id;
-                    loaded += self.load(row, false);
-                } else {
-                    late += 1;
-                    self.gaps.remove_id(row.id);
-                    loaded += self.load(row, true);
-                }
-            }
-            // Every gap row was returned unless the limit cut the gap rows themselves
-            // (then no row above the old cursor came back): only then may closing gaps go.
-            if !full || prev > old_cursor {
-                self.gaps.drop_closing();
+            for row in read.rows {
+                // Rows at or below the cursor committed late: they go in id order among
+                // the rows of their aggregate already held.
+                let is_late = row.id <= read.cursor_before;
+                late += usize::from(is_late);
+                loaded += self.load(row, is_late);
             }
             if late > 0 {
-                debug!(rows = late, "Found late-committed rows in id gaps.");
                 metrics::counter!("outboxd_late_rows_total").increment(late as u64);
             }
-            self.cursor = prev;
-            self.more = full;
+            self.more = read.full;
             if self.more {
                 // More is waiting: read again right after handing these out.
                 if !self.wake_flag.swap(true, Ordering::AcqRel) {
@@ -597,26 +567,26 @@ impl PollerState {
     /// Starts the rescan: every pending row below the cursor that the poller does not hold
     /// (rows of aggregates released by an operator, and anything a gap missed). The query
     /// runs beside the poller; [`PollerState::rescan_found`] takes its answer.
-    async fn start_rescan(&mut self, myself: &ActorRef<PollerMsg>) -> Result<(), sqlx::Error> {
-        let pool = self.shared.pool.clone();
+    async fn start_rescan(&mut self, myself: &ActorRef<PollerMsg>) -> Result<(), StoreError> {
+        let store = self.shared.store.clone();
         self.rescan_requested = false;
         self.next_rescan =
             Instant::now() + Duration::from_millis(self.shared.config.poller.rescan_interval_ms);
         if self.shared.config.relay.dead_letter_policy == DeadLetterPolicy::Hold {
-            self.held = store::held_aggregates(&pool).await?.into_iter().collect();
+            self.held = store.held_aggregates().await?.into_iter().collect();
         }
         let skip: Vec<String> = self.held.iter().cloned().collect();
-        let upto = self.cursor;
+        let upto = self.reader.cursor();
         let poller = myself.clone();
         self.rescan_task = Some(AbortOnDrop(tokio::spawn(async move {
-            let found = store::pending_ids_upto(&pool, upto, &skip).await;
+            let found = store.pending_ids_upto(upto, &skip).await;
             let _ = poller.send_message(PollerMsg::RescanFound(found));
         })));
         Ok(())
     }
 
     /// The rescan's answer: loads the pending rows the poller does not hold.
-    async fn rescan_found(&mut self, pending: Vec<i64>) -> Result<usize, sqlx::Error> {
+    async fn rescan_found(&mut self, pending: Vec<i64>) -> Result<usize, StoreError> {
         let Some(wiring) = &self.wiring else {
             return Ok(0);
         };
@@ -660,12 +630,11 @@ impl PollerState {
         if missing.is_empty() {
             return Ok(0);
         }
-        let pool = self.shared.pool.clone();
-        let rows = store::fetch_ids(&pool, &missing).await?;
+        let rows = self.shared.store.fetch_ids(&missing).await?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let gap_rows = rows.iter().filter(|r| self.gaps.contains(r.id)).count();
+        let gap_rows = rows.iter().filter(|r| self.reader.found(r.id)).count();
         info!(
             rows = rows.len(),
             in_gaps = gap_rows,
@@ -673,7 +642,6 @@ impl PollerState {
         );
         let mut loaded = 0;
         for row in rows {
-            self.gaps.remove_id(row.id);
             loaded += self.load(row, true);
         }
         Ok(loaded)
@@ -693,7 +661,7 @@ impl PollerState {
     /// Reads again, by id, the deferred rows of aggregates whose queue runs low: as many
     /// as the memory bound allows, in one statement. Rows no longer pending (published or
     /// dead-lettered meanwhile) simply do not come back.
-    async fn refill(&mut self, pool: &sqlx::PgPool) -> Result<usize, sqlx::Error> {
+    async fn refill(&mut self) -> Result<usize, StoreError> {
         if self.queues.refills.is_empty() {
             return Ok(0);
         }
@@ -704,7 +672,7 @@ impl PollerState {
             Vec::new()
         } else {
             let started = Instant::now();
-            let rows = store::fetch_ids(pool, &ids).await?;
+            let rows = self.shared.store.fetch_ids(&ids).await?;
             self.note_read(&rows, started);
             rows
         };
@@ -890,57 +858,13 @@ fn age_secs(t: DateTime<Utc>) -> f64 {
     (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
 }
 
-/// Listens for the insert trigger's NOTIFY and wakes the poller (at most one wake queued
-/// at a time). Reconnects on its own; after a reconnect it wakes the poller once, since
-/// notifications sent meanwhile are lost.
-async fn listen(pool: sqlx::PgPool, poller: ActorRef<PollerMsg>, flag: Arc<AtomicBool>) {
-    let wake = |poller: &ActorRef<PollerMsg>| -> bool {
-        if flag.swap(true, Ordering::AcqRel) {
-            return true;
+/// What the store's watcher calls: a wake-up (at most one queued at a time: the flag
+/// stays set until the poller reads) or a rescan. False once the poller is gone.
+fn wake_fn(poller: ActorRef<PollerMsg>, flag: Arc<AtomicBool>) -> crate::store::WakeFn {
+    Arc::new(move |what| match what {
+        Wakeup::Rescan => poller.send_message(PollerMsg::Rescan).is_ok(),
+        Wakeup::Rows => {
+            flag.swap(true, Ordering::AcqRel) || poller.send_message(PollerMsg::Wake).is_ok()
         }
-        poller.send_message(PollerMsg::Wake).is_ok()
-    };
-    loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                debug!(error = %e, "LISTEN connection failed; retrying.");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
-            debug!(error = %e, "LISTEN failed; retrying.");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        if !wake(&poller) {
-            return;
-        }
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(n)) => {
-                    let alive = if n.payload() == NOTIFY_RESCAN {
-                        poller.send_message(PollerMsg::Rescan).is_ok()
-                    } else {
-                        wake(&poller)
-                    };
-                    if !alive {
-                        return;
-                    }
-                }
-                // The connection was lost and re-established: notifications may be lost.
-                Ok(None) => {
-                    if !wake(&poller) {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    debug!(error = %e, "LISTEN connection broke; reconnecting.");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    break;
-                }
-            }
-        }
-    }
+    })
 }

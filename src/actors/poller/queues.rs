@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::actors::{Row, partition_of};
-use crate::outbox::store::OutboxRow;
 use crate::ratelimit::Throttled;
+use crate::store::OutboxRow;
 
 /// A row known by id only (see [`Agg::deferred`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,7 +354,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::outbox::store::OutboxRow;
+    use crate::store::OutboxRow;
 
     fn row(id: i64, aggregate_id: &str) -> Row {
         Arc::new(OutboxRow {

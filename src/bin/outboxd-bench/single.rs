@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outboxd::actors::{Delivered, Hooks};
-use outboxd::outbox::store;
 use outboxd::sink::kafka::{DeliveryTarget, DeliveryToken, RelayProducer};
+use outboxd::store::postgres::sql as store;
 use outboxd::{NewEvent, enqueue};
 use serde::{Deserialize, Serialize};
 

@@ -1,45 +1,9 @@
-//! The relay's SQL: reading pending rows, marking them published, recording failures,
-//! dead-lettering, leases and cleanup. Every write checks the lease (owner, epoch), so an
-//! instance whose lease was taken over cannot change anything (fencing).
-
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
+//! The relay's SQL on PostgreSQL: reading pending rows, marking them published, recording
+//! failures, dead-lettering, leases and cleanup. Every write checks the lease (owner,
+//! epoch), so an instance whose lease was taken over cannot change anything (fencing).
 
 use crate::config::OnPublish;
-
-/// The lease every relay instance competes for. (Scale-out will add one per partition.)
-pub const RELAY_LEASE: &str = "relay";
-
-/// A pending outbox row as the relay reads it (columns in the order of `select_rows!`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxRow {
-    /// Identity column: the order of the outbox.
-    pub id: i64,
-    /// e.g. `order`.
-    pub aggregate_type: String,
-    /// The ordering key and Kafka key.
-    pub aggregate_id: String,
-    /// e.g. `order.created`.
-    pub event_type: String,
-    /// Destination topic.
-    pub topic: String,
-    /// `payload` as JSON text (UTF-8 bytes, as PostgreSQL sent them: Kafka takes bytes, so
-    /// the relay does not validate them again).
-    pub payload: Option<Vec<u8>>,
-    /// `payload_bytes`.
-    pub payload_bytes: Option<Vec<u8>>,
-    /// `headers` as JSON text; empty when the row has none (`{}`), the usual case, which
-    /// then costs no allocation.
-    pub headers: String,
-    /// Idempotency key.
-    pub event_id: Uuid,
-    /// Insert time (the writing transaction's start).
-    pub created_at: DateTime<Utc>,
-    /// Publish attempts that failed so far (stored; outage-wide failures are not counted).
-    pub attempts: i32,
-    /// Failed tries since this process loaded the row, counted or not (sets the back-off).
-    pub tries: u32,
-}
+use crate::store::{Fence, LockCheck, OutboxRow, StoreError};
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for OutboxRow {
     /// By position, not by name, and without sqlx's per-value type check: the relay reads
@@ -65,28 +29,6 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for OutboxRow {
             tries: 0,
         })
     }
-}
-
-/// The lease identity every write is checked against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    /// Lease name.
-    pub name: String,
-    /// This instance.
-    pub owner: String,
-    /// The epoch this instance acquired; bumped by every takeover.
-    pub epoch: i64,
-}
-
-/// A store operation's failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The lease is no longer ours: another instance took over. Nothing was written.
-    #[error("lease {0:?} is held by another instance now (fenced); nothing written")]
-    Fenced(String),
-    /// The database refused or is unreachable.
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
 }
 
 macro_rules! select_rows {
@@ -370,23 +312,6 @@ pub async fn lock_instance(conn: &mut sqlx::PgConnection, owner: &str) -> Result
         .execute(&mut *conn)
         .await?;
     Ok(true)
-}
-
-/// Why the instance lock could not be checked.
-#[derive(Debug, thiserror::Error)]
-pub enum LockCheck {
-    /// The database could not be asked.
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-    /// The session that took the lock is not the one that asked next.
-    #[error(
-        "the instance lock taken by one statement was not held by the session of the next \
-         statement on the same connection: a connection pooler in transaction mode \
-         (PgBouncer pool_mode = transaction or statement) stands between the relay and \
-         PostgreSQL. The relay needs session-level connections: connect it to PostgreSQL \
-         directly or through a pool in session mode"
-    )]
-    NotSession,
 }
 
 /// Aggregates with an open (not replayed, not discarded) dead letter.

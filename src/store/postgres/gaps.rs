@@ -1,6 +1,6 @@
-//! The gap tracker: id ranges below the poller's cursor where no row has been seen yet.
+//! The gap tracker: id ranges below the reader's cursor where no row has been seen yet.
 //! A transaction that took an id and has not committed leaves such a gap; its row may
-//! still appear (a late commit). The poller re-reads the gaps with every read and, once a
+//! still appear (a late commit). The reader re-reads the gaps with every read and, once a
 //! gap has been open past `poller.gap_grace_ms`, asks PostgreSQL for a snapshot: when
 //! `xmin` passes the `xmax` noted then, every transaction that could fill it has ended and
 //! the gap is dropped. Pure bookkeeping, no I/O.

@@ -1,0 +1,241 @@
+//! The PostgreSQL store: [`Store`] on two pools — one for reads and the relay's
+//! bookkeeping, one with `synchronous_commit = off` for marking rows published (a mark lost
+//! in a crash only means the row is sent again) — the late-committer reader
+//! ([`reader`]), NOTIFY wake-ups ([`listen`]) and session advisory locks for instance
+//! names. The SQL itself is in [`sql`].
+
+mod gaps;
+mod listen;
+mod reader;
+pub mod sql;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::config::{Config, OnPublish};
+use crate::db;
+use crate::store::{
+    Fence, InstanceLock, LeaseClaim, LockCheck, OutboxRow, PendingReader, Store, StoreError, WakeFn,
+};
+
+pub use sql::FETCH_AFTER_AND_IN_RANGES;
+
+/// The relay's database on PostgreSQL.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: sqlx::PgPool,
+    ack_pool: sqlx::PgPool,
+    gap_grace: Duration,
+}
+
+impl PgStore {
+    /// Pools that connect lazily: the relay starts (and says so) while the database is
+    /// down, and every operation reports and retries the outage.
+    pub fn connect_lazy(config: &Config) -> anyhow::Result<Self> {
+        let db = &config.database;
+        let pool = db::lazy_pool(db, db.max_connections)?;
+        let ack_opts = db::connect_options(db)?.options([("synchronous_commit", "off")]);
+        let ack_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_millis(db.connect_timeout_ms))
+            .connect_lazy_with(ack_opts);
+        Ok(Self::new(
+            pool,
+            ack_pool,
+            Duration::from_millis(config.poller.gap_grace_ms),
+        ))
+    }
+
+    /// A store on these pools; `gap_grace` is `poller.gap_grace_ms`.
+    pub fn new(pool: sqlx::PgPool, ack_pool: sqlx::PgPool, gap_grace: Duration) -> Self {
+        Self {
+            pool,
+            ack_pool,
+            gap_grace,
+        }
+    }
+
+    /// The pool for reads and bookkeeping.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+}
+
+/// A session holding an instance name's advisory lock.
+struct PgInstanceLock(sqlx::PgConnection);
+
+impl InstanceLock for PgInstanceLock {
+    fn alive(&mut self, patience: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let ping = sqlx::query("SELECT 1").execute(&mut self.0);
+            matches!(tokio::time::timeout(patience, ping).await, Ok(Ok(_)))
+        })
+    }
+
+    fn renew_lease<'a>(
+        &'a mut self,
+        fence: &'a Fence,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+        Box::pin(sql::renew_lease(&mut self.0, fence, ttl.as_millis() as i64))
+    }
+}
+
+impl Store for PgStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn reader(&self) -> Box<dyn PendingReader> {
+        Box::new(reader::GapReader {
+            pool: self.pool.clone(),
+            grace: self.gap_grace,
+            cursor: 0,
+            gaps: Default::default(),
+        })
+    }
+
+    fn fetch_ids<'a>(
+        &'a self,
+        ids: &'a [i64],
+    ) -> BoxFuture<'a, Result<Vec<OutboxRow>, StoreError>> {
+        Box::pin(async move { Ok(sql::fetch_ids(&self.pool, ids).await?) })
+    }
+
+    fn pending_ids_upto<'a>(
+        &'a self,
+        upto: i64,
+        skip: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+        Box::pin(async move { Ok(sql::pending_ids_upto(&self.pool, upto, skip).await?) })
+    }
+
+    fn held_aggregates(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { Ok(sql::held_aggregates(&self.pool).await?) })
+    }
+
+    fn mark_published<'a>(
+        &'a self,
+        fence: &'a Fence,
+        ids: &'a [i64],
+        mode: OnPublish,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(sql::mark_published(&self.ack_pool, fence, ids, mode))
+    }
+
+    fn record_failure<'a>(
+        &'a self,
+        fence: &'a Fence,
+        id: i64,
+        attempts: i32,
+        retry_in: Duration,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(sql::record_failure(
+            &self.pool,
+            fence,
+            id,
+            attempts,
+            retry_in.as_millis() as i64,
+            error,
+        ))
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        fence: &'a Fence,
+        id: i64,
+        attempts: i32,
+        reason: &'a str,
+        error_class: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(sql::dead_letter(
+            &self.pool,
+            fence,
+            id,
+            attempts,
+            reason,
+            error_class,
+        ))
+    }
+
+    fn acquire_lease<'a>(
+        &'a self,
+        claim: &'a LeaseClaim<'a>,
+    ) -> BoxFuture<'a, Result<Option<i64>, StoreError>> {
+        Box::pin(async move {
+            Ok(sql::acquire_lease(
+                &self.pool,
+                claim.name,
+                claim.owner,
+                claim.ttl.as_millis() as i64,
+                claim.reclaim,
+                claim.grace.as_millis() as i64,
+            )
+            .await?)
+        })
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        fence: &'a Fence,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+        Box::pin(sql::renew_lease(&self.pool, fence, ttl.as_millis() as i64))
+    }
+
+    fn release_lease<'a>(&'a self, fence: &'a Fence) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(sql::release_lease(&self.pool, fence))
+    }
+
+    fn lock_instance<'a>(
+        &'a self,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn InstanceLock>>, LockCheck>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await?.detach();
+            Ok(if sql::lock_instance(&mut conn, owner).await? {
+                Some(Box::new(PgInstanceLock(conn)) as Box<dyn InstanceLock>)
+            } else {
+                None
+            })
+        })
+    }
+
+    fn backlog(&self, cap: i64) -> BoxFuture<'_, Result<(i64, i64), StoreError>> {
+        Box::pin(async move { Ok(sql::backlog(&self.pool, cap).await?) })
+    }
+
+    fn delete_published<'a>(
+        &'a self,
+        fence: &'a Fence,
+        retention: Duration,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(sql::delete_published(
+            &self.pool,
+            fence,
+            retention.as_secs() as i64,
+            limit,
+        ))
+    }
+
+    fn delete_resolved_dead_letters<'a>(
+        &'a self,
+        fence: &'a Fence,
+        retention: Duration,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(sql::delete_resolved_dead_letters(
+            &self.pool,
+            fence,
+            retention.as_secs() as i64,
+            limit,
+        ))
+    }
+
+    fn watch(&self, wake: WakeFn) -> Option<tokio::task::JoinHandle<()>> {
+        Some(tokio::spawn(listen::listen(self.pool.clone(), wake)))
+    }
+}
