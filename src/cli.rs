@@ -248,14 +248,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         // Before the relay starts, so that the series it sets up at start are recorded.
         telemetry::metrics_handle();
     }
-    let mut relay = Relay::start(
-        config,
-        RelayOptions {
-            faults: crate::actors::Faults::from_env(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let mut relay = Relay::start(config, RelayOptions::default()).await?;
     if !listen.is_empty() {
         let addr = listen.parse()?;
         let health = relay.health();

@@ -9,21 +9,30 @@ use crate::actors::poller::{PollerMsg, PollerStats};
 use crate::actors::supervisor::{
     RelayExit, ShutdownReport, Supervisor, SupervisorArgs, SupervisorInfo, SupervisorMsg,
 };
-use crate::actors::{Faults, Hooks, names};
+use crate::actors::{Hooks, names};
 use crate::config::Config;
 use crate::health::Health;
+use crate::sink::{self, SinkFactory};
 use crate::store::Store;
 use crate::store::postgres::PgStore;
 
 /// Options beyond the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RelayOptions {
     /// Embedding callbacks (the benchmark's timing hooks).
     #[doc(hidden)]
     pub hooks: Hooks,
-    /// Test faults.
-    #[doc(hidden)]
-    pub faults: Faults,
+    /// A sink of the embedder's own instead of the configured one.
+    pub sink: Option<SinkFactory>,
+}
+
+impl std::fmt::Debug for RelayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayOptions")
+            .field("hooks", &self.hooks)
+            .field("sink", &self.sink.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 /// A running relay.
@@ -69,9 +78,9 @@ impl Relay {
             SupervisorArgs {
                 config,
                 store,
+                sinks: options.sink.unwrap_or_else(sink::configured),
                 health: health.clone(),
                 hooks: options.hooks,
-                faults: options.faults,
                 owner: owner.clone(),
                 tag,
                 exit: exit.clone(),

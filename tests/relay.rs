@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use outboxd::actors::{Delivered, Faults, Hooks, ReadTimes};
+use outboxd::actors::{Delivered, Hooks, ReadTimes};
 use outboxd::config::DeadLetterPolicy;
 use outboxd::outbox::admin::{self, Selection};
 use outboxd::verify::create_topic;
@@ -356,81 +356,6 @@ async fn hooks_see_each_event_read_then_sent_then_acknowledged() {
         assert!(read.returned <= *sent, "{id}: sent before it was read");
         assert!(sent <= acked, "{id}: acknowledged before it was sent");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashing_publisher_is_restarted_and_nothing_is_lost_or_reordered() {
-    let db = TestDb::new().await;
-    let t = topic("crash");
-    create_topic(&brokers(), &t, 4).await.unwrap();
-    let aggs: Vec<String> = (0..50).map(|i| format!("c-{i}")).collect();
-    let written = insert_sql(&db.pool, &t, &aggs, 100).await;
-    let mut cfg = config(&db);
-    cfg.supervisor.max_restarts = 1_000;
-    cfg.supervisor.initial_backoff_ms = 10;
-    cfg.supervisor.max_backoff_ms = 50;
-    let r = Relay::start(
-        cfg,
-        RelayOptions {
-            faults: Faults {
-                panic_publisher_every: 7,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(
-        drained(&db, Duration::from_secs(120)).await,
-        "drained despite crashes"
-    );
-    let info = r.info().await.unwrap();
-    let records = read_back(&[&t], 5_000, Duration::from_secs(60)).await;
-    r.shutdown().await.unwrap();
-    assert!(
-        info.restarts >= 3,
-        "publishers crashed and were restarted: {info:?}"
-    );
-    let (report, ledger) = check_ledger(&written, &records);
-    assert_eq!(report.lost, 0, "{:?}", ledger.missing());
-    assert_eq!(report.reordered, 0, "{:?}", ledger.reorder_examples);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashing_poller_restarts_the_pipeline_from_the_table() {
-    let db = TestDb::new().await;
-    let t = topic("pcrash");
-    create_topic(&brokers(), &t, 4).await.unwrap();
-    let aggs: Vec<String> = (0..50).map(|i| format!("p-{i}")).collect();
-    let written = insert_sql(&db.pool, &t, &aggs, 60).await;
-    let mut cfg = config(&db);
-    cfg.supervisor.max_restarts = 1_000;
-    cfg.supervisor.initial_backoff_ms = 10;
-    cfg.supervisor.max_backoff_ms = 50;
-    let r = Relay::start(
-        cfg,
-        RelayOptions {
-            faults: Faults {
-                panic_poller_every: 25,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert!(
-        drained(&db, Duration::from_secs(120)).await,
-        "drained despite crashes"
-    );
-    let info = r.info().await.unwrap();
-    let records = read_back(&[&t], 3_000, Duration::from_secs(60)).await;
-    r.shutdown().await.unwrap();
-    assert!(info.restarts >= 2, "the pipeline was restarted: {info:?}");
-    let (report, ledger) = check_ledger(&written, &records);
-    assert_eq!(report.lost, 0, "{:?}", ledger.missing());
-    assert_eq!(report.reordered, 0, "{:?}", ledger.reorder_examples);
 }
 
 /// Inserts the poison rows (plus a good row after each) and 10 healthy aggregates.

@@ -95,33 +95,6 @@ impl std::fmt::Debug for Hooks {
     }
 }
 
-/// Faults for tests, never set in production: `OUTBOXD_TEST_PANIC_PUBLISHER_EVERY=N` makes
-/// a publisher panic while handling every N-th batch (after sending half of it);
-/// `OUTBOXD_TEST_PANIC_POLLER_EVERY=N` makes the poller panic on every N-th batch report.
-#[derive(Debug, Clone, Default)]
-pub struct Faults {
-    /// Panic in a publisher every this many batches; 0 = never.
-    pub panic_publisher_every: u64,
-    /// Panic in the poller every this many batch reports; 0 = never.
-    pub panic_poller_every: u64,
-}
-
-impl Faults {
-    /// Reads the test-only fault variables.
-    pub fn from_env() -> Self {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Self {
-            panic_publisher_every: var("OUTBOXD_TEST_PANIC_PUBLISHER_EVERY"),
-            panic_poller_every: var("OUTBOXD_TEST_PANIC_POLLER_EVERY"),
-        }
-    }
-}
-
 /// What every actor of one pipeline incarnation shares. Rebuilt when the lease or the
 /// sink changes.
 pub struct Shared {
@@ -139,8 +112,6 @@ pub struct Shared {
     pub limits: RateLimits,
     /// Embedding callbacks.
     pub hooks: Hooks,
-    /// Test faults.
-    pub faults: Faults,
     /// The supervisor, told about lost leases and fatal sink errors.
     pub supervisor: ActorRef<supervisor::SupervisorMsg>,
     /// Time base for the atomics below.
@@ -173,7 +144,6 @@ impl Shared {
         health: Arc<Health>,
         fence: Fence,
         hooks: Hooks,
-        faults: Faults,
         supervisor: ActorRef<supervisor::SupervisorMsg>,
     ) -> Self {
         let limits = RateLimits::new(&config.rate_limit);
@@ -186,7 +156,6 @@ impl Shared {
             fence,
             limits,
             hooks,
-            faults,
             supervisor,
             epoch,
             lease_valid_until_ms: AtomicU64::new(0),

@@ -73,23 +73,15 @@ impl Actor for Publisher {
     ) -> Result<(), ActorProcessingErr> {
         let PublisherMsg::Publish(rows) = msg;
         state.batches += 1;
-        let every = state.args.shared.faults.panic_publisher_every;
-        let crash_after =
-            (every > 0 && state.batches.is_multiple_of(every)).then_some(rows.len() / 2);
-        send_batch(&state.args, rows, crash_after);
+        send_batch(&state.args, rows);
         Ok(())
     }
 }
 
 /// Hands the rows to the sink as one batch, which reports to the poller once every row
-/// has an outcome. `crash_after` is the test fault: only that many rows are sent, then
-/// the publisher panics (the rest stay in flight at the poller, which sends them to the
-/// restarted publisher).
-fn send_batch(args: &PublisherArgs, mut rows: Vec<Row>, crash_after: Option<usize>) {
+/// has an outcome.
+fn send_batch(args: &PublisherArgs, rows: Vec<Row>) {
     let shared = args.shared.clone();
-    if let Some(k) = crash_after {
-        rows.truncate(k);
-    }
     let poller = args.poller.clone();
     let (partition, generation) = (args.partition, args.generation);
     let exact_times = shared.hooks.on_delivered.is_some();
@@ -98,12 +90,6 @@ fn send_batch(args: &PublisherArgs, mut rows: Vec<Row>, crash_after: Option<usiz
         report(&shared, &poller, partition, generation, batch)
     });
     sink.send(batch);
-    if crash_after.is_some() {
-        panic!(
-            "test fault: publisher {} crashes mid-batch (OUTBOXD_TEST_PANIC_PUBLISHER_EVERY)",
-            args.partition
-        );
-    }
 }
 
 /// Runs once per batch, after its last outcome: delivered and failed rows to the poller.

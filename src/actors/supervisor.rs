@@ -32,7 +32,7 @@ use super::lease::{Lease, Renewal, Take};
 use super::poller::{Poller, PollerMsg, Wiring};
 use super::publisher::{Publisher, PublisherArgs, PublisherMsg};
 use super::retry::{Retry, RetryArgs, RetryMsg};
-use super::{Faults, Hooks, Shared, names};
+use super::{Hooks, Shared, names};
 use crate::config::Config;
 use crate::health::{Health, LeaseState};
 use crate::sink::{self, Sink};
@@ -115,12 +115,12 @@ pub struct SupervisorArgs {
     pub config: Arc<Config>,
     /// The database.
     pub store: Arc<dyn Store>,
+    /// Builds the sink (again after a fatal client error).
+    pub sinks: sink::SinkFactory,
     /// Readiness facts.
     pub health: Arc<Health>,
     /// Embedding callbacks.
     pub hooks: Hooks,
-    /// Test faults.
-    pub faults: Faults,
     /// This instance's name in the lease table.
     pub owner: String,
     /// Suffix for actor names, unique per relay in the process.
@@ -377,7 +377,7 @@ impl SupervisorState {
         let health = self.args.health.clone();
         let sink = match &self.sink {
             Some(s) => s.clone(),
-            None => match sink::create(&self.args.config, health.clone()).await {
+            None => match (self.args.sinks)(&self.args.config, health.clone()).await {
                 Ok(s) => {
                     self.sink = Some(s.clone());
                     s
@@ -452,7 +452,7 @@ impl SupervisorState {
         let sink = match &self.sink {
             Some(s) => s.clone(),
             None => {
-                let s = sink::create(&self.args.config, self.args.health.clone()).await?;
+                let s = (self.args.sinks)(&self.args.config, self.args.health.clone()).await?;
                 self.sink = Some(s.clone());
                 s
             }
@@ -464,7 +464,6 @@ impl SupervisorState {
             self.args.health.clone(),
             fence,
             self.args.hooks.clone(),
-            self.args.faults.clone(),
             myself.clone(),
         ));
         if let Some(d) = self.lease_deadline {

@@ -292,9 +292,25 @@ pub fn enqueue(queue: &tokio::sync::mpsc::UnboundedSender<Arc<Batch>>, batch: Ar
     }
 }
 
+/// Builds a sink from the configuration: [`create`], or an embedder's own (the pipeline's
+/// tests use an in-memory sink). Called again when a sink's client must be replaced.
+pub type SinkFactory = Arc<
+    dyn Fn(&Config, Arc<Health>) -> BoxFuture<'static, anyhow::Result<Arc<dyn Sink>>> + Send + Sync,
+>;
+
+/// The configured sink, as a [`SinkFactory`].
+pub fn configured() -> SinkFactory {
+    Arc::new(|config: &Config, health: Arc<Health>| {
+        let config = config.clone();
+        Box::pin(async move { create(&config, health).await })
+    })
+}
+
 /// Builds the configured sink. Connections are made in the background: a broker that is
 /// down only delays publishing (rows stay pending); a configuration it cannot use at all
 /// (an unreadable certificate, a bad URL) is an error here.
+// A build without sinks (feature `relay` alone) refuses every kind: the `Ok` is unreachable.
+#[allow(unreachable_code)]
 pub async fn create(config: &Config, health: Arc<Health>) -> anyhow::Result<Arc<dyn Sink>> {
     Ok(match config.sink.kind {
         #[cfg(feature = "kafka")]

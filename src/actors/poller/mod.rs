@@ -186,7 +186,6 @@ pub struct PollerState {
     rescan_task: Option<AbortOnDrop>,
     db_failures: u32,
     db_retry_at: Option<Instant>,
-    reports: u64,
     /// The latest dispatch round (every dispatch that sends rows starts one).
     round: u64,
     /// Rows of the latest round still with the producer.
@@ -243,7 +242,6 @@ impl Actor for Poller {
             rescan_task: None,
             db_failures: 0,
             db_retry_at: None,
-            reports: 0,
             round: 0,
             round_pending: 0,
             round_started: Instant::now(),
@@ -301,11 +299,6 @@ impl Actor for Poller {
             }
             PollerMsg::Reports => {
                 for c in st.shared.take_reports() {
-                    st.reports += 1;
-                    let every = st.shared.faults.panic_poller_every;
-                    if every > 0 && st.reports.is_multiple_of(every) {
-                        panic!("test fault: poller crashes (OUTBOXD_TEST_PANIC_POLLER_EVERY)");
-                    }
                     st.completed(c);
                 }
                 st.dispatch(&myself);
