@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::actors::messages::RelayExit;
 use crate::actors::partition_of;
-use crate::actors::supervisor::RelayExit;
 use crate::config::Config;
 use crate::outbox::admin::{self, Selection};
 use crate::relay::{Relay, RelayOptions};

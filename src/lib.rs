@@ -49,6 +49,8 @@ pub mod sink;
 #[doc(hidden)]
 pub mod store;
 #[cfg(feature = "relay")]
+mod task;
+#[cfg(feature = "relay")]
 #[doc(hidden)]
 pub mod telemetry;
 

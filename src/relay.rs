@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorRef};
 
-use crate::actors::poller::{PollerMsg, PollerStats};
-use crate::actors::supervisor::{
-    RelayExit, ShutdownReport, Supervisor, SupervisorArgs, SupervisorInfo, SupervisorMsg,
+use crate::actors::messages::{
+    PollerMsg, PollerStats, RelayExit, ShutdownReport, SupervisorInfo, SupervisorMsg,
 };
+use crate::actors::supervisor::{Supervisor, SupervisorArgs};
 use crate::actors::{Hooks, names};
 use crate::config::Config;
 use crate::health::Health;

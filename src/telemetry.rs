@@ -10,9 +10,10 @@ use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use crate::actors::{AbortOnDrop, Delivered};
+use crate::actors::messages::Delivered;
 use crate::config::{LogConfig, LogFormat};
 use crate::health::Health;
+use crate::task::AbortOnDrop;
 
 /// Installs the global `tracing` subscriber; `RUST_LOG` wins over `log.level` when set.
 pub fn init_logs(cfg: &LogConfig) {

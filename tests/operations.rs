@@ -127,10 +127,10 @@ async fn two_live_relays_under_one_name_never_publish_together_when_the_lock_ses
         tokio::spawn(async move {
             let mut seen = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let info = |r: &ractor::ActorRef<outboxd::actors::supervisor::SupervisorMsg>| {
+                let info = |r: &ractor::ActorRef<outboxd::actors::messages::SupervisorMsg>| {
                     let r = r.clone();
                     async move {
-                        ractor::call_t!(r, outboxd::actors::supervisor::SupervisorMsg::Info, 1_000)
+                        ractor::call_t!(r, outboxd::actors::messages::SupervisorMsg::Info, 1_000)
                             .map(|i| i.active)
                             .unwrap_or(false)
                     }

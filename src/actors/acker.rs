@@ -15,12 +15,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, warn};
 
 use super::Shared;
-use super::poller::PollerMsg;
-use super::supervisor::SupervisorMsg;
+use super::messages::{AckerMsg, PollerMsg, SupervisorMsg};
 use crate::store::StoreError;
 
 /// Rows per statement, at most.
@@ -38,19 +37,6 @@ const FLUSH_AT: usize = 1_000;
 
 /// The acker behaviour.
 pub struct Acker;
-
-/// Messages the acker takes.
-pub enum AckerMsg {
-    /// These rows were acknowledged by the broker.
-    Delivered(Vec<i64>),
-    /// Write out what is buffered now (the poller, when it waits for room; and after a
-    /// failed write).
-    FlushNow,
-    /// The gathering window is over (internal).
-    Gathered,
-    /// Write out everything received so far; replies whether nothing is left buffered.
-    Flush(RpcReplyPort<bool>),
-}
 
 /// Start-up arguments.
 pub struct AckerArgs {

@@ -12,10 +12,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, info, warn};
 
 use super::Shared;
+use super::messages::{CleanupMsg, CleanupReport};
 use crate::config::OnPublish;
 use crate::store::StoreError;
 
@@ -25,25 +26,6 @@ pub struct Cleanup;
 /// Pending rows counted for `outboxd_backlog_rows`: past this many the gauge says this
 /// many (a count of millions would walk millions of index entries every 10 s).
 pub const BACKLOG_CAP: i64 = 100_000;
-
-/// Messages the cleanup actor takes.
-pub enum CleanupMsg {
-    /// Time for a run.
-    Tick,
-    /// Time to measure the backlog.
-    Measure,
-    /// Run now and reply with what was deleted (for tests and operators).
-    RunNow(RpcReplyPort<CleanupReport>),
-}
-
-/// What one run deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CleanupReport {
-    /// Published rows deleted.
-    pub published: u64,
-    /// Resolved dead letters deleted.
-    pub dead_letters: u64,
-}
 
 impl Actor for Cleanup {
     type Msg = CleanupMsg;

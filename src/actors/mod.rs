@@ -13,6 +13,7 @@
 pub mod acker;
 pub mod cleanup;
 pub mod lease;
+pub mod messages;
 pub mod poller;
 pub mod publisher;
 pub mod retry;
@@ -28,10 +29,12 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::ratelimit::RateLimits;
 use crate::sink::Sink;
-use crate::store::{Fence, OutboxRow, Store};
+use crate::store::{Fence, Store};
 
-/// A row as it travels between actors.
-pub type Row = Arc<OutboxRow>;
+use messages::{Completion, PollerMsg, SupervisorMsg};
+
+pub use crate::store::Row;
+pub use messages::{Delivered, DeliveredHook, Hooks, ReadHook, ReadTimes};
 
 /// Actor names (suffixed with the relay's instance tag, so several relays can share a
 /// process in tests).
@@ -48,51 +51,6 @@ pub mod names {
     pub const RETRY: &str = "outboxd-retry";
     /// The cleanup actor.
     pub const CLEANUP: &str = "outboxd-cleanup";
-}
-
-/// A row the broker acknowledged, and when.
-#[derive(Debug, Clone)]
-pub struct Delivered {
-    /// The row.
-    pub row: Row,
-    /// When its batch was handed to the sink.
-    pub sent_at: Instant,
-    /// When the acknowledgement reached the relay.
-    pub acked_at: Instant,
-}
-
-/// Called with every batch of acknowledged rows.
-pub type DeliveredHook = Arc<dyn Fn(&[Delivered]) + Send + Sync>;
-
-/// When the poller's query for some rows was sent, and when its rows were back.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadTimes {
-    /// The query went out.
-    pub started: Instant,
-    /// Its rows were decoded.
-    pub returned: Instant,
-}
-
-/// Called with every batch of rows the poller read.
-pub type ReadHook = Arc<dyn Fn(&[OutboxRow], ReadTimes) + Send + Sync>;
-
-/// Callbacks for embedding applications (the demo and the benchmark measure with them).
-#[derive(Clone, Default)]
-pub struct Hooks {
-    /// Called with every batch of acknowledged rows, before they are marked.
-    pub on_delivered: Option<DeliveredHook>,
-    /// Called with every batch of rows read from the outbox (new rows, late rows in id
-    /// gaps, and deferred rows read again), before they are handed out.
-    pub on_read: Option<ReadHook>,
-}
-
-impl std::fmt::Debug for Hooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooks")
-            .field("on_delivered", &self.on_delivered.is_some())
-            .field("on_read", &self.on_read.is_some())
-            .finish()
-    }
 }
 
 /// What every actor of one pipeline incarnation shares. Rebuilt when the lease or the
@@ -113,7 +71,7 @@ pub struct Shared {
     /// Embedding callbacks.
     pub hooks: Hooks,
     /// The supervisor, told about lost leases and fatal sink errors.
-    pub supervisor: ActorRef<supervisor::SupervisorMsg>,
+    pub supervisor: ActorRef<SupervisorMsg>,
     /// Time base for the atomics below.
     pub epoch: Instant,
     /// Until when (ms after `epoch`) the lease is known to be ours.
@@ -129,7 +87,7 @@ pub struct Shared {
     /// The poller waits for the acker to free room (see [`Shared::want_room`]).
     room_wanted: AtomicBool,
     /// Publishers' batch outcomes not yet taken by the poller.
-    reports: Mutex<Vec<poller::Completion>>,
+    reports: Mutex<Vec<Completion>>,
     /// A `Reports` message is on its way to the poller.
     reports_signalled: AtomicBool,
 }
@@ -144,7 +102,7 @@ impl Shared {
         health: Arc<Health>,
         fence: Fence,
         hooks: Hooks,
-        supervisor: ActorRef<supervisor::SupervisorMsg>,
+        supervisor: ActorRef<SupervisorMsg>,
     ) -> Self {
         let limits = RateLimits::new(&config.rate_limit);
         let epoch = Instant::now();
@@ -258,15 +216,15 @@ impl Shared {
     /// A publisher's batch is complete: its outcome waits for the poller, which is woken
     /// only if no wake-up is on its way already — outcomes that arrive while the poller is
     /// busy are taken together.
-    pub fn report(&self, completion: poller::Completion, poller: &ActorRef<poller::PollerMsg>) {
+    pub fn report(&self, completion: Completion, poller: &ActorRef<PollerMsg>) {
         self.reports.lock().expect("reports").push(completion);
         if !self.reports_signalled.swap(true, Ordering::AcqRel) {
-            let _ = poller.send_message(poller::PollerMsg::Reports);
+            let _ = poller.send_message(PollerMsg::Reports);
         }
     }
 
     /// Every outcome reported so far (the poller, on `Reports`).
-    pub fn take_reports(&self) -> Vec<poller::Completion> {
+    pub fn take_reports(&self) -> Vec<Completion> {
         // Cleared first: an outcome pushed after the take below signals again.
         self.reports_signalled.store(false, Ordering::Release);
         std::mem::take(&mut *self.reports.lock().expect("reports"))
@@ -287,15 +245,6 @@ pub fn partition_of(aggregate_id: &str, partitions: usize) -> usize {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (h % partitions.max(1) as u64) as usize
-}
-
-/// Aborts a task when dropped, with whatever owns it (a crashed actor's state included).
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Exponential back-off: `initial × 2^(n-1)`, capped at `max` (n ≥ 1).

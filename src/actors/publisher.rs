@@ -16,18 +16,13 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::debug;
 
-use super::poller::{Completion, PollerMsg};
-use super::{Delivered, Row, Shared};
+use super::Shared;
+use super::messages::{Completion, Delivered, PollerMsg, PublisherMsg};
 use crate::sink::Batch;
+use crate::store::Row;
 
 /// The publisher behaviour.
 pub struct Publisher;
-
-/// Messages a publisher takes.
-pub enum PublisherMsg {
-    /// Send these rows (distinct aggregates) and report back.
-    Publish(Vec<Row>),
-}
 
 /// Start-up arguments.
 pub struct PublisherArgs {

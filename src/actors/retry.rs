@@ -20,28 +20,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::RngExt;
 use tracing::{debug, info, warn};
 
-use super::poller::PollerMsg;
-use super::supervisor::SupervisorMsg;
-use super::{Row, Shared};
+use super::Shared;
+use super::messages::{PollerMsg, RetryMsg, SupervisorMsg};
 use crate::config::RetryConfig;
 use crate::sink::{FailureKind, PublishFailure};
+use crate::store::Row;
 use crate::store::StoreError;
 
 /// The retry / dead-letter behaviour.
 pub struct Retry;
-
-/// Messages the retry actor takes.
-pub enum RetryMsg {
-    /// A publish attempt failed.
-    Failed {
-        /// The row, with the attempts counted so far.
-        row: Row,
-        /// The classified failure.
-        failure: PublishFailure,
-        /// When the row was handed to the producer.
-        sent_at: Instant,
-    },
-}
 
 /// Start-up arguments.
 pub struct RetryArgs {

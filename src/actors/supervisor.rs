@@ -23,16 +23,20 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, info, warn};
 
-use super::acker::{Acker, AckerArgs, AckerMsg};
-use super::cleanup::{Cleanup, CleanupMsg};
+use super::acker::{Acker, AckerArgs};
+use super::cleanup::Cleanup;
 use super::lease::{Lease, Renewal, Take};
-use super::poller::{Poller, PollerMsg, Wiring};
-use super::publisher::{Publisher, PublisherArgs, PublisherMsg};
-use super::retry::{Retry, RetryArgs, RetryMsg};
-use super::{Hooks, Shared, names};
+use super::messages::{
+    AckerMsg, CleanupMsg, Hooks, PollerMsg, PublisherMsg, RelayExit, RetryMsg, Scope,
+    ShutdownReport, SupervisorInfo, SupervisorMsg, Wiring,
+};
+use super::poller::Poller;
+use super::publisher::{Publisher, PublisherArgs};
+use super::retry::{Retry, RetryArgs};
+use super::{Shared, names};
 use crate::config::Config;
 use crate::health::{Health, LeaseState};
 use crate::sink::{self, Sink};
@@ -43,71 +47,6 @@ pub struct Supervisor;
 
 /// How often a standby asks the broker whether it answers.
 const STANDBY_PROBE_EVERY: Duration = Duration::from_secs(5);
-
-/// How the relay ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RelayExit {
-    /// Graceful shutdown.
-    Stopped,
-    /// Too many crashes in the restart window.
-    RestartBudgetExhausted(String),
-    /// The set-up cannot keep the guarantees (a pooler in transaction mode).
-    Misconfigured(String),
-}
-
-/// Which part of the pipeline a restart concerns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// Poller, publishers, acker and retry.
-    Pipeline,
-    /// One publisher.
-    Publisher(usize),
-    /// The cleanup actor.
-    Cleanup,
-}
-
-/// What `Shutdown` did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ShutdownReport {
-    /// Rows still with the sink at the deadline (they stay pending and are sent
-    /// again by the next run).
-    pub abandoned_in_flight: usize,
-    /// Whether every acknowledged row was marked.
-    pub marked_all: bool,
-}
-
-/// A snapshot of the supervisor, for tests and `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SupervisorInfo {
-    /// Whether this instance holds the lease and runs the pipeline.
-    pub active: bool,
-    /// The lease epoch held.
-    pub epoch: Option<i64>,
-    /// Crash restarts so far.
-    pub restarts: u64,
-}
-
-/// Messages the supervisor takes.
-pub enum SupervisorMsg {
-    /// Try to take the lease.
-    AcquireLease,
-    /// Extend the lease.
-    RenewLease,
-    /// Restart part of the pipeline (after back-off).
-    Restart(Scope),
-    /// A write was fenced: the lease with this epoch is gone.
-    LeaseLost(String),
-    /// The sink's client hit a fatal error and must be replaced.
-    ProducerFatal(String),
-    /// Graceful shutdown.
-    Shutdown(RpcReplyPort<ShutdownReport>),
-    /// Current state.
-    Info(RpcReplyPort<SupervisorInfo>),
-    /// The poller, for tests (`PollNow`).
-    Poller(RpcReplyPort<Option<ActorRef<PollerMsg>>>),
-    /// Look for a wedged sink client.
-    CheckProducer,
-}
 
 /// Start-up arguments.
 pub struct SupervisorArgs {

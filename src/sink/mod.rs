@@ -28,10 +28,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use crate::actors::Row;
 use crate::config::Config;
 use crate::health::Health;
-use crate::store::OutboxRow;
+use crate::store::{OutboxRow, Row};
 
 pub use crate::outbox::{SinkKind, validate_subject};
 

@@ -62,6 +62,9 @@ pub struct OutboxRow {
     pub tries: u32,
 }
 
+/// A row as it travels between actors and to the sink (read once, shared).
+pub type Row = Arc<OutboxRow>;
+
 /// The lease identity every write is checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fence {

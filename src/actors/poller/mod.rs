@@ -41,17 +41,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rustc_hash::FxHashMap as HashMap;
 use tracing::{debug, info, warn};
 
-use super::acker::AckerMsg;
-use super::publisher::PublisherMsg;
-use super::retry::RetryMsg;
-use super::{AbortOnDrop, Delivered, Row, Shared};
+use super::Shared;
+use super::messages::{
+    AckerMsg, Completion, PollerMsg, PollerStats, PublisherMsg, RetryMsg, Wiring,
+};
 use crate::config::DeadLetterPolicy;
-use crate::sink::PublishFailure;
-use crate::store::{OutboxRow, PendingReader, StoreError, Wakeup};
+use crate::store::{OutboxRow, PendingReader, Row, StoreError, Wakeup};
+use crate::task::AbortOnDrop;
 
 mod queues;
 
@@ -59,99 +59,6 @@ use queues::Queues;
 
 /// The poller behaviour.
 pub struct Poller;
-
-/// The other actors the poller talks to.
-pub struct Wiring {
-    /// One per partition.
-    pub publishers: Vec<ActorRef<PublisherMsg>>,
-    /// Marks acknowledged rows.
-    pub acker: ActorRef<AckerMsg>,
-    /// Decides about failures.
-    pub retry: ActorRef<RetryMsg>,
-}
-
-/// A publisher's report on one batch.
-pub struct Completion {
-    /// Which publisher.
-    pub partition: usize,
-    /// Which incarnation of it.
-    pub generation: u64,
-    /// Rows the broker acknowledged.
-    pub delivered: Vec<Delivered>,
-    /// Rows that failed, with the classified failure.
-    pub failed: Vec<(Row, PublishFailure)>,
-    /// When the batch was handed to the producer.
-    pub sent_at: Instant,
-}
-
-/// Messages the poller takes.
-pub enum PollerMsg {
-    /// Connects the poller to the other actors; it starts reading then.
-    Wire(Wiring),
-    /// Rows were inserted (NOTIFY).
-    Wake,
-    /// Fallback poll.
-    Tick,
-    /// Hand out what is ready (a retry came due, a rate limit allows more).
-    Dispatch,
-    /// Re-read everything pending (dead letters replayed or discarded).
-    Rescan,
-    /// The rescan's query came back: pending ids below the cursor it had then (or the
-    /// error).
-    RescanFound(Result<Vec<i64>, StoreError>),
-    /// Publishers' batch outcomes wait in [`Shared::take_reports`] (one message for
-    /// however many arrived meanwhile).
-    Reports,
-    /// The coalescing window of a wanted read ended (`poller.coalesce_ms`).
-    ReadDue,
-    /// The retry actor's decision: try the row again at `at`.
-    RetryAt {
-        /// The row, with its attempts updated.
-        row: Row,
-        /// When.
-        at: Instant,
-    },
-    /// The retry actor's decision: the row is in the dead-letter table.
-    DeadLettered {
-        /// The row.
-        row: Row,
-    },
-    /// Publisher `partition` was restarted: rows it held are sent again to the new one.
-    PublisherRestarted {
-        /// Partition index.
-        partition: usize,
-        /// The new incarnation.
-        generation: u64,
-        /// Its reference.
-        publisher: ActorRef<PublisherMsg>,
-    },
-    /// Stop reading and handing out rows (graceful shutdown); in-flight rows finish.
-    StopClaiming(RpcReplyPort<()>),
-    /// How many rows are with the producer now.
-    InFlight(RpcReplyPort<usize>),
-    /// What the poller holds now.
-    Stats(RpcReplyPort<PollerStats>),
-    /// Run one read cycle now; replies with the rows loaded (for tests).
-    PollNow(RpcReplyPort<usize>),
-}
-
-/// What the poller holds, for tests and operators.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct PollerStats {
-    /// Rows in memory: queued, in flight, failing or waiting for a retry.
-    pub in_memory: usize,
-    /// Rows with the producer now.
-    pub in_flight: usize,
-    /// Ids of rows beyond `relay.max_rows_per_aggregate`, to be read again.
-    pub deferred: usize,
-    /// Rows deferred since the poller started (a row can be deferred more than once).
-    pub deferred_total: u64,
-    /// Aggregates held by an open dead letter.
-    pub held: usize,
-    /// Age of the oldest pending row the poller knows of, in seconds (see
-    /// `outboxd_oldest_pending_age_seconds`); `None` when it holds none.
-    pub oldest_pending_age_secs: Option<f64>,
-}
 
 /// What the poller owns.
 pub struct PollerState {
