@@ -17,6 +17,8 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 cargo build --all-targets --features testkit
+# The product crate's shape: no module import cycle, no file over 700 lines.
+scripts/check-layout.sh
 cargo nextest run --all-targets --features testkit --no-fail-fast
 cargo test --doc --features testkit
 # The docs: every public item documented (deny(missing_docs)), no broken links.

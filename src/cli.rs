@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::actors::messages::RelayExit;
 use crate::actors::partition_of;
 use crate::config::Config;
 use crate::outbox::admin::{self, Selection};
@@ -192,7 +191,7 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
             };
             println!(
                 "database: ok ({}, PostgreSQL {version}, {tls}, schema {schema})",
-                db::redact(&config.database.url)
+                crate::secrets::redact(&config.database.url)
             );
         }
         Err(e) => {
@@ -211,7 +210,7 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
         }
     };
     let timeout = Duration::from_millis(config.database.connect_timeout_ms.max(1_000));
-    let location = config.sink_location();
+    let location = sink::location(config);
     match sink.probe(timeout).await {
         Ok(what) => println!(
             "broker: ok ({kind} at {location}, {what}; {})",
@@ -240,8 +239,8 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         version = env!("CARGO_PKG_VERSION"),
         partitions = config.relay.partitions,
         sink = config.sink.kind.name(),
-        at = %config.sink_location(),
-        database = %db::redact(&config.database.url),
+        at = %sink::location(&config),
+        database = %crate::secrets::redact(&config.database.url),
         "Starting outboxd."
     );
     if !listen.is_empty() {
@@ -263,11 +262,7 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         _ = term.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
         exit = relay.wait() => {
-            return Ok(match exit {
-                RelayExit::Stopped => ExitCode::SUCCESS,
-                RelayExit::RestartBudgetExhausted(_) => ExitCode::FAILURE,
-                RelayExit::Misconfigured(_) => ExitCode::from(2),
-            });
+            return Ok(ExitCode::from(exit.exit_code()));
         }
     }
     tracing::info!("Signal received; shutting down.");
@@ -289,7 +284,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let now = chrono::Utc::now();
     let age = |t: chrono::DateTime<chrono::Utc>| (now - t).num_milliseconds() as f64 / 1000.0;
     let sink = config.sink.kind;
-    let location = config.sink_location();
+    let location = sink::location(config);
     #[derive(Default, serde::Serialize)]
     struct Part {
         pending: i64,

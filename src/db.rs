@@ -35,20 +35,11 @@ pub fn connect_options(cfg: &DatabaseConfig) -> anyhow::Result<PgConnectOptions>
         opts = opts.ssl_client_key(&cfg.sslkey);
     }
     if !cfg.password_file.is_empty() {
-        let password = read_secret(&cfg.password_file)
+        let password = crate::secrets::read_file(&cfg.password_file)
             .map_err(|e| anyhow::anyhow!("database.password_file: {e}"))?;
         opts = opts.password(&password);
     }
     Ok(opts.application_name("outboxd"))
-}
-
-/// A secret kept in a file: its content without one trailing newline (`echo` and
-/// Kubernetes secrets written from the command line end with one).
-pub fn read_secret(path: &str) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {path:?}: {e}"))?;
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
 }
 
 /// A pool that connects lazily: the relay starts (and says so) even while the database
@@ -146,7 +137,7 @@ pub async fn tls_description(pool: &sqlx::PgPool) -> String {
     }
 }
 
-pub use crate::secrets::redact;
+use crate::secrets::redact;
 
 #[cfg(test)]
 mod tests {

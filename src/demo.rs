@@ -18,7 +18,7 @@ use crate::actors::{Delivered, Hooks};
 use crate::config::Config;
 use crate::relay::{Relay, RelayOptions};
 use crate::verify::{self, Ledger};
-use crate::{NewEvent, SinkKind, db, enqueue_batch};
+use crate::{NewEvent, SinkKind, enqueue_batch};
 
 /// `outboxd demo` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -114,7 +114,10 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "redis")]
         SinkKind::Redis => {
             let topic = format!("outboxd:demo:{stamp}");
-            let d = format!("Redis stream {topic} at {}", db::redact(&config.redis.url));
+            let d = format!(
+                "Redis stream {topic} at {}",
+                crate::secrets::redact(&config.redis.url)
+            );
             (topic, d)
         }
         #[cfg(feature = "nats")]
@@ -142,7 +145,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.events,
         args.aggregates,
         args.writers,
-        db::redact(&url)
+        crate::secrets::redact(&url)
     );
 
     let acks: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::new(Mutex::new(HashMap::new()));

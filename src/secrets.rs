@@ -163,6 +163,42 @@ pub fn is_secret_option(key: &str) -> bool {
     .any(|s| k.contains(s))
 }
 
+/// A secret kept in a file: its content without one trailing newline (`echo` and
+/// Kubernetes secrets written from the command line end with one).
+pub fn read_file(path: &str) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {path:?}: {e}"))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
+}
+
+/// `Debug` for a configuration section that holds secrets: every URL with its credentials
+/// hidden ([`redact`]) and the values of secret librdkafka options as `***`, so that `{:?}`
+/// of a configuration never shows a password.
+pub(crate) fn fmt_section<T: serde::Serialize>(
+    name: &str,
+    section: &T,
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    let mut v = serde_json::to_value(section).map_err(|_| std::fmt::Error)?;
+    if let Some(map) = v.as_object_mut() {
+        for (k, v) in map.iter_mut() {
+            match (k.as_str(), v) {
+                ("url", serde_json::Value::String(s)) => *s = redact(s),
+                ("producer", serde_json::Value::Object(options)) => {
+                    for (option, value) in options.iter_mut() {
+                        if is_secret_option(option) {
+                            *value = "***".into();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    write!(f, "{name} {v}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;

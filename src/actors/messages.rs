@@ -201,6 +201,19 @@ pub enum RelayExit {
     Misconfigured(String),
 }
 
+impl RelayExit {
+    /// The process's exit code: 0 after a graceful shutdown, 1 past the restart budget
+    /// (systemd or Kubernetes restarts it), 2 for a set-up that cannot keep the guarantees
+    /// (restarting would not help).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RelayExit::Stopped => 0,
+            RelayExit::RestartBudgetExhausted(_) => 1,
+            RelayExit::Misconfigured(_) => 2,
+        }
+    }
+}
+
 /// Which part of the pipeline a restart concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+mod consumed;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "nats")]
@@ -13,29 +14,13 @@ mod nats;
 #[cfg(feature = "redis")]
 mod redis;
 
+pub use consumed::Consumed;
 #[cfg(feature = "kafka")]
 pub use kafka::{Reader, create_topic};
 #[cfg(feature = "nats")]
 pub use nats::{create_nats_stream, create_nats_stream_on, read_nats, read_nats_on};
 #[cfg(feature = "redis")]
 pub use redis::read_redis;
-
-/// One record as read back.
-#[derive(Debug, Clone)]
-pub struct Consumed {
-    /// Topic.
-    pub topic: String,
-    /// Kafka partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Key (UTF-8).
-    pub key: String,
-    /// Value.
-    pub value: Vec<u8>,
-    /// Headers in record order.
-    pub headers: Vec<(String, String)>,
-}
 
 impl Consumed {
     /// The first header of that name.

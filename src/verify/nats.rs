@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Consumed;
+use super::consumed::Consumed;
 
 impl Consumed {
     /// A JetStream message as read: key = its `aggregate_id` header, offset = its stream

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Consumed;
+use super::consumed::Consumed;
 
 impl Consumed {
     /// A Redis stream entry as read: value = its `payload` field, key = its

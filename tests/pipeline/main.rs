@@ -549,3 +549,40 @@ async fn a_row_failing_while_others_go_uses_up_its_attempts_and_is_dead_lettered
     );
     assert_eq!(ledger(&written, &sink.published()), Ledger::default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_beyond_the_budget_stop_the_relay_with_exit_code_1_and_no_dead_letter() {
+    let store = MemoryStore::new();
+    let sink = MemorySink::new();
+    sink.panic_every(1);
+    write(&store, &aggregates("b", 20), 10);
+    let mut cfg = config();
+    cfg.supervisor.max_restarts = 2;
+    cfg.supervisor.initial_backoff_ms = 10;
+    let mut relay = Relay::start_with_store(
+        cfg,
+        Arc::new(store.clone()),
+        RelayOptions {
+            sink: Some(sink.factory()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(20), relay.wait())
+        .await
+        .expect("the relay stopped by itself");
+    let outboxd::actors::messages::RelayExit::RestartBudgetExhausted(why) = &exit else {
+        panic!("{exit:?}");
+    };
+    assert!(why.contains("supervisor.max_restarts = 2"), "{why}");
+    assert_eq!(exit.exit_code(), 1);
+    assert!(
+        store.dead_letters().is_empty(),
+        "crashes are not the rows' fault"
+    );
+    assert_eq!(
+        store.lease(RELAY_LEASE).map(|l| l.0),
+        Some("memory-a".into())
+    );
+}

@@ -19,6 +19,8 @@
 //! standing by. `Shutdown` stops claiming, waits for in-flight sends up to
 //! `relay.shutdown_timeout_ms`, marks what was acknowledged and releases the lease.
 
+mod sink_watch;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -300,49 +302,6 @@ impl SupervisorState {
             }
             Err(e @ LockCheck::NotSession) => self.refuse(myself, e.to_string()).await,
         }
-    }
-
-    /// A standby publishes nothing, so nothing else would tell whether it could: it asks
-    /// the broker itself (every [`STANDBY_PROBE_EVERY`], in the background), and readiness
-    /// says what it found — a standby that cannot reach the broker is not ready to take over.
-    async fn probe_on_standby(&mut self) {
-        if self
-            .standby_probed_at
-            .is_some_and(|t| t.elapsed() < STANDBY_PROBE_EVERY)
-        {
-            return;
-        }
-        self.standby_probed_at = Some(Instant::now());
-        let health = self.args.health.clone();
-        let sink = match &self.sink {
-            Some(s) => s.clone(),
-            None => match (self.args.sinks)(&self.args.config, health.clone()).await {
-                Ok(s) => {
-                    self.sink = Some(s.clone());
-                    s
-                }
-                Err(e) => {
-                    health.set_broker_up(false);
-                    if health.set_broker_problem(Some(("sink", format!("{e:#}")))) {
-                        warn!(error = %format!("{e:#}"), "Standing by without a usable sink.");
-                    }
-                    return;
-                }
-            },
-        };
-        tokio::spawn(async move {
-            match sink.probe(Duration::from_secs(2)).await {
-                Ok(_) => {
-                    health.set_broker_up(true);
-                }
-                Err(why) => {
-                    health.set_broker_up(false);
-                    if health.set_broker_problem(Some(("unreachable", why.clone()))) {
-                        warn!(problem = %why, "Standing by; the broker cannot be reached.");
-                    }
-                }
-            }
-        });
     }
 
     /// Stops the relay: its set-up cannot keep the guarantees.
@@ -644,42 +603,6 @@ impl SupervisorState {
         };
         if let Err(e) = result {
             warn!(?scope, error = %e, "Restart failed; trying again.");
-            self.crashed(myself, Scope::Pipeline, e.to_string()).await;
-        }
-    }
-
-    /// Replaces the producer when it has rows, acknowledges nothing, and yet the broker
-    /// answers metadata requests: its idempotence state is stuck (a broker that lost it and
-    /// keeps fencing the bumped epoch). A fresh producer gets a fresh producer id; the
-    /// pipeline restarts from the table (not counted as a crash). During a real outage
-    /// the broker does not answer, and nothing is replaced.
-    async fn check_producer(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        let (Some(shared), Some(sink)) = (self.shared.clone(), self.sink.clone()) else {
-            return;
-        };
-        let Some(stall) = sink.stall_timeout() else {
-            return;
-        };
-        let Some(stalled) = shared.stalled_for(Instant::now()) else {
-            return;
-        };
-        if stalled < stall {
-            return;
-        }
-        let answered = sink.probe(Duration::from_secs(2)).await.is_ok();
-        if !answered {
-            let _ = shared.health.set_broker_up(false);
-            return;
-        }
-        warn!(
-            stalled_ms = stalled.as_millis() as u64,
-            "Producer acknowledged nothing while the broker answers; replacing it."
-        );
-        metrics::counter!("outboxd_producer_replacements_total").increment(1);
-        sink.discard();
-        self.sink = None;
-        self.stop_pipeline().await;
-        if let Err(e) = self.start_pipeline(myself).await {
             self.crashed(myself, Scope::Pipeline, e.to_string()).await;
         }
     }

@@ -1,52 +1,4 @@
-//! The Redis Streams sink: one `XADD <topic> * payload … event_id … created_at …` per
-//! event, the stream key being the row's topic.
-//!
-//! Sends. Up to [`PIPELINES_IN_FLIGHT`] pipelines are in flight on the shared
-//! multiplexed connection (the `redis` crate's tokio `ConnectionManager`); batches handed
-//! over while those are out go together in the next one (up to [`PIPELINE_ROWS`]
-//! commands; [`super::coalescing`] says why). One write per pipeline, one reply per
-//! command, in order, each settling its row.
-//!
-//! Unknown outcomes and late copies. A command without a reply within `redis.timeout_ms`,
-//! or whose connection dropped, may or may not have run: it fails as a transient
-//! `timeout` / `broker_unavailable` and is sent again later with the same `event_id`.
-//! The copy sent first may still run after the resend (it sat in a paused server's socket
-//! buffer). That never puts an aggregate's first deliveries out of order: the relay sends
-//! an aggregate's next row only after some copy of the previous row was acknowledged,
-//! and an acknowledged copy is already in the stream — so the first copy of every event
-//! is in the stream before anything of its successor is sent, and a late copy can only
-//! be a later duplicate, which consumers drop by `event_id`. Duplicates are bounded by
-//! the resends (Redis 7 has no idempotent `XADD`). The one exception is a row that is
-//! dead-lettered after such a timeout (`retry.max_attempts` spent while other rows were
-//! acknowledged): its last copy may still appear after its successors; its dead letter
-//! says "timeout" as its last error.
-//!
-//! Idempotent adds. On Redis 8.6 and later (`redis.idmp`, on by default) every `XADD`
-//! carries `IDMP outboxd <event_id>`: one producer id for every relay of the outbox (a
-//! standby that takes over resends under the same id), the event id as the idempotent id,
-//! so a resend of an event the stream still remembers adds nothing and is acknowledged
-//! with the first entry's id. The stream remembers `IDMP-MAXSIZE` ids per producer (100
-//! by default, up to 10,000 with `XCFGSET`) for `IDMP-DURATION` seconds: beyond that a
-//! resend is again a duplicate. The server's version is read once, with `INFO server`
-//! (a user who may not run it gets plain adds).
-//!
-//! Classification (the one place for Redis):
-//!
-//! | What Redis says | Kind | Class |
-//! |---|---|---|
-//! | payload over `redis.max_payload_bytes` (checked before sending) | permanent | `record_too_large` |
-//! | an empty stream key | permanent | `invalid_topic` |
-//! | a row header named `payload` or like a built-in (checked before sending) | permanent | `reserved_header` |
-//! | no reply in time | transient | `timeout` |
-//! | connection refused / dropped, TLS or DNS failure | transient | `broker_unavailable` |
-//! | `LOADING`, `BUSY`, `TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`, `MISCONF` | transient | `server_busy` |
-//! | `OOM` | transient | `out_of_memory` |
-//! | `READONLY` (a failover in progress) | transient | `read_only` |
-//! | `WRONGTYPE` (the key holds another type) | destination: held | `wrong_type` |
-//! | `MOVED`, `ASK`, `CROSSSLOT` (a Redis Cluster node that does not serve the key) | destination: held | `cluster_redirect` |
-//! | `NOPERM` (the ACL user may not write the key) | destination: held | `not_authorized` |
-//! | `NOAUTH`, `WRONGPASS` | destination: held | `not_authenticated` |
-//! | anything else | transient (counted) | `transient` |
+//! The Redis sink's client: connection, sending, classification.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -56,9 +8,12 @@ use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, RedisError, Value};
 
-use super::{Batch, FailureKind, Message, PublishFailure, Sink, SinkKind, read_pem};
-use crate::config::RedisConfig;
+use super::config::RedisConfig;
 use crate::health::Health;
+use crate::outbox::SinkKind;
+use crate::sink::api::{Batch, FailureKind, PublishFailure, Sink};
+use crate::sink::message::Message;
+use crate::sink::tls::read_pem;
 use crate::store::OutboxRow;
 
 /// Pipelines in flight at once; batches handed over meanwhile wait and go together.
@@ -124,9 +79,10 @@ impl RedisSink {
             config: cfg.clone(),
             idmp,
         };
-        let batches = super::coalescing(PIPELINES_IN_FLIGHT, PIPELINE_ROWS, move |batches| {
-            sender.clone().pipeline(batches)
-        });
+        let batches =
+            crate::sink::api::coalescing(PIPELINES_IN_FLIGHT, PIPELINE_ROWS, move |batches| {
+                sender.clone().pipeline(batches)
+            });
         Ok(Self {
             batches,
             conn,
@@ -192,7 +148,7 @@ impl RedisSink {
 /// The client for `[redis]`: the URL, with the user, password file and certificates of
 /// the section applied.
 fn client(cfg: &RedisConfig) -> anyhow::Result<Client> {
-    let shown = crate::db::redact(&cfg.url);
+    let shown = crate::secrets::redact(&cfg.url);
     let mut info = cfg
         .url
         .as_str()
@@ -203,7 +159,7 @@ fn client(cfg: &RedisConfig) -> anyhow::Result<Client> {
         settings = settings.set_username(&cfg.username);
     }
     if !cfg.password_file.is_empty() {
-        let password = crate::db::read_secret(&cfg.password_file)
+        let password = crate::secrets::read_file(&cfg.password_file)
             .map_err(|e| anyhow::anyhow!("redis.password_file: {e}"))?;
         settings = settings.set_password(password);
     }
@@ -244,7 +200,7 @@ pub fn check_config(cfg: &RedisConfig) -> Vec<String> {
     if !(cfg.url.starts_with("redis://") || cfg.url.starts_with("rediss://")) {
         e.push(format!(
             "redis.url: {:?} is not a Redis URL (redis://host:6379 or rediss://host:6380)",
-            crate::db::redact(&cfg.url)
+            crate::secrets::redact(&cfg.url)
         ));
     }
     for (key, value, min, max) in [
@@ -269,7 +225,7 @@ pub fn check_config(cfg: &RedisConfig) -> Vec<String> {
     if cfg.maxlen > 0 && cfg.min_age_secs > 0 {
         e.push("redis.maxlen and redis.min_age_secs: choose one way of trimming".into());
     }
-    e.extend(super::unreadable_files(&[
+    e.extend(crate::sink::tls::unreadable_files(&[
         ("redis.password_file", &cfg.password_file),
         ("redis.ca_file", &cfg.ca_file),
         ("redis.cert_file", &cfg.cert_file),
@@ -474,7 +430,7 @@ fn security_hint(failure: &PublishFailure) -> Option<(&'static str, String)> {
             "Redis refused the credentials: check the user and password (redis.url, redis.username, redis.password_file)".into(),
         ));
     }
-    super::tls_hint("redis", &failure.message)
+    crate::sink::tls::tls_hint("redis", &failure.message)
 }
 
 /// A pipeline of which the server took nothing, for a reason that is not the rows' own
@@ -512,7 +468,7 @@ impl Sink for RedisSink {
     }
 
     fn send(&self, batch: Arc<Batch>) {
-        super::enqueue(&self.batches, batch);
+        crate::sink::api::enqueue(&self.batches, batch);
     }
 
     fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {

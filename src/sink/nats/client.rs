@@ -1,41 +1,4 @@
-//! The NATS JetStream sink: one JetStream publish per event to the subject named by the
-//! row's topic, body = payload, headers = the built-ins and the row's headers, and
-//! `Nats-Msg-Id = event_id`. A publish is complete only on its PubAck.
-//!
-//! Streams are the operator's: outboxd never creates one. The stream's duplicate window
-//! (`duplicate_window`, 2 minutes by default) must be longer than the longest time a row
-//! can wait between two sends — with the default retry settings a minute — so that every
-//! resend of an event inside it is dropped by the server (the PubAck says `duplicate`).
-//!
-//! Sends. Up to [`GROUPS_IN_FLIGHT`] groups of batches are out at once; batches handed
-//! over meanwhile go together in the next group ([`super::coalescing`] says why). A group
-//! writes every message to the connection in order, then waits for all their PubAcks
-//! together; each settles its row.
-//!
-//! Unknown outcomes and late copies. A publish without a PubAck within `nats.timeout_ms`,
-//! or whose connection dropped, fails as a transient `timeout` / `broker_unavailable` and
-//! is published again with the same `Nats-Msg-Id`. A late first copy and the resend are
-//! one message for the stream within the duplicate window. Order: an aggregate's next row
-//! is sent only after a PubAck for some copy of the previous one, so every event's first
-//! copy is in the stream before its successor is sent (see the Redis sink for the whole
-//! argument, and its one exception, a row dead-lettered after a timeout).
-//!
-//! Classification (the one place for NATS):
-//!
-//! | What NATS says | Kind | Class |
-//! |---|---|---|
-//! | message over the server's `max_payload`; stream `max_msg_size` exceeded (10054) | permanent | `record_too_large` |
-//! | a subject one cannot publish to (wildcards, white space), a bad header | permanent | `invalid_topic` / `malformed_row` |
-//! | a row header named `Nats-…` (any case) or like a built-in (checked before sending) | permanent | `reserved_header` |
-//! | no PubAck in time | transient | `timeout` |
-//! | connection lost | transient | `broker_unavailable` |
-//! | storage or resource errors (10023, 10028, 10047, 10072, 10002, 10077 except "maximum … exceeded") | transient | `storage` |
-//! | no responders: no stream captures the subject (or JetStream is restarting) | destination: held | `no_stream` |
-//! | the stream is sealed (10109) | destination: held | `stream_sealed` |
-//! | the stream is full and discards new messages (10077 "maximum … exceeded") | destination: held | `stream_full` |
-//! | JetStream not enabled (10076, 10039) | destination: held | `jetstream_disabled` |
-//! | permissions violation for the subject | destination: held | `not_authorized` |
-//! | anything else | transient (counted) | `transient` |
+//! The Nats sink's client: connection, sending, classification.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -46,9 +9,11 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, Context};
 use futures::future::BoxFuture;
 
-use super::{Batch, FailureKind, Message, PublishFailure, Sink, SinkKind};
-use crate::config::NatsConfig;
+use super::config::NatsConfig;
 use crate::health::Health;
+use crate::outbox::SinkKind;
+use crate::sink::api::{Batch, FailureKind, PublishFailure, Sink};
+use crate::sink::message::Message;
 use crate::store::OutboxRow;
 
 /// The NATS JetStream sink.
@@ -68,12 +33,12 @@ async fn connect_options(cfg: &NatsConfig) -> anyhow::Result<async_nats::Connect
         .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
         .require_tls(cfg.tls_required);
     if !cfg.user.is_empty() || !cfg.password_file.is_empty() {
-        let password = crate::db::read_secret(&cfg.password_file)
+        let password = crate::secrets::read_file(&cfg.password_file)
             .map_err(|e| anyhow::anyhow!("nats.password_file: {e}"))?;
         opts = opts.user_and_password(cfg.user.clone(), password);
     }
     if !cfg.token_file.is_empty() {
-        let token = crate::db::read_secret(&cfg.token_file)
+        let token = crate::secrets::read_file(&cfg.token_file)
             .map_err(|e| anyhow::anyhow!("nats.token_file: {e}"))?;
         opts = opts.token(token);
     }
@@ -84,14 +49,14 @@ async fn connect_options(cfg: &NatsConfig) -> anyhow::Result<async_nats::Connect
             .map_err(|e| anyhow::anyhow!("nats.credentials_file: {e}"))?;
     }
     if !cfg.ca_file.is_empty() {
-        super::read_pem("nats.ca_file", &cfg.ca_file)?;
+        crate::sink::tls::read_pem("nats.ca_file", &cfg.ca_file)?;
         opts = opts.add_root_certificates(cfg.ca_file.clone().into());
     }
     match (cfg.cert_file.is_empty(), cfg.key_file.is_empty()) {
         (true, true) => {}
         (false, false) => {
-            super::read_pem("nats.cert_file", &cfg.cert_file)?;
-            super::read_pem("nats.key_file", &cfg.key_file)?;
+            crate::sink::tls::read_pem("nats.cert_file", &cfg.cert_file)?;
+            crate::sink::tls::read_pem("nats.key_file", &cfg.key_file)?;
             opts = opts
                 .add_client_certificate(cfg.cert_file.clone().into(), cfg.key_file.clone().into());
         }
@@ -168,7 +133,7 @@ async fn diagnose(cfg: &NatsConfig, timeout: Duration) -> String {
             Err(e) => Err(match e.kind() {
                 async_nats::ConnectErrorKind::AuthorizationViolation
                 | async_nats::ConnectErrorKind::Authentication => format!("{REFUSED} ({e})"),
-                _ => match super::tls_hint("nats", &e.to_string()) {
+                _ => match crate::sink::tls::tls_hint("nats", &e.to_string()) {
                     Some((_, hint)) => format!("{hint} ({e})"),
                     None => e.to_string(),
                 },
@@ -205,7 +170,7 @@ impl NatsSink {
             .backpressure_on_inflight(true)
             .build(client.clone());
         let publisher = js.clone();
-        let batches = super::coalescing(GROUPS_IN_FLIGHT, GROUP_ROWS, move |batches| {
+        let batches = crate::sink::api::coalescing(GROUPS_IN_FLIGHT, GROUP_ROWS, move |batches| {
             publish(publisher.clone(), batches)
         });
         Ok(Self {
@@ -226,7 +191,7 @@ fn servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
             s.parse::<async_nats::ServerAddr>().map_err(|e| {
                 anyhow::anyhow!(
                     "nats.url: {:?} is not a NATS server URL: {e}",
-                    crate::db::redact(s)
+                    crate::secrets::redact(s)
                 )
             })
         })
@@ -294,7 +259,7 @@ pub fn check_config(cfg: &NatsConfig) -> Vec<String> {
             e.push(format!("{key}: {value} is out of range ({min}..={max})"));
         }
     }
-    e.extend(super::unreadable_files(&[
+    e.extend(crate::sink::tls::unreadable_files(&[
         ("nats.password_file", &cfg.password_file),
         ("nats.token_file", &cfg.token_file),
         ("nats.credentials_file", &cfg.credentials_file),
@@ -379,7 +344,7 @@ impl Sink for NatsSink {
     }
 
     fn send(&self, batch: Arc<Batch>) {
-        super::enqueue(&self.batches, batch);
+        crate::sink::api::enqueue(&self.batches, batch);
     }
 
     fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {
