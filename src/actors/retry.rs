@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::messages::{PollerMsg, RetryMsg, SupervisorMsg};
-use crate::config::RetryConfig;
+use crate::config::{MissingDestination, RetryConfig};
 use crate::sink::{FailureKind, PublishFailure};
 use crate::store::Row;
 use crate::store::StoreError;
@@ -154,18 +154,28 @@ impl Actor for Retry {
         }
         let counted = shared.delivered_since(sent_at);
         let jitter: f64 = rand::rng().random();
-        let decision = decide(
-            &shared.config.retry,
-            row.attempts,
-            row.tries,
-            &failure,
-            counted,
-            jitter,
-        );
+        let decision = if failure.is_missing_destination()
+            && shared.config.sink.missing_destination == MissingDestination::DeadLetter
+        {
+            Decision::DeadLetter {
+                attempts: row.attempts + 1,
+                reason: failure.message.clone(),
+            }
+        } else {
+            decide(
+                &shared.config.retry,
+                row.attempts,
+                row.tries,
+                &failure,
+                counted,
+                jitter,
+            )
+        };
         let sink = shared.sink.kind().name();
         metrics::counter!("outboxd_publish_failures_total", "sink" => sink, "class" => failure.class)
             .increment(1);
         if failure.kind == FailureKind::Destination
+            && matches!(decision, Decision::Retry { .. })
             && shared
                 .health
                 .set_destination_problem(&row.topic, failure.class, &failure.message)

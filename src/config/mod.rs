@@ -64,6 +64,22 @@ pub struct Config {
 pub struct SinkConfig {
     /// `kafka` (the default), `redis` or `nats`; only that sink's section is used.
     pub kind: crate::outbox::SinkKind,
+    /// A row whose destination does not exist (a Kafka topic, a NATS stream capturing
+    /// the subject): `hold` it until the destination is created (the default, on every
+    /// sink), or `dead_letter` it.
+    pub missing_destination: MissingDestination,
+}
+
+/// What happens to a row whose destination does not exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingDestination {
+    /// Held (not dead-lettered, no attempts spent) and reported on `/readyz` until an
+    /// operator creates the destination.
+    #[default]
+    Hold,
+    /// Dead-lettered at once, like a row the broker can never take.
+    DeadLetter,
 }
 
 /// What the relay does with a row once the broker acknowledged it.

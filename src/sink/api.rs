@@ -29,6 +29,9 @@ pub enum FailureKind {
     Fatal,
 }
 
+/// The failure classes that mean "the destination does not exist", on every sink.
+pub const MISSING_DESTINATION: &[&str] = &["unknown_topic", "no_stream"];
+
 /// A classified publish failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishFailure {
@@ -65,6 +68,13 @@ impl PublishFailure {
                  the row was not published"
             ),
         )
+    }
+
+    /// Whether this is a destination that does not exist (Kafka's unknown topic, NATS's
+    /// subject no stream captures): held as a destination problem, or dead-lettered when
+    /// `sink.missing_destination = "dead_letter"`.
+    pub fn is_missing_destination(&self) -> bool {
+        self.kind == FailureKind::Destination && MISSING_DESTINATION.contains(&self.class)
     }
 
     /// A destination name the sink refuses.

@@ -586,3 +586,32 @@ async fn crashes_beyond_the_budget_stop_the_relay_with_exit_code_1_and_no_dead_l
         Some("memory-a".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_asked_a_missing_destination_is_dead_lettered_and_the_aggregate_held() {
+    let store = MemoryStore::new();
+    let sink = MemorySink::new();
+    sink.missing_topic("gone", true);
+    let lost = store.enqueue(&event("m", "gone"));
+    let later = store.enqueue(&event("m", "t"));
+    let written = write(&store, &aggregates("ok", 3), 3);
+    let mut cfg = config();
+    cfg.sink.missing_destination = outboxd::config::MissingDestination::DeadLetter;
+    let relay = start(&store, &sink, cfg).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            store.pending().len() == 1 && store.dead_letters().len() == 1
+        })
+        .await,
+        "{} pending, {} dead letters",
+        store.pending().len(),
+        store.dead_letters().len()
+    );
+    let health = relay.health();
+    relay.shutdown().await.unwrap();
+    let dl = &store.dead_letters()[0];
+    assert_eq!((dl.row.id, dl.error_class.as_str()), (lost, "unknown_topic"));
+    assert_eq!(store.pending()[0].id, later, "the aggregate is held behind it");
+    assert!(health.destination_problems().is_empty(), "nothing is held for the topic");
+    assert_eq!(ledger(&written, &sink.published()), Ledger::default());
+}

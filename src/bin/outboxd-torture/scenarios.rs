@@ -1141,7 +1141,11 @@ async fn check_dead_letters(
 }
 
 /// Faults a real broker cannot stage, on librdkafka's mock cluster: a topic that does not
-/// exist (auto-creation off) and a topic the relay may not write.
+/// exist (auto-creation off) and a topic the relay may not write. Both are destination
+/// problems, held like on every sink (`sink.missing_destination = "hold"`, the default):
+/// no dead letter, no attempt spent, the healthy aggregates unaffected. Then the relay is
+/// restarted with `sink.missing_destination = "dead_letter"`: the missing topic's row is
+/// dead-lettered as `unknown_topic`, the forbidden one stays held.
 async fn unknown_topic(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     use rdkafka::mocking::MockCluster;
     use rdkafka::types::RDKafkaRespErr;
@@ -1162,7 +1166,7 @@ async fn unknown_topic(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
         "2000".into(),
     ));
     env.start_consumer();
-    let relay = start_relay(&mut env, "unknown-topic").await?;
+    let mut relay = start_relay(&mut env, "unknown-topic").await?;
     let generator = Generator::start(&env, p.aggregates.min(100), p.rate.min(200), 2, 100);
     let mut report = new_report(&env.name);
     sleep(Duration::from_secs(3)).await;
@@ -1182,18 +1186,61 @@ async fn unknown_topic(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
         poisoned.push((id, class));
         env.faults += 1;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letter")
-            .fetch_one(&env.pool)
-            .await?;
-        if n as usize >= poisoned.len() {
-            break;
+    let dead_letters = |env: &Env| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_dead_letter")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(-1)
         }
+    };
+    let poison_pending = |env: &Env| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM outbox WHERE aggregate_id LIKE 'poison-%' \
+                 AND published_at IS NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(-1)
+        }
+    };
+    // Held: several metadata timeouts later, both rows still pending, nothing dead-lettered.
+    sleep(Duration::from_secs(10)).await;
+    let (held, dead) = (poison_pending(&env).await, dead_letters(&env).await);
+    if (held, dead) != (2, 0) {
+        report.failures.push(format!(
+            "with sink.missing_destination = \"hold\": {held} of 2 rows for the missing and \
+             forbidden topics pending and {dead} dead letters (want 2 and 0)"
+        ));
+    } else {
+        report
+            .notes
+            .push("missing and forbidden topics held for 10 s (no dead letter) by default".into());
+    }
+    // Dead-lettering asked for: the missing topic's row goes to the table, the forbidden
+    // one stays held (an authorization problem is never the row's fault).
+    relay.signal(Signal::SIGTERM);
+    let _ = relay.wait_for(Duration::from_secs(15));
+    env.relay_env.push((
+        "OUTBOXD__SINK__MISSING_DESTINATION".into(),
+        "dead_letter".into(),
+    ));
+    relay = start_relay(&mut env, "unknown-topic").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && dead_letters(&env).await < 1 {
         sleep(Duration::from_millis(200)).await;
     }
-    report.poison_rows = poisoned.len() as u64;
-    check_dead_letters(&env, &poisoned, &mut report).await?;
+    report.poison_rows = 1;
+    check_dead_letters(&env, &poisoned[..1], &mut report).await?;
+    let still = poison_pending(&env).await;
+    if still != 1 {
+        report.failures.push(format!(
+            "the forbidden topic's row: {still} pending (want 1: held, not dead-lettered)"
+        ));
+    }
     let r = finish(env, Some(generator), vec![relay], started, report).await;
     drop(mock);
     Ok(r)

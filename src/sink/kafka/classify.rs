@@ -59,14 +59,16 @@ pub fn classify(error: &KafkaError) -> PublishFailure {
             (FailureKind::Permanent, "record_too_large")
         }
         Some(C::InvalidTopic) => (FailureKind::Permanent, "invalid_topic"),
+        // The destination cannot take anything until an operator acts (creates the topic,
+        // grants the ACL): held, as on every sink (`sink.missing_destination`).
         Some(C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition) => {
-            (FailureKind::Permanent, "unknown_topic")
+            (FailureKind::Destination, "unknown_topic")
         }
         Some(
             C::TopicAuthorizationFailed
             | C::ClusterAuthorizationFailed
             | C::TransactionalIdAuthorizationFailed,
-        ) => (FailureKind::Permanent, "not_authorized"),
+        ) => (FailureKind::Destination, "not_authorized"),
         Some(
             C::InvalidMessage
             | C::BadMessage

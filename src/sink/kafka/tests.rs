@@ -128,14 +128,20 @@ fn broker_trouble_is_transient_and_idempotence_loss_is_fatal() {
         let f = classify(&KafkaError::MessageProduction(code));
         assert_eq!(f.kind, FailureKind::Transient, "{code:?}");
     }
-    for code in [
-        RDKafkaErrorCode::TopicAuthorizationFailed,
-        RDKafkaErrorCode::UnknownTopicOrPartition,
-        RDKafkaErrorCode::InvalidTopic,
-        RDKafkaErrorCode::InvalidRecord,
-    ] {
+    for code in [RDKafkaErrorCode::InvalidTopic, RDKafkaErrorCode::InvalidRecord] {
         let f = classify(&KafkaError::MessageProduction(code));
         assert_eq!(f.kind, FailureKind::Permanent, "{code:?}");
+    }
+    // A topic that does not exist, or that the relay may not write, holds its rows as on
+    // every sink; only the missing one can be dead-lettered on request.
+    for (code, missing) in [
+        (RDKafkaErrorCode::TopicAuthorizationFailed, false),
+        (RDKafkaErrorCode::ClusterAuthorizationFailed, false),
+        (RDKafkaErrorCode::UnknownTopicOrPartition, true),
+    ] {
+        let f = classify(&KafkaError::MessageProduction(code));
+        assert_eq!(f.kind, FailureKind::Destination, "{code:?}");
+        assert_eq!(f.is_missing_destination(), missing, "{code:?}");
     }
     assert_eq!(
         classify(&KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)).kind,
