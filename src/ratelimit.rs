@@ -105,7 +105,9 @@ mod tests {
         };
         let l = RateLimits::new(&cfg);
         let allowed = (0..1000).filter(|_| l.check("t").is_ok()).count();
-        assert_eq!(allowed, 50);
+        // The burst is 50; a new permit comes every 2 ms, and a busy machine can take that
+        // long over the loop.
+        assert!((50..=55).contains(&allowed), "{allowed}");
         match l.check("t") {
             Err(Throttled::Global(wait)) => assert!(wait <= Duration::from_millis(3)),
             other => panic!("{other:?}"),

@@ -90,17 +90,19 @@ pub enum PollerMsg {
     Reports,
     /// The coalescing window of a wanted read ended (`poller.coalesce_ms`).
     ReadDue,
-    /// The retry actor's decision: try the row again at `at`.
-    RetryAt {
+    /// From the retry actor, once the row's back-off is over: it goes back to the head of
+    /// its aggregate.
+    RetryDue {
         /// The row, with its attempts updated.
         row: Row,
-        /// When.
-        at: Instant,
     },
-    /// The retry actor's decision: the row is in the dead-letter table.
+    /// From the retry actor: the row is in the dead-letter table.
     DeadLettered {
         /// The row.
         row: Row,
+        /// Its aggregate's later rows wait until an operator replays or discards it
+        /// (`relay.dead_letter_policy = "hold"`); else the aggregate goes on.
+        hold: bool,
     },
     /// Publisher `partition` was restarted: rows it held are sent again to the new one.
     PublisherRestarted {

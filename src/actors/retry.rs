@@ -1,12 +1,15 @@
-//! Retry / dead-letter: decides, once per failure, what happens to a row that could not
-//! be published.
+//! Retry / dead-letter: owns the story of a row that could not be published — what
+//! happens to it, when, and to its aggregate.
 //!
-//! In: `Failed { row, failure, sent_at }` from the poller (the row's aggregate is held
-//! until an answer comes back).
-//! Out to the poller: `RetryAt { row, at }` — transient failure, try again after an
-//! exponential back-off with jitter — or `DeadLettered { row }` — permanent failure, or
-//! `retry.max_attempts` reached: the row was moved to `outbox_dead_letter` with its reason
-//! (and copied to `dead_letter.topic` when set).
+//! In: `Failed { row, failure, sent_at }` from the poller (the row's aggregate sends
+//! nothing until the row comes back).
+//! I decide: retry after an exponential back-off with jitter (transient and destination
+//! failures), or dead-letter (permanent failures, `retry.max_attempts` reached, a missing
+//! destination with `sink.missing_destination = "dead_letter"`); and whether a
+//! dead-lettered row holds its aggregate (`relay.dead_letter_policy`).
+//! Out to the poller: `RetryDue { row }` once the back-off is over (I keep the timer), or
+//! `DeadLettered { row, hold }` — the row was moved to `outbox_dead_letter` with its
+//! reason (and copied to `dead_letter.topic` when set).
 //! A transient failure counts as an attempt only when the broker acknowledged other rows
 //! since this one was sent: an outage that fails everyone does not use up attempts, so a
 //! long broker outage delays rows but never dead-letters them.
@@ -22,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::messages::{PollerMsg, RetryMsg, SupervisorMsg};
-use crate::config::{MissingDestination, RetryConfig};
+use crate::config::{DeadLetterPolicy, MissingDestination, RetryConfig};
 use crate::sink::{FailureKind, PublishFailure};
 use crate::store::Row;
 use crate::store::StoreError;
@@ -238,10 +241,13 @@ impl Actor for Retry {
                         let mut next = (*row).clone();
                         next.attempts = attempts;
                         next.tries += 1;
-                        let _ = state.args.poller.send_message(PollerMsg::RetryAt {
-                            row: Arc::new(next),
-                            at: Instant::now() + after,
-                        });
+                        // The back-off is this actor's to keep: the row goes back to the
+                        // poller when it is over.
+                        let row = Arc::new(next);
+                        state
+                            .args
+                            .poller
+                            .send_after(after, move || PollerMsg::RetryDue { row });
                     }
                     Decision::DeadLetter { attempts, reason } => {
                         if changed {
@@ -257,10 +263,11 @@ impl Actor for Retry {
                                 .increment(1);
                             copy_to_dlq(&shared, &row, failure.class, &reason);
                         }
+                        let hold = shared.config.relay.dead_letter_policy == DeadLetterPolicy::Hold;
                         let _ = state
                             .args
                             .poller
-                            .send_message(PollerMsg::DeadLettered { row });
+                            .send_message(PollerMsg::DeadLettered { row, hold });
                     }
                 }
             }

@@ -610,8 +610,18 @@ async fn when_asked_a_missing_destination_is_dead_lettered_and_the_aggregate_hel
     let health = relay.health();
     relay.shutdown().await.unwrap();
     let dl = &store.dead_letters()[0];
-    assert_eq!((dl.row.id, dl.error_class.as_str()), (lost, "unknown_topic"));
-    assert_eq!(store.pending()[0].id, later, "the aggregate is held behind it");
-    assert!(health.destination_problems().is_empty(), "nothing is held for the topic");
+    assert_eq!(
+        (dl.row.id, dl.error_class.as_str()),
+        (lost, "unknown_topic")
+    );
+    assert_eq!(
+        store.pending()[0].id,
+        later,
+        "the aggregate is held behind it"
+    );
+    assert!(
+        health.destination_problems().is_empty(),
+        "nothing is held for the topic"
+    );
     assert_eq!(ledger(&written, &sink.published()), Ledger::default());
 }

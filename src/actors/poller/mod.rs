@@ -2,7 +2,7 @@
 //!
 //! In: `Wake` (a NOTIFY from the insert trigger), `ReadDue` (a coalesced read's window
 //! ended), `Tick` (`poller.interval_ms` fallback), `Reports` (publishers' batch outcomes),
-//! `RetryAt` / `DeadLettered` (the retry actor's decision), `Rescan` (`dead-letters
+//! `RetryDue` / `DeadLettered` (from the retry actor), `Rescan` (`dead-letters
 //! replay|discard`, or every `poller.rescan_interval_ms`).
 //! Out: `Publish(rows)` to publisher `hash(aggregate_id) % partitions`; acknowledged ids to
 //! the acker; failures to the retry actor.
@@ -34,8 +34,7 @@
 //! queue, deferred ids and row in flight, and who goes next). This file is the actor:
 //! messages, reads, and what it sends.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -74,9 +73,9 @@ pub struct PollerState {
     oldest_reported_at: Option<Instant>,
     /// Reused per dispatch: one batch per publisher.
     batches: Vec<Vec<Row>>,
-    deciding: HashSet<i64>,
-    waiting: HashMap<i64, Row>,
-    timers: BinaryHeap<Reverse<(Instant, i64)>>,
+    /// Rows the retry actor has: being decided, or waiting out their back-off. Their
+    /// aggregates send nothing meanwhile.
+    with_retry: HashMap<i64, Row>,
     held: HashSet<String>,
     held_loaded: bool,
     claiming: bool,
@@ -135,9 +134,7 @@ impl Actor for Poller {
             queues: Queues::new(partitions, max_rows_per_aggregate),
             oldest_reported_at: None,
             batches: vec![Vec::new(); partitions],
-            deciding: HashSet::new(),
-            waiting: HashMap::default(),
-            timers: BinaryHeap::new(),
+            with_retry: HashMap::default(),
             held: HashSet::new(),
             held_loaded: false,
             claiming: true,
@@ -222,15 +219,15 @@ impl Actor for Poller {
                     st.want_read(&myself).await;
                 }
             }
-            PollerMsg::RetryAt { row, at } => {
-                st.deciding.remove(&row.id);
-                st.timers.push(Reverse((at, row.id)));
-                st.waiting.insert(row.id, row);
-                let delay = at.saturating_duration_since(Instant::now());
-                myself.send_after(delay, || PollerMsg::Dispatch);
+            PollerMsg::RetryDue { row } => {
+                // A row of an earlier incarnation's (or already settled) is not ours.
+                if st.with_retry.remove(&row.id).is_some() {
+                    st.queues.retry_due(row);
+                }
+                st.dispatch(&myself);
             }
-            PollerMsg::DeadLettered { row } => {
-                st.dead_lettered(row);
+            PollerMsg::DeadLettered { row, hold } => {
+                st.dead_lettered(row, hold);
                 st.dispatch(&myself);
             }
             PollerMsg::PublisherRestarted {
@@ -300,7 +297,7 @@ impl PollerState {
     /// `ORDER BY id LIMIT 1` query it replaces walks every dead index entry while a long
     /// transaction holds vacuum back — seconds per call at a few million.
     fn oldest_pending(&self) -> Option<DateTime<Utc>> {
-        let waiting = self.waiting.values().map(|r| r.created_at).min();
+        let waiting = self.with_retry.values().map(|r| r.created_at).min();
         self.queues.oldest().into_iter().chain(waiting).min()
     }
 
@@ -508,7 +505,6 @@ impl PollerState {
 
     /// Hands the head row of every ready aggregate to its publisher.
     fn dispatch(&mut self, myself: &ActorRef<PollerMsg>) {
-        self.fire_timers();
         if !self.claiming {
             return;
         }
@@ -557,21 +553,6 @@ impl PollerState {
         }
     }
 
-    /// Rows whose back-off is over go back to the head of their aggregate.
-    fn fire_timers(&mut self) {
-        let now = Instant::now();
-        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(row) = self.waiting.remove(&id) else {
-                continue;
-            };
-            self.queues.retry_due(row);
-        }
-    }
-
     /// The aggregate's in-flight row is done: its next row may go, and its deferred rows
     /// are read again once its queue is down to half the cap.
     fn release(&mut self, row: &Row) {
@@ -612,7 +593,7 @@ impl PollerState {
         }
         for (row, failure) in c.failed {
             if self.take_in_flight(&row).is_some() {
-                self.deciding.insert(row.id);
+                self.with_retry.insert(row.id, row.clone());
                 let wiring = self.wiring.as_ref().expect("wired");
                 let _ = wiring.retry.send_message(RetryMsg::Failed {
                     row,
@@ -632,17 +613,18 @@ impl PollerState {
         Some(taken)
     }
 
-    fn dead_lettered(&mut self, row: Row) {
-        self.deciding.remove(&row.id);
+    fn dead_lettered(&mut self, row: Row, hold: bool) {
+        if self.with_retry.remove(&row.id).is_none() {
+            return;
+        }
         self.queues.in_memory -= 1;
-        match self.shared.config.relay.dead_letter_policy {
-            DeadLetterPolicy::Continue => self.release(&row),
-            DeadLetterPolicy::Hold => {
-                // Later rows stay pending in the table until an operator acts.
-                self.queues.forget(&row.aggregate_id);
-                info!(aggregate = %row.aggregate_id, "Holding the aggregate until its dead letter is replayed or discarded.");
-                self.held.insert(row.aggregate_id.clone());
-            }
+        if hold {
+            // Later rows stay pending in the table until an operator acts.
+            self.queues.forget(&row.aggregate_id);
+            info!(aggregate = %row.aggregate_id, "Holding the aggregate until its dead letter is replayed or discarded.");
+            self.held.insert(row.aggregate_id.clone());
+        } else {
+            self.release(&row);
         }
     }
 

@@ -63,8 +63,7 @@ impl PollerState {
             .values()
             .filter_map(|a| a.in_flight.as_ref().map(|r| r.id))
             .collect();
-        known.extend(self.deciding.iter().copied());
-        known.extend(self.waiting.keys().copied());
+        known.extend(self.with_retry.keys().copied());
         known.extend(
             self.queues
                 .aggs

@@ -128,7 +128,10 @@ fn broker_trouble_is_transient_and_idempotence_loss_is_fatal() {
         let f = classify(&KafkaError::MessageProduction(code));
         assert_eq!(f.kind, FailureKind::Transient, "{code:?}");
     }
-    for code in [RDKafkaErrorCode::InvalidTopic, RDKafkaErrorCode::InvalidRecord] {
+    for code in [
+        RDKafkaErrorCode::InvalidTopic,
+        RDKafkaErrorCode::InvalidRecord,
+    ] {
         let f = classify(&KafkaError::MessageProduction(code));
         assert_eq!(f.kind, FailureKind::Permanent, "{code:?}");
     }
