@@ -352,6 +352,9 @@ async fn dead_letters_are_copied_to_the_dlq_topic_with_their_reason() {
             .contains("not a string")
     );
     assert!(r.header("event_id").is_some());
+    // The same built-ins as every sink's copy, also for a row that is not a message.
+    assert_eq!(r.header("event_type"), Some("e"));
+    assert_eq!(r.header("aggregate_id"), Some("p"));
     assert_eq!(db.dead_letters().await.len(), 1, "the table is the record");
 }
 

@@ -9,7 +9,6 @@ use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
-use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 
 use futures::future::BoxFuture;
@@ -19,10 +18,11 @@ use super::check::{
 };
 use super::classify::{classify, security_hint, without_timing};
 use super::config::KafkaConfig;
-use super::record::{DeliveryTarget, DeliveryToken, Record, build_record, build_record_with};
+use super::record::{DeliveryTarget, DeliveryToken, Record, build_record_with};
 use crate::health::Health;
 use crate::outbox::SinkKind;
 use crate::sink::api::{Batch, FailureKind, Sink};
+use crate::sink::message::Message;
 use crate::store::OutboxRow;
 
 /// The producer every publisher shares. Deliveries are reported through
@@ -247,26 +247,10 @@ impl Sink for KafkaSink {
     }
 
     fn copy_dead_letter(&self, row: &OutboxRow, topic: &str, class: &str, reason: &str) {
-        let fallback_value = row
-            .payload
-            .as_deref()
-            .or(row.payload_bytes.as_deref())
-            .unwrap_or_default();
-        // A row that cannot become a record (bad headers) still gets a copy, with the ids.
-        let base = build_record(row).unwrap_or_else(|_| {
-            Record {
-                topic,
-                key: row.aggregate_id.as_bytes(),
-                value: fallback_value,
-                headers: OwnedHeaders::new(),
-            }
-            .with_header("event_id", &row.event_id.to_string())
-            .with_header("outbox_id", &row.id.to_string())
-        });
-        let record = Record { topic, ..base }
-            .with_header("original_topic", &row.topic)
-            .with_header("dead_letter_class", class)
-            .with_header("dead_letter_reason", reason);
+        // The same copy as on every sink: the row's message (or, for a row that cannot be
+        // one, its payload and built-in headers), where it was going and why it was not.
+        let message = Message::dead_letter(row, SinkKind::Kafka, topic, class, reason);
+        let record = Record::from_message(&message, row.aggregate_id.as_bytes());
         let token = Box::new(DeliveryToken {
             target: Arc::new(DlqCopy),
             index: 0,

@@ -10,6 +10,7 @@ use rdkafka::producer::BaseRecord;
 use crate::outbox::SinkKind;
 use crate::outbox::validate_topic;
 use crate::sink::api::PublishFailure;
+use crate::sink::message::Message;
 use crate::store::OutboxRow;
 
 /// Receives the outcome of records it sent, by index.
@@ -41,6 +42,26 @@ pub struct Record<'a> {
 
 impl<'a> Record<'a> {
     /// Adds a header after the others.
+    /// The shared [`Message`] as a Kafka record keyed by `key` — for the dead-letter copy,
+    /// which carries the same fields on every sink. (The hot path, [`build_record`],
+    /// writes the same headers straight into librdkafka's list instead.)
+    pub fn from_message(message: &Message<'a>, key: &'a [u8]) -> Record<'a> {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (k, v) in &message.headers {
+            headers = headers.insert(Header {
+                key: k.as_ref(),
+                value: Some(v.as_bytes()),
+            });
+        }
+        Record {
+            topic: message.topic,
+            key,
+            value: message.payload,
+            headers,
+        }
+    }
+
+    /// The record with one more header.
     pub fn with_header(mut self, key: &str, value: &str) -> Self {
         self.headers = self.headers.insert(Header {
             key,
