@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use memsink::{MemorySink, Published};
+use outboxd::actors::Hooks;
 use outboxd::config::{Config, DeadLetterPolicy, OnPublish};
 use outboxd::sink::FailureKind;
 use outboxd::store::memory::MemoryStore;
@@ -62,17 +63,23 @@ fn aggregates(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
-async fn start(store: &MemoryStore, sink: &MemorySink, cfg: Config) -> Relay {
-    let relay = Relay::start_with_store(
+/// A relay on `store` and `sink`, started (it may stand by).
+async fn spawn(store: &MemoryStore, sink: &MemorySink, cfg: Config, hooks: Hooks) -> Relay {
+    Relay::start_with_store(
         cfg,
         Arc::new(store.clone()),
         RelayOptions {
             sink: Some(sink.factory()),
-            ..Default::default()
+            hooks,
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// A relay on `store` and `sink` that holds the lease.
+async fn start(store: &MemoryStore, sink: &MemorySink, cfg: Config) -> Relay {
+    let relay = spawn(store, sink, cfg, Hooks::default()).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
             relay.info().await.is_ok_and(|i| i.active)
@@ -381,24 +388,16 @@ async fn a_crashing_poller_restarts_the_pipeline_from_the_store() {
     let hook_reads = reads.clone();
     let mut cfg = config();
     cfg.poller.batch_size = 100;
-    let relay = Relay::start_with_store(
-        cfg,
-        Arc::new(store.clone()),
-        RelayOptions {
-            sink: Some(sink.factory()),
-            hooks: outboxd::actors::Hooks {
-                // The read hook runs inside the poller: every 5th read crashes it.
-                on_read: Some(Arc::new(move |_, _| {
-                    if hook_reads.fetch_add(1, Ordering::AcqRel) % 5 == 4 {
-                        panic!("test: the poller crashes after a read");
-                    }
-                })),
-                ..Default::default()
-            },
-        },
-    )
-    .await
-    .unwrap();
+    // The read hook runs inside the poller: every 5th read crashes it.
+    let hooks = Hooks {
+        on_read: Some(Arc::new(move |_, _| {
+            if hook_reads.fetch_add(1, Ordering::AcqRel) % 5 == 4 {
+                panic!("test: the poller crashes after a read");
+            }
+        })),
+        ..Default::default()
+    };
+    let relay = spawn(&store, &sink, cfg, hooks).await;
     assert!(drained(&store, Duration::from_secs(30)).await);
     let info = relay.info().await.unwrap();
     relay.shutdown().await.unwrap();
@@ -414,16 +413,7 @@ async fn a_standby_takes_over_after_the_holder_stops_and_nothing_is_lost() {
     let first = start(&store, &sink, config()).await;
     let mut cfg = config();
     cfg.relay.instance_id = "memory-b".into();
-    let second = Relay::start_with_store(
-        cfg,
-        Arc::new(store.clone()),
-        RelayOptions {
-            sink: Some(sink.factory()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let second = spawn(&store, &sink, cfg, Hooks::default()).await;
     let mut written = write(&store, &aggregates("s", 10), 5);
     assert!(drained(&store, Duration::from_secs(10)).await);
     assert!(!second.info().await.unwrap().active, "one holder at a time");
@@ -559,16 +549,7 @@ async fn crashes_beyond_the_budget_stop_the_relay_with_exit_code_1_and_no_dead_l
     let mut cfg = config();
     cfg.supervisor.max_restarts = 2;
     cfg.supervisor.initial_backoff_ms = 10;
-    let mut relay = Relay::start_with_store(
-        cfg,
-        Arc::new(store.clone()),
-        RelayOptions {
-            sink: Some(sink.factory()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mut relay = spawn(&store, &sink, cfg, Hooks::default()).await;
     let exit = tokio::time::timeout(Duration::from_secs(20), relay.wait())
         .await
         .expect("the relay stopped by itself");

@@ -285,17 +285,11 @@ impl Store for MemoryStore {
         Box::pin(async move {
             let mut t = self.tables()?;
             check_fence(&t, fence)?;
-            let old: Vec<i64> = t
-                .outbox
+            let old = older(&t.outbox, |s| s.published_at, retention, limit);
+            Ok(old
                 .iter()
-                .filter(|(_, s)| s.published_at.is_some_and(|p| p.elapsed() > retention))
-                .map(|(id, _)| *id)
-                .take(limit.max(0) as usize)
-                .collect();
-            for id in &old {
-                t.outbox.remove(id);
-            }
-            Ok(old.len() as u64)
+                .filter(|id| t.outbox.remove(id).is_some())
+                .count() as u64)
         })
     }
 
@@ -308,17 +302,11 @@ impl Store for MemoryStore {
         Box::pin(async move {
             let mut t = self.tables()?;
             check_fence(&t, fence)?;
-            let old: Vec<i64> = t
-                .dead_letters
+            let old = older(&t.dead_letters, |d| d.resolved_at, retention, limit);
+            Ok(old
                 .iter()
-                .filter(|(_, d)| d.resolved_at.is_some_and(|r| r.elapsed() > retention))
-                .map(|(id, _)| *id)
-                .take(limit.max(0) as usize)
-                .collect();
-            for id in &old {
-                t.dead_letters.remove(id);
-            }
-            Ok(old.len() as u64)
+                .filter(|id| t.dead_letters.remove(id).is_some())
+                .count() as u64)
         })
     }
 
@@ -341,4 +329,19 @@ impl Store for MemoryStore {
             }
         }))
     }
+}
+
+/// Ids of up to `limit` entries whose time (`when`) is more than `retention` ago.
+fn older<T>(
+    table: &std::collections::BTreeMap<i64, T>,
+    when: impl Fn(&T) -> Option<Instant>,
+    retention: Duration,
+    limit: i64,
+) -> Vec<i64> {
+    table
+        .iter()
+        .filter(|(_, e)| when(e).is_some_and(|t| t.elapsed() > retention))
+        .map(|(id, _)| *id)
+        .take(limit.max(0) as usize)
+        .collect()
 }
