@@ -3,7 +3,7 @@
 //!
 //! This module is the configuration's shape: one struct per section, with its defaults.
 //! Each sink's section belongs to the sink's folder (`crate::sink::kafka::config`, …);
-//! the database's is in [`database`]. Loading and checking are in `load`.
+//! the database's is in `database.rs`. Loading and checking are in `load`.
 
 mod database;
 mod load;

@@ -1,7 +1,7 @@
 //! The PostgreSQL store: [`Store`] on two pools — one for reads and the relay's
 //! bookkeeping, one with `synchronous_commit = off` for marking rows published (a mark lost
 //! in a crash only means the row is sent again) — the late-committer reader
-//! ([`reader`]), NOTIFY wake-ups ([`listen`]) and session advisory locks for instance
+//! (`reader.rs`), NOTIFY wake-ups (`listen.rs`) and session advisory locks for instance
 //! names. The SQL itself is in [`sql`].
 
 mod gaps;
