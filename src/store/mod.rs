@@ -152,7 +152,7 @@ pub struct LeaseClaim<'a> {
 }
 
 /// One read of pending rows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReadBatch {
     /// The rows, oldest first among those above `cursor_before`; rows at or below it were
     /// committed late and are returned first, in id order.
@@ -163,7 +163,7 @@ pub struct ReadBatch {
     /// The limit cut the read: more rows are waiting.
     pub full: bool,
     /// When the statement that returned the rows went out.
-    pub started: Option<Instant>,
+    pub started: Instant,
 }
 
 /// Reads pending rows for one poller incarnation: a cursor and whatever the store needs to

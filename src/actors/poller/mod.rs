@@ -417,9 +417,8 @@ impl PollerState {
             self.want_room();
         }
         if room > 0 {
-            let started = Instant::now();
             let read = self.reader.read(batch.min(room)).await?;
-            self.note_read(&read.rows, read.started.unwrap_or(started));
+            self.note_read(&read.rows, read.started);
             let mut late = 0;
             for row in read.rows {
                 // Rows at or below the cursor committed late: they go in id order among

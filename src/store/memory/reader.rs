@@ -62,7 +62,7 @@ impl PendingReader for MemReader {
                 rows,
                 cursor_before,
                 full,
-                started: Some(started),
+                started,
             })
         })
     }

@@ -64,7 +64,7 @@ impl GapReader {
             rows,
             cursor_before,
             full,
-            started: Some(started),
+            started,
         })
     }
 }

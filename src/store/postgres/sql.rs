@@ -403,22 +403,41 @@ pub async fn delete_published(
     retention_secs: i64,
     limit: i64,
 ) -> Result<u64, StoreError> {
+    fenced_cleanup(
+        pool,
+        fence,
+        fenced!(
+            "",
+            "done AS (DELETE FROM outbox WHERE id IN ( \
+                        SELECT id FROM outbox \
+                        WHERE published_at < now() - $4 * interval '1 second' LIMIT $5) \
+                      AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
+        ),
+        retention_secs,
+        limit,
+    )
+    .await
+}
+
+/// Runs one of the cleanup deletes (`$4` the retention in seconds, `$5` the limit),
+/// fenced; returns how many rows it deleted.
+async fn fenced_cleanup(
+    pool: &sqlx::PgPool,
+    fence: &Fence,
+    sql: &'static str,
+    retention_secs: i64,
+    limit: i64,
+) -> Result<u64, StoreError> {
     count_query();
-    let (held, n): (bool, i64) = sqlx::query_as(fenced!(
-        "",
-        "done AS (DELETE FROM outbox WHERE id IN ( \
-                    SELECT id FROM outbox \
-                    WHERE published_at < now() - $4 * interval '1 second' LIMIT $5) \
-                  AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
-         SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
-    ))
-    .bind(&fence.name)
-    .bind(&fence.owner)
-    .bind(fence.epoch)
-    .bind(retention_secs)
-    .bind(limit)
-    .fetch_one(pool)
-    .await?;
+    let (held, n): (bool, i64) = sqlx::query_as(sql)
+        .bind(&fence.name)
+        .bind(&fence.owner)
+        .bind(fence.epoch)
+        .bind(retention_secs)
+        .bind(limit)
+        .fetch_one(pool)
+        .await?;
     check_fence(fence, held)?;
     Ok(n as u64)
 }
@@ -442,22 +461,19 @@ pub async fn delete_resolved_dead_letters(
     retention_secs: i64,
     limit: i64,
 ) -> Result<u64, StoreError> {
-    count_query();
-    let (held, n): (bool, i64) = sqlx::query_as(fenced!(
-        "",
-        "done AS (DELETE FROM outbox_dead_letter WHERE id IN ( \
-                    SELECT id FROM outbox_dead_letter \
-                    WHERE resolved_at < now() - $4 * interval '1 second' LIMIT $5) \
-                  AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
-         SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
-    ))
-    .bind(&fence.name)
-    .bind(&fence.owner)
-    .bind(fence.epoch)
-    .bind(retention_secs)
-    .bind(limit)
-    .fetch_one(pool)
-    .await?;
-    check_fence(fence, held)?;
-    Ok(n as u64)
+    fenced_cleanup(
+        pool,
+        fence,
+        fenced!(
+            "",
+            "done AS (DELETE FROM outbox_dead_letter WHERE id IN ( \
+                        SELECT id FROM outbox_dead_letter \
+                        WHERE resolved_at < now() - $4 * interval '1 second' LIMIT $5) \
+                      AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
+        ),
+        retention_secs,
+        limit,
+    )
+    .await
 }
