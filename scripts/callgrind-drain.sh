@@ -15,7 +15,7 @@ rows=${1:-50000}
 scripts/setup.sh
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release --features testkit --bin outboxd
+cargo build --release --bin outboxd
 . scripts/backlog.sh
 fresh_backlog outboxd_callgrind "$rows" callgrind "$target/release/outboxd"
 out="$target/callgrind"

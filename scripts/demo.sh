@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole flow on one machine: sets up PostgreSQL and the sink's server, builds outboxd
-# with that one sink, and runs `outboxd demo` (100,000 events over 1,000 aggregates,
+# with that one sink, and runs `outboxd-demo` (100,000 events over 1,000 aggregates,
 # verified). Extra arguments go to the demo, e.g. scripts/demo.sh --events 20000;
 # scripts/demo.sh --sink redis or --sink nats publishes to Redis Streams or NATS JetStream.
 set -euo pipefail
@@ -15,8 +15,9 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 scripts/setup.sh demo "$sink"
 target=${CARGO_TARGET_DIR:-target}
-# Only the sink shown: a Redis or NATS demo builds no librdkafka, a Kafka one no Redis or
-# NATS client; the demo profile (Cargo.toml) trades a little speed for build time.
-cargo build --profile demo --no-default-features --features "demo,$sink" --bin outboxd
+# The demo is the testkit's (testkit/src/demo.rs), with only the sink shown: a Redis or
+# NATS demo builds no librdkafka, a Kafka one no Redis or NATS client; the demo profile
+# (Cargo.toml) trades a little speed for build time.
+cargo build --profile demo -p outboxd-testkit --no-default-features --features "$sink" --bin outboxd-demo
 # The configuration is checked before the demo reads --sink: name the sink there too.
-OUTBOXD__SINK__KIND=$sink exec "$target/demo/outboxd" demo "$@"
+OUTBOXD__SINK__KIND=$sink exec "$target/demo/outboxd-demo" "$@"

@@ -32,8 +32,7 @@ sql() { psql "$DB_URL" -Atqc "$1"; }
 scripts/setup.sh
 target=${CARGO_TARGET_DIR:-target}/$PROFILE
 flag=(); [ "$PROFILE" = release ] && flag=(--release)
-# The features scripts/demo.sh and scripts/test.sh build with, so nothing is built twice.
-cargo build "${flag[@]}" --features testkit --bin outboxd --example users-api --example welcome-mailer
+cargo build "${flag[@]}" --bin outboxd --example users-api --example welcome-mailer
 
 work=$(mktemp -d /tmp/outboxd-example.XXXXXX)
 pids=()

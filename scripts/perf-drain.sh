@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 rows=${1:-300000}
 scripts/setup.sh >/dev/null 2>&1
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release --features testkit --bin outboxd 2>/dev/null
+cargo build --release --bin outboxd 2>/dev/null
 bin="$target/release/outboxd"
 out="$target/perf"
 mkdir -p "$out"

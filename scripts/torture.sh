@@ -10,9 +10,9 @@ shift || true
 scripts/setup.sh
 target=${CARGO_TARGET_DIR:-target}
 if [ "$profile" = long ]; then
-    cargo build --release --features testkit --bin outboxd --bin outboxd-torture
+    cargo build --release --workspace --bin outboxd --bin outboxd-torture
     exec "$target/release/outboxd-torture" --profile long --report "$target/torture-long.json" "$@"
 else
-    cargo build --features testkit --bin outboxd --bin outboxd-torture
+    cargo build --workspace --bin outboxd --bin outboxd-torture
     exec "$target/debug/outboxd-torture" --profile "$profile" --report "$target/torture-$profile.json" "$@"
 fi

@@ -1,4 +1,4 @@
-//! The command line: `outboxd run | migrate | check | status | dead-letters | demo`.
+//! The command line: `outboxd run | migrate | check | status | dead-letters`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,10 +48,6 @@ pub enum Command {
     /// List, replay or discard dead letters.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
-    /// The whole flow on one machine: local broker, demo database, concurrent writers,
-    /// the relay, a read-back and a verification.
-    #[cfg(feature = "demo")]
-    Demo(crate::demo::DemoArgs),
 }
 
 /// `status` options.
@@ -129,8 +125,6 @@ pub async fn execute(command: Command, config: Config) -> ExitCode {
         Command::Check(_) => check(&config).await,
         Command::Status(a) => status(&config, a.json).await,
         Command::DeadLetters(c) => dead_letters(&config, c).await,
-        #[cfg(feature = "demo")]
-        Command::Demo(a) => crate::demo::run(config, a).await,
     };
     match result {
         Ok(code) => code,

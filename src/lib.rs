@@ -54,20 +54,6 @@ mod task;
 #[doc(hidden)]
 pub mod telemetry;
 
-// Test, fault-injection and benchmark machinery: not an API (features "demo", "testkit").
-#[cfg(feature = "demo")]
-#[doc(hidden)]
-pub mod broker;
-#[cfg(feature = "testkit")]
-#[doc(hidden)]
-pub mod chaos;
-#[cfg(feature = "demo")]
-#[doc(hidden)]
-pub mod demo;
-#[cfg(feature = "demo")]
-#[doc(hidden)]
-pub mod verify;
-
 pub use outbox::{
     NewEvent, NewEventBuilder, Payload, SinkKind, ValidationError, enqueue, enqueue_batch,
 };

@@ -17,11 +17,6 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    #[cfg(feature = "demo")]
-    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
-        // The demo draws a progress bar; relay logs below WARN would tear it.
-        config.log.level = "warn".into();
-    }
     if std::env::var_os("RUST_LOG").is_none() && !config.log.level.contains("async_nats") {
         // async-nats logs every failed reconnect at INFO and ERROR; the relay says once
         // what is wrong, and one-shot commands print their own diagnosis.

@@ -6,7 +6,12 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestDb, bin};
+use common::TestDb;
+
+/// The `outboxd` binary built for these tests.
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_outboxd")
+}
 use sqlx::postgres::PgListener;
 
 fn migrate(url: &str) -> std::process::Output {

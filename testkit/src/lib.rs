@@ -1,0 +1,30 @@
+//! outboxd's test machinery, outside the product (`publish = false`): what the end-to-end
+//! tests (`testkit/tests`), the fault harness (`outboxd-torture`), the benchmark
+//! (`outboxd-bench`) and the demo (`outboxd-demo`, run by `scripts/demo.sh`) share.
+//!
+//! - [`db`]: a fresh PostgreSQL database per test, the TLS test cluster's files;
+//! - [`process`]: the `outboxd` binary, relay processes, free ports;
+//! - [`servers`]: private Redis and NATS servers; [`broker`]: Tansu, the Kafka broker;
+//! - [`chaos`]: a TCP proxy that cuts, pauses and delays connections;
+//! - [`verify`]: reading a topic or stream back, and the ledger (lost, reordered,
+//!   duplicates);
+//! - [`demo`]: the whole flow on one machine.
+//!
+//! The product crate does not depend on this one: its normal dependency tree holds no
+//! test machinery (scripts/test.sh checks it).
+
+pub mod broker;
+pub mod chaos;
+pub mod db;
+pub mod demo;
+pub mod process;
+pub mod servers;
+pub mod verify;
+
+/// The repository's root directory (the workspace's), for files the tests read: the
+/// operations pack, the configuration, the scripts.
+pub fn repository() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the testkit is a directory of the repository")
+}
