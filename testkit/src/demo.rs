@@ -59,33 +59,6 @@ pub fn parse_sink(s: &str) -> Result<SinkKind, String> {
         .ok_or_else(|| format!("{s:?} is not a sink (kafka, redis, nats)"))
 }
 
-/// Replaces the database name in a PostgreSQL URL.
-pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
-    let mut u = url::Url::parse(url)?;
-    u.set_path(&format!("/{database}"));
-    Ok(u.to_string())
-}
-
-/// Drops and creates `database` on the server of `admin_url`, and migrates it.
-pub async fn fresh_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
-    let admin = sqlx::PgPool::connect(admin_url).await?;
-    let quoted = format!("\"{}\"", database.replace('"', "\"\""));
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let url = with_database(admin_url, database)?;
-    let pool = sqlx::PgPool::connect(&url).await?;
-    outboxd::MIGRATOR.run(&pool).await?;
-    pool.close().await;
-    Ok(url)
-}
-
 /// Runs the demo; exit 0 when the verification passes.
 pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
@@ -139,7 +112,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             "this outboxd was built without the {other} sink (Cargo feature `{other}`)"
         ),
     };
-    let url = fresh_database(&config.database.url, &args.database).await?;
+    let url = crate::backlog::fresh_database(&config.database.url, &args.database).await?;
     eprintln!(
         "outboxd demo: {} events over {} aggregates from {} writers -> {destination}, database {}",
         args.events,

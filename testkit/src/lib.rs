@@ -3,18 +3,22 @@
 //! (`outboxd-bench`) and the demo (`outboxd-demo`, run by `scripts/demo.sh`) share.
 //!
 //! - [`db`]: a fresh PostgreSQL database per test, the TLS test cluster's files;
+//!   [`backlog`]: a fresh database with a backlog to drain;
 //! - [`process`]: the `outboxd` binary, relay processes, free ports;
 //! - [`servers`]: private Redis and NATS servers; [`broker`]: Tansu, the Kafka broker;
 //! - [`chaos`]: a TCP proxy that cuts, pauses and delays connections;
 //! - [`verify`]: reading a topic or stream back, and the ledger (lost, reordered,
 //!   duplicates);
+//! - [`cpu`]: CPU accounting from `/proc`;
 //! - [`demo`]: the whole flow on one machine.
 //!
 //! The product crate does not depend on this one: its normal dependency tree holds no
 //! test machinery (scripts/test.sh checks it).
 
+pub mod backlog;
 pub mod broker;
 pub mod chaos;
+pub mod cpu;
 pub mod db;
 pub mod demo;
 pub mod process;

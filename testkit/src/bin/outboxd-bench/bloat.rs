@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use testkit::process::free_port;
 
-use crate::cpu::CpuTicks;
+use testkit::cpu::CpuTicks;
 use crate::world::{World, bar, say, scrape};
 
 /// Drain rate while the xmin horizon is held.

@@ -12,7 +12,7 @@ use outboxd::store::{Fence, RELAY_LEASE};
 use rdkafka::producer::BaseRecord;
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::{CpuTicks, proc_cpu_secs};
+use testkit::cpu::{CpuTicks, proc_cpu_secs};
 use crate::sustained::clumps;
 use crate::world::{AGGREGATES, World, bar};
 

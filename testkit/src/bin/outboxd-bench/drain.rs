@@ -6,7 +6,7 @@ use outboxd::sink::SinkKind;
 use serde::{Deserialize, Serialize};
 use testkit::process::free_port;
 
-use crate::cpu::{CpuTicks, CpuUse, ProcCpu, proc_cpu_secs, proc_peak_rss_mb};
+use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, proc_cpu_secs, proc_peak_rss_mb};
 use crate::world::{World, bar, scrape};
 
 /// One drain by `outboxd run`.

@@ -25,7 +25,6 @@
 mod bloat;
 mod ceilings;
 mod chart;
-mod cpu;
 mod drain;
 mod plan;
 mod report;

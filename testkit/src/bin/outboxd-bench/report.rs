@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bloat::BloatBurst;
 use crate::ceilings::ProduceLatency;
-use crate::cpu::{CpuUse, Steal};
+use testkit::cpu::{CpuUse, Steal};
 use crate::drain::Drain;
 use crate::plan::Plan;
 use crate::stats::Stat;

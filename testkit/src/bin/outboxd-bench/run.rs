@@ -4,7 +4,7 @@ use outboxd::sink::SinkKind;
 
 use crate::bloat::bloat;
 use crate::ceilings::{ceiling_minimal, ceiling_postgres, ceiling_produce, produce_latency};
-use crate::cpu::STEAL;
+use testkit::cpu::STEAL;
 use crate::drain::drain;
 use crate::plan::Plan;
 use crate::report::{Results, write_report};

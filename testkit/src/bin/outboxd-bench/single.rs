@@ -24,7 +24,7 @@ use outboxd::store::postgres::sql as store;
 use outboxd::{NewEvent, enqueue};
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::{CpuTicks, CpuUse, ProcCpu, relay_threads_cpu_secs};
+use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, relay_threads_cpu_secs};
 use crate::world::{World, bar, say};
 
 /// Aggregates the events are spread over.

@@ -12,7 +12,7 @@ use outboxd::store::OutboxRow;
 use outboxd::{NewEvent, Relay, RelayOptions, enqueue_batch};
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::{CpuTicks, CpuUse, ProcCpu, relay_threads_cpu_secs};
+use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, relay_threads_cpu_secs};
 use crate::world::{AGGREGATES, World, bar, say};
 
 /// Writer tasks for the sustained phases.

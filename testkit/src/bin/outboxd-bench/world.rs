@@ -12,7 +12,7 @@ use testkit::servers::PrivateServer;
 use testkit::verify::create_topic;
 
 /// Aggregates the events are spread over.
-pub const AGGREGATES: u64 = 10_000;
+pub use testkit::backlog::AGGREGATES;
 
 /// Topic partitions.
 pub const TOPIC_PARTITIONS: i32 = 8;
@@ -65,7 +65,7 @@ impl World {
             required: false,
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let url = testkit::demo::fresh_database(&admin_url(), "outboxd_bench").await?;
+        let url = testkit::backlog::fresh_database(&admin_url(), "outboxd_bench").await?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(16)
             .connect(&url)
@@ -148,35 +148,15 @@ impl World {
     /// analysed.
     pub(crate) async fn prefill(&self, n: u64) -> anyhow::Result<()> {
         let b = bar(n, "prefill backlog");
-        let mut done = 0;
-        while done < n {
-            let m = 100_000.min(n - done);
-            self.insert_rows(done, m).await?;
-            done += m;
-            b.set_position(done);
-        }
+        testkit::backlog::prefill(&self.pool, n, &self.topic, |done| b.set_position(done)).await?;
         b.finish_and_clear();
-        sqlx::query("VACUUM (ANALYZE) outbox")
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 
     /// `m` rows in one statement (one transaction), sequence numbers from `first`; returns
     /// when they are committed.
     pub(crate) async fn insert_rows(&self, first: u64, m: u64) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
-             SELECT 'bench', 'agg-' || (s % 10000), 'bench.event', $3, \
-                    jsonb_build_object('seq', s / 10000 + 1, 'pad', repeat('x', 468)) \
-             FROM generate_series($1::int8, $2::int8) AS s",
-        )
-        .bind(first as i64)
-        .bind((first + m - 1) as i64)
-        .bind(&self.topic)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        testkit::backlog::insert_rows(&self.pool, first, m, &self.topic).await
     }
 
     pub(crate) async fn close(mut self) {

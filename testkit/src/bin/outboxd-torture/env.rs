@@ -155,7 +155,7 @@ impl Env {
         let admin = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let db_name = format!("outboxd_t_torture_{}", name.replace('-', "_"));
-        let db_url = testkit::demo::fresh_database(&admin, &db_name).await?;
+        let db_url = testkit::backlog::fresh_database(&admin, &db_name).await?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(12)
             .acquire_timeout(Duration::from_secs(3))
