@@ -18,8 +18,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, warn};
 
-use super::Shared;
+use super::{Context, Flow};
 use super::messages::{AckerMsg, PollerMsg, SupervisorMsg};
+use crate::config::OnPublish;
 use crate::store::StoreError;
 
 /// Rows per statement, at most.
@@ -40,15 +41,21 @@ pub struct Acker;
 
 /// Start-up arguments.
 pub struct AckerArgs {
-    /// Pipeline context.
-    pub shared: Arc<Shared>,
+    /// The incarnation's ports.
+    pub ctx: Arc<Context>,
+    /// Rows unmarked, and whether the poller waits for room.
+    pub flow: Arc<Flow>,
+    /// `relay.on_publish`: delete acknowledged rows, or mark them.
+    pub on_publish: OnPublish,
     /// Woken when marks free room it waits for.
     pub poller: ActorRef<PollerMsg>,
 }
 
 /// What the acker owns.
 pub struct AckerState {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
+    flow: Arc<Flow>,
+    on_publish: OnPublish,
     poller: ActorRef<PollerMsg>,
     buffer: Vec<i64>,
     /// A `Gathered` is scheduled.
@@ -70,7 +77,9 @@ impl Actor for Acker {
         args: AckerArgs,
     ) -> Result<AckerState, ActorProcessingErr> {
         Ok(AckerState {
-            shared: args.shared,
+            ctx: args.ctx,
+            flow: args.flow,
+            on_publish: args.on_publish,
             poller: args.poller,
             buffer: Vec::new(),
             gathering: false,
@@ -90,7 +99,7 @@ impl Actor for Acker {
                 state.buffer.extend(ids);
                 // Everything that arrives meanwhile joins the same statement. A batch that
                 // is big already, or rows the poller waits for, need not gather longer.
-                if state.buffer.len() >= FLUSH_AT || state.shared.room_wanted() {
+                if state.buffer.len() >= FLUSH_AT || state.flow.room_wanted() {
                     if !state.flush_queued {
                         state.flush_queued = true;
                         myself.send_message(AckerMsg::FlushNow)?;
@@ -145,39 +154,35 @@ async fn write_or_retry(myself: &ActorRef<AckerMsg>, state: &mut AckerState) {
 async fn flush(state: &mut AckerState) -> bool {
     while !state.buffer.is_empty() {
         let n = state.buffer.len().min(MAX_BATCH);
-        let shared = &state.shared;
-        let result = shared
+        let (ctx, flow) = (&state.ctx, &state.flow);
+        let result = ctx
             .store
-            .mark_published(
-                &shared.fence,
-                &state.buffer[..n],
-                shared.config.relay.on_publish,
-            )
+            .mark_published(&ctx.fence, &state.buffer[..n], state.on_publish)
             .await;
         match result {
             Ok(marked) => {
                 state.buffer.drain(..n);
-                shared.remove_unmarked(n);
-                if shared.take_room_wanted() {
+                flow.remove_unmarked(n);
+                if flow.take_room_wanted() {
                     let _ = state.poller.send_message(PollerMsg::Tick);
                 }
                 state.failures = 0;
-                shared.health.set_db_up(true);
+                ctx.health.set_db_up(true);
                 metrics::counter!("outboxd_rows_marked_total").increment(marked);
                 debug!(rows = n, marked, "Marked published.");
             }
             Err(StoreError::Fenced(lease)) => {
                 warn!(rows = state.buffer.len(), %lease, "Lease lost; leaving rows to the new owner.");
-                shared.remove_unmarked(state.buffer.len());
+                flow.remove_unmarked(state.buffer.len());
                 state.buffer.clear();
-                let _ = shared
+                let _ = ctx
                     .supervisor
                     .send_message(SupervisorMsg::LeaseLost("acker write was fenced".into()));
                 return true;
             }
             Err(StoreError::Db(e)) => {
                 state.failures += 1;
-                shared.health.set_db_up(false);
+                ctx.health.set_db_up(false);
                 warn!(rows = state.buffer.len(), error = %e, "Cannot mark rows published; will retry.");
                 return false;
             }

@@ -15,9 +15,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, info, warn};
 
-use super::Shared;
+use super::Context;
 use super::messages::{CleanupMsg, CleanupReport};
-use crate::config::OnPublish;
+use crate::config::{CleanupConfig, Config, OnPublish};
 use crate::store::StoreError;
 
 /// The cleanup behaviour.
@@ -27,31 +27,58 @@ pub struct Cleanup;
 /// many (a count of millions would walk millions of index entries every 10 s).
 pub const BACKLOG_CAP: i64 = 100_000;
 
+/// What the cleanup actor is told at spawn: its section, and whether published rows stay.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[cleanup]`.
+    pub cleanup: CleanupConfig,
+    /// `relay.on_publish`: published rows are only deleted here when they are marked.
+    pub on_publish: OnPublish,
+}
+
+impl Settings {
+    /// The cleanup actor's part of the configuration.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            cleanup: config.cleanup.clone(),
+            on_publish: config.relay.on_publish,
+        }
+    }
+}
+
+/// The cleanup actor's spawn arguments and state.
+pub struct CleanupArgs {
+    /// The incarnation's ports.
+    pub ctx: Arc<Context>,
+    /// Its settings.
+    pub settings: Settings,
+}
+
 impl Actor for Cleanup {
     type Msg = CleanupMsg;
-    type State = Arc<Shared>;
-    type Arguments = Arc<Shared>;
+    type State = CleanupArgs;
+    type Arguments = CleanupArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        shared: Arc<Shared>,
-    ) -> Result<Arc<Shared>, ActorProcessingErr> {
-        let every = Duration::from_secs(shared.config.cleanup.interval_secs);
+        args: CleanupArgs,
+    ) -> Result<CleanupArgs, ActorProcessingErr> {
+        let every = Duration::from_secs(args.settings.cleanup.interval_secs);
         myself.send_interval(every, || CleanupMsg::Tick);
         myself.send_interval(Duration::from_secs(10), || CleanupMsg::Measure);
         let _ = myself.send_message(CleanupMsg::Measure);
-        Ok(shared)
+        Ok(args)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: CleanupMsg,
-        shared: &mut Arc<Shared>,
+        st: &mut CleanupArgs,
     ) -> Result<(), ActorProcessingErr> {
         if let CleanupMsg::Measure = msg {
-            match shared.store.backlog(BACKLOG_CAP).await {
+            match st.ctx.store.backlog(BACKLOG_CAP).await {
                 Ok((pending, open_dead_letters)) => {
                     metrics::gauge!("outboxd_backlog_rows").set(pending as f64);
                     metrics::gauge!("outboxd_dead_letters_open").set(open_dead_letters as f64);
@@ -61,7 +88,7 @@ impl Actor for Cleanup {
             }
             return Ok(());
         }
-        let report = run(shared).await;
+        let report = run(&st.ctx, &st.settings).await;
         match report {
             Ok(r) => {
                 if r.published + r.dead_letters > 0 {
@@ -81,16 +108,16 @@ impl Actor for Cleanup {
     }
 }
 
-async fn run(shared: &Shared) -> Result<CleanupReport, StoreError> {
-    let cfg = &shared.config.cleanup;
+async fn run(ctx: &Context, settings: &Settings) -> Result<CleanupReport, StoreError> {
+    let cfg = &settings.cleanup;
     let limit = i64::from(cfg.batch_size);
     let mut report = CleanupReport::default();
-    if shared.config.relay.on_publish == OnPublish::Mark {
+    if settings.on_publish == OnPublish::Mark {
         loop {
-            let n = shared
+            let n = ctx
                 .store
                 .delete_published(
-                    &shared.fence,
+                    &ctx.fence,
                     Duration::from_secs(cfg.published_retention_secs),
                     limit,
                 )
@@ -102,10 +129,10 @@ async fn run(shared: &Shared) -> Result<CleanupReport, StoreError> {
         }
     }
     loop {
-        let n = shared
+        let n = ctx
             .store
             .delete_resolved_dead_letters(
-                &shared.fence,
+                &ctx.fence,
                 Duration::from_secs(cfg.dead_letter_retention_secs),
                 limit,
             )

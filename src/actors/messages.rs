@@ -85,7 +85,7 @@ pub enum PollerMsg {
     /// The rescan's query came back: pending ids below the cursor it had then (or the
     /// error).
     RescanFound(Result<Vec<i64>, StoreError>),
-    /// Publishers' batch outcomes wait in [`crate::actors::Shared::take_reports`] (one message for
+    /// Publishers' batch outcomes wait in [`crate::actors::Flow::take_reports`] (one message for
     /// however many arrived meanwhile).
     Reports,
     /// The coalescing window of a wanted read ended (`poller.coalesce_ms`).

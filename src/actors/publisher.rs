@@ -5,7 +5,7 @@
 //! for the previous one (pipelined) and settles each from wherever its acknowledgement
 //! arrives (librdkafka's polling thread, a Redis or NATS task). Once the last row has an
 //! outcome, the batch reports to the poller (delivered rows, and failed rows with their
-//! classified failure) through [`Shared::report`], which folds the reports that arrive
+//! classified failure) through [`Flow::report`], which folds the reports that arrive
 //! together into one wake-up. The publisher knows nothing about any broker.
 //! Failure: a crash loses nothing — the poller still holds every row it handed out and
 //! sends them again to the restarted publisher.
@@ -16,7 +16,7 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::debug;
 
-use super::Shared;
+use super::{Context, Flow};
 use super::messages::{Completion, Delivered, PollerMsg, PublisherMsg};
 use crate::sink::Batch;
 use crate::store::Row;
@@ -30,8 +30,10 @@ pub struct PublisherArgs {
     pub partition: usize,
     /// Incarnation of this partition's publisher (stale reports are recognised by it).
     pub generation: u64,
-    /// Pipeline context.
-    pub shared: Arc<Shared>,
+    /// The incarnation's ports (the sink).
+    pub ctx: Arc<Context>,
+    /// Where outcomes wait for the poller; deliveries are noted there.
+    pub flow: Arc<Flow>,
     /// Where reports go.
     pub poller: ActorRef<PollerMsg>,
 }
@@ -76,20 +78,22 @@ impl Actor for Publisher {
 /// Hands the rows to the sink as one batch, which reports to the poller once every row
 /// has an outcome.
 fn send_batch(args: &PublisherArgs, rows: Vec<Row>) {
-    let shared = args.shared.clone();
+    let ctx = args.ctx.clone();
+    let flow = args.flow.clone();
     let poller = args.poller.clone();
     let (partition, generation) = (args.partition, args.generation);
-    let exact_times = shared.hooks.on_delivered.is_some();
-    let sink = shared.sink.clone();
+    let exact_times = ctx.hooks.on_delivered.is_some();
+    let sink = ctx.sink.clone();
     let batch = Batch::new(rows, exact_times, move |batch| {
-        report(&shared, &poller, partition, generation, batch)
+        report(&ctx, &flow, &poller, partition, generation, batch)
     });
     sink.send(batch);
 }
 
 /// Runs once per batch, after its last outcome: delivered and failed rows to the poller.
 fn report(
-    shared: &Shared,
+    ctx: &Context,
+    flow: &Flow,
     poller: &ActorRef<PollerMsg>,
     partition: usize,
     generation: u64,
@@ -109,12 +113,11 @@ fn report(
         }
     }
     if !delivered.is_empty() {
-        shared.note_delivery(now);
-        shared
-            .health
+        flow.note_delivery(now);
+        ctx.health
             .clear_destination_problems(delivered.iter().map(|d| d.row.topic.as_str()));
     }
-    shared.report(
+    flow.report(
         Completion {
             partition,
             generation,

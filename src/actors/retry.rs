@@ -23,9 +23,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::RngExt;
 use tracing::{debug, info, warn};
 
-use super::Shared;
+use super::{Context, Flow};
 use super::messages::{PollerMsg, RetryMsg, SupervisorMsg};
-use crate::config::{DeadLetterPolicy, MissingDestination, RetryConfig};
+use crate::config::{Config, DeadLetterPolicy, MissingDestination, RetryConfig};
 use crate::sink::{FailureKind, PublishFailure};
 use crate::store::Row;
 use crate::store::StoreError;
@@ -33,10 +33,39 @@ use crate::store::StoreError;
 /// The retry / dead-letter behaviour.
 pub struct Retry;
 
+/// What the retry actor is told at spawn: the configuration of the failure story.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[retry]`: attempts and back-off.
+    pub retry: RetryConfig,
+    /// `sink.missing_destination`: hold rows for a missing destination, or dead-letter them.
+    pub missing_destination: MissingDestination,
+    /// `relay.dead_letter_policy`: whether a dead letter holds its aggregate.
+    pub dead_letter_policy: DeadLetterPolicy,
+    /// `dead_letter.topic`: where a copy of each dead letter goes (empty: nowhere).
+    pub dead_letter_topic: String,
+}
+
+impl Settings {
+    /// The retry actor's part of the configuration.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            retry: config.retry.clone(),
+            missing_destination: config.sink.missing_destination,
+            dead_letter_policy: config.relay.dead_letter_policy,
+            dead_letter_topic: config.dead_letter.topic.clone(),
+        }
+    }
+}
+
 /// Start-up arguments.
 pub struct RetryArgs {
-    /// Pipeline context.
-    pub shared: Arc<Shared>,
+    /// The incarnation's ports.
+    pub ctx: Arc<Context>,
+    /// Deliveries and timeouts: whether a failure was the row's own.
+    pub flow: Arc<Flow>,
+    /// Its settings.
+    pub settings: Settings,
     /// Where decisions go.
     pub poller: ActorRef<PollerMsg>,
 }
@@ -146,19 +175,20 @@ impl Actor for Retry {
             failure,
             sent_at,
         } = msg;
-        let shared = state.args.shared.clone();
+        let ctx = state.args.ctx.clone();
+        let settings = &state.args.settings;
         if failure.kind == FailureKind::Fatal {
-            let _ = shared
+            let _ = ctx
                 .supervisor
                 .send_message(SupervisorMsg::ProducerFatal(failure.message.clone()));
         }
         if failure.class == "timeout" {
-            shared.note_timeout(Instant::now());
+            state.args.flow.note_timeout(Instant::now());
         }
-        let counted = shared.delivered_since(sent_at);
+        let counted = state.args.flow.delivered_since(sent_at);
         let jitter: f64 = rand::rng().random();
         let decision = if failure.is_missing_destination()
-            && shared.config.sink.missing_destination == MissingDestination::DeadLetter
+            && settings.missing_destination == MissingDestination::DeadLetter
         {
             Decision::DeadLetter {
                 attempts: row.attempts + 1,
@@ -166,7 +196,7 @@ impl Actor for Retry {
             }
         } else {
             decide(
-                &shared.config.retry,
+                &settings.retry,
                 row.attempts,
                 row.tries,
                 &failure,
@@ -174,12 +204,12 @@ impl Actor for Retry {
                 jitter,
             )
         };
-        let sink = shared.sink.kind().name();
+        let sink = ctx.sink.kind().name();
         metrics::counter!("outboxd_publish_failures_total", "sink" => sink, "class" => failure.class)
             .increment(1);
         if failure.kind == FailureKind::Destination
             && matches!(decision, Decision::Retry { .. })
-            && shared
+            && ctx
                 .health
                 .set_destination_problem(&row.topic, failure.class, &failure.message)
         {
@@ -191,10 +221,10 @@ impl Actor for Retry {
             );
         }
         let outcome = match &decision {
-            Decision::Retry { attempts, after } => shared
+            Decision::Retry { attempts, after } => ctx
                 .store
                 .record_failure(
-                    &shared.fence,
+                    &ctx.fence,
                     row.id,
                     *attempts,
                     *after,
@@ -203,16 +233,15 @@ impl Actor for Retry {
                 .await
                 .map(|()| true),
             Decision::DeadLetter { attempts, reason } => {
-                shared
-                    .store
-                    .dead_letter(&shared.fence, row.id, *attempts, reason, failure.class)
+                ctx.store
+                    .dead_letter(&ctx.fence, row.id, *attempts, reason, failure.class)
                     .await
             }
         };
         match outcome {
             Ok(changed) => {
                 state.db_failures = 0;
-                shared.health.set_db_up(true);
+                ctx.health.set_db_up(true);
                 match decision {
                     Decision::Retry { attempts, after } => {
                         // A failure of the row's own is worth a line; one that every row
@@ -261,9 +290,9 @@ impl Actor for Retry {
                             );
                             metrics::counter!("outboxd_dead_letters_total", "sink" => sink, "class" => failure.class)
                                 .increment(1);
-                            copy_to_dlq(&shared, &row, failure.class, &reason);
+                            copy_to_dlq(&ctx, settings, &row, failure.class, &reason);
                         }
-                        let hold = shared.config.relay.dead_letter_policy == DeadLetterPolicy::Hold;
+                        let hold = settings.dead_letter_policy == DeadLetterPolicy::Hold;
                         let _ = state
                             .args
                             .poller
@@ -273,13 +302,13 @@ impl Actor for Retry {
             }
             Err(StoreError::Fenced(lease)) => {
                 warn!(%lease, "Lease lost while recording a failure.");
-                let _ = shared
+                let _ = ctx
                     .supervisor
                     .send_message(SupervisorMsg::LeaseLost("retry write was fenced".into()));
             }
             Err(StoreError::Db(e)) => {
                 state.db_failures += 1;
-                shared.health.set_db_up(false);
+                ctx.health.set_db_up(false);
                 let pause = super::exponential(
                     Duration::from_millis(100),
                     Duration::from_secs(5),
@@ -299,10 +328,10 @@ impl Actor for Retry {
 
 /// Best effort: a copy of the dead letter on `dead_letter.topic` (a topic, stream or
 /// subject of the same sink). The table is the record; this is a notification.
-fn copy_to_dlq(shared: &Shared, row: &Row, class: &str, reason: &str) {
-    let topic = &shared.config.dead_letter.topic;
+fn copy_to_dlq(ctx: &Context, settings: &Settings, row: &Row, class: &str, reason: &str) {
+    let topic = &settings.dead_letter_topic;
     if !topic.is_empty() {
-        shared.sink.copy_dead_letter(row, topic, class, reason);
+        ctx.sink.copy_dead_letter(row, topic, class, reason);
     }
 }
 

@@ -44,11 +44,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rustc_hash::FxHashMap as HashMap;
 use tracing::{debug, info, warn};
 
-use super::Shared;
+use super::{Context, Flow};
 use super::messages::{
     AckerMsg, Completion, PollerMsg, PollerStats, PublisherMsg, RetryMsg, Wiring,
 };
-use crate::config::DeadLetterPolicy;
+use crate::config::{Config, DeadLetterPolicy, PollerConfig};
 use crate::store::{OutboxRow, PendingReader, Row, StoreError, Wakeup};
 use crate::task::AbortOnDrop;
 
@@ -60,9 +60,52 @@ use queues::Queues;
 /// The poller behaviour.
 pub struct Poller;
 
+/// What the poller is told at spawn: `[poller]` and the relay's limits on order and memory.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[poller]`: interval, batch size, coalescing window, rescan interval.
+    pub poller: PollerConfig,
+    /// `relay.partitions`: the publishers rows are spread over.
+    pub partitions: usize,
+    /// `relay.max_in_flight`: rows in memory and unmarked, at most.
+    pub max_in_flight: usize,
+    /// `relay.max_rows_per_aggregate`: one aggregate's share of that, at most.
+    pub max_rows_per_aggregate: usize,
+    /// `relay.dead_letter_policy`: whether a dead letter holds its aggregate.
+    pub dead_letter_policy: DeadLetterPolicy,
+    /// `metrics.topic_labels`: per-topic labels on the published counter.
+    pub topic_labels: bool,
+}
+
+impl Settings {
+    /// The poller's part of the configuration.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            poller: config.poller.clone(),
+            partitions: config.relay.partitions as usize,
+            max_in_flight: config.relay.max_in_flight as usize,
+            max_rows_per_aggregate: config.relay.max_rows_per_aggregate.max(1) as usize,
+            dead_letter_policy: config.relay.dead_letter_policy,
+            topic_labels: config.metrics.topic_labels,
+        }
+    }
+}
+
+/// Start-up arguments.
+pub struct PollerArgs {
+    /// The incarnation's ports.
+    pub ctx: Arc<Context>,
+    /// The counters it shares with the publishers, the acker and the supervisor.
+    pub flow: Arc<Flow>,
+    /// Its settings.
+    pub settings: Settings,
+}
+
 /// What the poller owns.
 pub struct PollerState {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
+    flow: Arc<Flow>,
+    settings: Settings,
     wiring: Option<Wiring>,
     generations: Vec<u64>,
     /// Finds pending rows, late committers included.
@@ -108,26 +151,32 @@ pub struct PollerState {
 impl Actor for Poller {
     type Msg = PollerMsg;
     type State = PollerState;
-    type Arguments = Arc<Shared>;
+    type Arguments = PollerArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        shared: Arc<Shared>,
+        PollerArgs {
+            ctx,
+            flow,
+            settings,
+        }: PollerArgs,
     ) -> Result<PollerState, ActorProcessingErr> {
         let wake_flag = Arc::new(AtomicBool::new(false));
-        let watcher = shared
+        let watcher = ctx
             .store
             .watch(wake_fn(myself.clone(), wake_flag.clone()))
             .map(AbortOnDrop);
-        let reader = shared.store.reader();
-        let interval = Duration::from_millis(shared.config.poller.interval_ms);
+        let reader = ctx.store.reader();
+        let interval = Duration::from_millis(settings.poller.interval_ms);
         myself.send_interval(interval, || PollerMsg::Tick);
-        let partitions = shared.partitions();
-        let max_rows_per_aggregate = shared.config.relay.max_rows_per_aggregate.max(1) as usize;
-        let rescan = Duration::from_millis(shared.config.poller.rescan_interval_ms);
+        let partitions = settings.partitions;
+        let max_rows_per_aggregate = settings.max_rows_per_aggregate;
+        let rescan = Duration::from_millis(settings.poller.rescan_interval_ms);
         Ok(PollerState {
-            shared,
+            ctx,
+            flow,
+            settings,
             wiring: None,
             generations: vec![0; partitions],
             reader,
@@ -203,11 +252,11 @@ impl Actor for Poller {
                 st.dispatch(&myself);
             }
             PollerMsg::Reports => {
-                for c in st.shared.take_reports() {
+                for c in st.flow.take_reports() {
                     st.completed(c);
                 }
                 st.dispatch(&myself);
-                let batch = st.shared.config.poller.batch_size as usize;
+                let batch = st.settings.poller.batch_size as usize;
                 let want_rows = st.more || !st.queues.refills.is_empty();
                 if want_rows {
                     if st.room() >= batch.min(st.max_in_memory() / 2).max(1) {
@@ -258,7 +307,7 @@ impl Actor for Poller {
                 let _ = reply.send(n);
             }
         }
-        st.shared.set_in_flight(st.queues.in_flight);
+        st.flow.set_in_flight(st.queues.in_flight);
         metrics::gauge!("outboxd_rows_in_flight").set(st.queues.in_flight as f64);
         metrics::gauge!("outboxd_rows_in_memory").set(st.queues.in_memory as f64);
         metrics::gauge!("outboxd_rows_deferred").set(st.queues.deferred as f64);
@@ -268,7 +317,7 @@ impl Actor for Poller {
 
 impl PollerState {
     fn max_in_memory(&self) -> usize {
-        self.shared.config.relay.max_in_flight as usize
+        self.settings.max_in_flight
     }
 
     /// Rows that may be read now: the memory bound less the rows held, including those
@@ -276,15 +325,15 @@ impl PollerState {
     /// `relay.max_in_flight` rows).
     fn room(&self) -> usize {
         self.max_in_memory()
-            .saturating_sub(self.queues.in_memory + self.shared.unmarked())
+            .saturating_sub(self.queues.in_memory + self.flow.unmarked())
     }
 
     /// Rows are waiting to be read but the memory bound is used up: when part of it is
     /// acknowledged rows the acker has not marked yet, ask it to write them now rather than
     /// at the end of its gathering window, and to wake the poller after.
     fn want_room(&self) {
-        self.shared.want_room();
-        if self.shared.room_wanted()
+        self.flow.want_room();
+        if self.flow.room_wanted()
             && let Some(w) = &self.wiring
         {
             let _ = w.acker.send_message(AckerMsg::FlushNow);
@@ -346,7 +395,7 @@ impl PollerState {
     }
 
     fn coalesce(&self) -> Duration {
-        Duration::from_millis(self.shared.config.poller.coalesce_ms)
+        Duration::from_millis(self.settings.poller.coalesce_ms)
     }
 
     /// Whether a wanted read may go now (see [`PollerState::want_read`]).
@@ -361,7 +410,7 @@ impl PollerState {
         }
         let mut loaded = 0;
         let db_ready = self.db_retry_at.is_none_or(|t| Instant::now() >= t);
-        if db_ready && self.shared.lease_valid() {
+        if db_ready && self.flow.lease_valid() {
             match self.read(myself).await {
                 Ok(n) => {
                     loaded = n;
@@ -373,11 +422,11 @@ impl PollerState {
                     }
                     self.db_failures = 0;
                     self.db_retry_at = None;
-                    self.shared.health.set_db_up(true);
+                    self.ctx.health.set_db_up(true);
                 }
                 Err(e) => {
                     self.db_failures += 1;
-                    self.shared.health.set_db_up(false);
+                    self.ctx.health.set_db_up(false);
                     let pause = super::exponential(
                         Duration::from_millis(100),
                         Duration::from_secs(5),
@@ -397,12 +446,11 @@ impl PollerState {
 
     /// One read: late rows in gaps, new rows after the cursor, and the rescan when due.
     async fn read(&mut self, myself: &ActorRef<PollerMsg>) -> Result<usize, StoreError> {
-        let store = self.shared.store.clone();
-        let cfg = self.shared.config.clone();
-        let batch = cfg.poller.batch_size as i64;
+        let store = self.ctx.store.clone();
+        let batch = self.settings.poller.batch_size as i64;
         let mut loaded = 0;
 
-        if cfg.relay.dead_letter_policy == DeadLetterPolicy::Hold && !self.held_loaded {
+        if self.settings.dead_letter_policy == DeadLetterPolicy::Hold && !self.held_loaded {
             self.held = store.held_aggregates().await?.into_iter().collect();
             self.held_loaded = true;
         }
@@ -453,7 +501,7 @@ impl PollerState {
     /// Tells the read hook (demo, benchmark) about rows a query started at `started`
     /// returned.
     fn note_read(&self, rows: &[OutboxRow], started: Instant) {
-        if let Some(hook) = &self.shared.hooks.on_read
+        if let Some(hook) = &self.ctx.hooks.on_read
             && !rows.is_empty()
         {
             let returned = Instant::now();
@@ -486,7 +534,7 @@ impl PollerState {
             Vec::new()
         } else {
             let started = Instant::now();
-            let rows = self.shared.store.fetch_ids(&ids).await?;
+            let rows = self.ctx.store.fetch_ids(&ids).await?;
             self.note_read(&rows, started);
             rows
         };
@@ -510,12 +558,12 @@ impl PollerState {
         let Some(wiring) = &self.wiring else {
             return;
         };
-        if !self.shared.lease_valid() {
+        if !self.flow.lease_valid() {
             self.arm_dispatch(myself, Duration::from_millis(100));
             return;
         }
         let mut batches = std::mem::take(&mut self.batches);
-        let limits = &self.shared.limits;
+        let limits = &self.ctx.limits;
         let limited = limits.any();
         let round = self.round + 1;
         let (sent, wait) = self.queues.hand_out(round, &mut batches, |row| {
@@ -575,16 +623,16 @@ impl PollerState {
         }
         let wiring = self.wiring.as_ref().expect("wired");
         if !ids.is_empty() {
-            if let Some(hook) = &self.shared.hooks.on_delivered {
+            if let Some(hook) = &self.ctx.hooks.on_delivered {
                 hook(&c.delivered);
             }
             crate::telemetry::record_delivered(
-                self.shared.sink.kind().name(),
-                self.shared.config.metrics.topic_labels,
+                self.ctx.sink.kind().name(),
+                self.settings.topic_labels,
                 &c.delivered,
             );
             // Held against the memory bound until the acker has marked them.
-            self.shared.add_unmarked(ids.len());
+            self.flow.add_unmarked(ids.len());
             let _ = wiring.acker.send_message(AckerMsg::Delivered(ids));
         }
         if stale {

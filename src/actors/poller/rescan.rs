@@ -22,11 +22,11 @@ impl PollerState {
         &mut self,
         myself: &ActorRef<PollerMsg>,
     ) -> Result<(), StoreError> {
-        let store = self.shared.store.clone();
+        let store = self.ctx.store.clone();
         self.rescan_requested = false;
         self.next_rescan =
-            Instant::now() + Duration::from_millis(self.shared.config.poller.rescan_interval_ms);
-        if self.shared.config.relay.dead_letter_policy == DeadLetterPolicy::Hold {
+            Instant::now() + Duration::from_millis(self.settings.poller.rescan_interval_ms);
+        if self.settings.dead_letter_policy == DeadLetterPolicy::Hold {
             self.held = store.held_aggregates().await?.into_iter().collect();
         }
         let skip: Vec<String> = self.held.iter().cloned().collect();
@@ -83,7 +83,7 @@ impl PollerState {
         if missing.is_empty() {
             return Ok(0);
         }
-        let rows = self.shared.store.fetch_ids(&missing).await?;
+        let rows = self.ctx.store.fetch_ids(&missing).await?;
         if rows.is_empty() {
             return Ok(0);
         }

@@ -29,20 +29,28 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{error, info, warn};
 
 use super::acker::{Acker, AckerArgs};
-use super::cleanup::Cleanup;
+use super::cleanup::{self, Cleanup, CleanupArgs};
 use super::lease::{Lease, Renewal, Take};
 use super::messages::{
     AckerMsg, CleanupMsg, Hooks, PollerMsg, PublisherMsg, RelayExit, RetryMsg, Scope,
     ShutdownReport, SupervisorInfo, SupervisorMsg, Wiring,
 };
-use super::poller::Poller;
+use super::poller::{self, Poller, PollerArgs};
 use super::publisher::{Publisher, PublisherArgs};
-use super::retry::{Retry, RetryArgs};
-use super::{Shared, names};
+use super::retry::{self, Retry, RetryArgs};
+use super::{Context, Flow, names};
 use crate::config::Config;
 use crate::health::{Health, LeaseState};
+use crate::ratelimit::RateLimits;
 use crate::sink::{self, Sink};
 use crate::store::{LockCheck, Store, is_missing_schema};
+
+/// One pipeline incarnation as the supervisor keeps it: what it handed every actor.
+#[derive(Clone)]
+struct Incarnation {
+    ctx: Arc<Context>,
+    flow: Arc<Flow>,
+}
 
 /// The supervisor behaviour.
 pub struct Supervisor;
@@ -83,7 +91,8 @@ struct Refs {
 pub struct SupervisorState {
     args: SupervisorArgs,
     sink: Option<Arc<dyn Sink>>,
-    shared: Option<Arc<Shared>>,
+    /// The running incarnation: its context and its counters.
+    incarnation: Option<Incarnation>,
     lease: Lease,
     /// Until when the pipeline may publish (see [`Lease::window`]).
     lease_deadline: Option<Instant>,
@@ -144,7 +153,7 @@ impl Actor for Supervisor {
         Ok(SupervisorState {
             args,
             sink: None,
-            shared: None,
+            incarnation: None,
             lease,
             lease_deadline: None,
             refs: Refs::default(),
@@ -180,13 +189,13 @@ impl Actor for Supervisor {
             SupervisorMsg::RenewLease => st.renew(&myself).await,
             SupervisorMsg::Restart(scope) => st.restart(&myself, scope).await,
             SupervisorMsg::LeaseLost(why) => {
-                if st.shared.is_some() {
+                if st.incarnation.is_some() {
                     warn!(%why, "Lease lost; stopping the pipeline and standing by.");
                     st.lose_lease(&myself).await;
                 }
             }
             SupervisorMsg::ProducerFatal(why) => {
-                if st.shared.is_some() {
+                if st.incarnation.is_some() {
                     error!(%why, "Fatal sink error; restarting the pipeline with a new client.");
                     st.sink = None;
                     st.crashed(&myself, Scope::Pipeline, why).await;
@@ -200,7 +209,7 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::Info(reply) => {
                 let _ = reply.send(SupervisorInfo {
-                    active: st.shared.is_some(),
+                    active: st.incarnation.is_some(),
                     epoch: st.lease.fence.as_ref().map(|f| f.epoch),
                     restarts: st.restarts,
                 });
@@ -259,7 +268,7 @@ impl SupervisorState {
     }
 
     async fn acquire(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        if self.shutting_down || self.shared.is_some() {
+        if self.shutting_down || self.incarnation.is_some() {
             return;
         }
         match self.lease.acquire(&*self.args.store).await {
@@ -314,13 +323,13 @@ impl SupervisorState {
     }
 
     async fn renew(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        let Some(shared) = self.shared.clone() else {
+        let Some(incarnation) = self.incarnation.clone() else {
             return;
         };
         match self.lease.renew(&*self.args.store).await {
             Ok(Renewal::Renewed(deadline)) => {
                 self.lease_deadline = Some(deadline);
-                shared.extend_lease(deadline);
+                incarnation.flow.extend_lease(deadline);
             }
             Ok(Renewal::TakenOver) => {
                 warn!("Lease taken over by another instance; standing by.");
@@ -355,25 +364,34 @@ impl SupervisorState {
                 s
             }
         };
-        let shared = Arc::new(Shared::new(
-            self.args.config.clone(),
-            self.args.store.clone(),
+        let config = &self.args.config;
+        let ctx = Arc::new(Context {
+            store: self.args.store.clone(),
             sink,
-            self.args.health.clone(),
+            health: self.args.health.clone(),
             fence,
-            self.args.hooks.clone(),
-            myself.clone(),
-        ));
+            limits: RateLimits::new(&config.rate_limit),
+            hooks: self.args.hooks.clone(),
+            supervisor: myself.clone(),
+        });
+        let flow = Arc::new(Flow::new(self.args.health.clone()));
         if let Some(d) = self.lease_deadline {
-            shared.extend_lease(d);
+            flow.extend_lease(d);
         }
-        self.shared = Some(shared.clone());
+        self.incarnation = Some(Incarnation {
+            ctx: ctx.clone(),
+            flow: flow.clone(),
+        });
         let cell = myself.get_cell();
 
         let (poller, _) = Actor::spawn_linked(
             Some(self.name(names::POLLER)),
             Poller,
-            shared.clone(),
+            PollerArgs {
+                ctx: ctx.clone(),
+                flow: flow.clone(),
+                settings: poller::Settings::of(config),
+            },
             cell.clone(),
         )
         .await?;
@@ -384,7 +402,9 @@ impl SupervisorState {
             Some(self.name(names::ACKER)),
             Acker,
             AckerArgs {
-                shared: shared.clone(),
+                ctx: ctx.clone(),
+                flow: flow.clone(),
+                on_publish: config.relay.on_publish,
                 poller: poller.clone(),
             },
             cell.clone(),
@@ -397,7 +417,9 @@ impl SupervisorState {
             Some(self.name(names::RETRY)),
             Retry,
             RetryArgs {
-                shared: shared.clone(),
+                ctx: ctx.clone(),
+                flow: flow.clone(),
+                settings: retry::Settings::of(config),
                 poller: poller.clone(),
             },
             cell.clone(),
@@ -406,7 +428,7 @@ impl SupervisorState {
         self.children.insert(retry.get_id(), Scope::Pipeline);
         self.refs.retry = Some(retry.clone());
 
-        let partitions = shared.partitions();
+        let partitions = config.relay.partitions as usize;
         self.refs.publishers = vec![None; partitions];
         let mut publishers = Vec::with_capacity(partitions);
         for i in 0..partitions {
@@ -431,7 +453,7 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         partition: usize,
     ) -> anyhow::Result<ActorRef<PublisherMsg>> {
-        let shared = self.shared.clone().expect("pipeline running");
+        let Incarnation { ctx, flow } = self.incarnation.clone().expect("pipeline running");
         let poller = self.refs.poller.clone().expect("poller running");
         let (p, _) = Actor::spawn_linked(
             Some(format!(
@@ -443,7 +465,8 @@ impl SupervisorState {
             PublisherArgs {
                 partition,
                 generation: self.generations[partition],
-                shared,
+                ctx,
+                flow,
                 poller,
             },
             myself.get_cell(),
@@ -456,11 +479,14 @@ impl SupervisorState {
     }
 
     async fn spawn_cleanup(&mut self, myself: &ActorRef<SupervisorMsg>) -> anyhow::Result<()> {
-        let shared = self.shared.clone().expect("pipeline running");
+        let ctx = self.incarnation.clone().expect("pipeline running").ctx;
         let (c, _) = Actor::spawn_linked(
             Some(self.name(names::CLEANUP)),
             Cleanup,
-            shared,
+            CleanupArgs {
+                ctx,
+                settings: cleanup::Settings::of(&self.args.config),
+            },
             myself.get_cell(),
         )
         .await?;
@@ -499,7 +525,7 @@ impl SupervisorState {
                 .stop_and_wait(None, Some(Duration::from_secs(10)))
                 .await;
         }
-        self.shared = None;
+        self.incarnation = None;
     }
 
     /// A child crashed: restart it (and what depends on it) after back-off, or give up.
@@ -570,7 +596,7 @@ impl SupervisorState {
         }
         let result = match scope {
             Scope::Publisher(i) => {
-                if self.shared.is_none() || self.refs.poller.is_none() {
+                if self.incarnation.is_none() || self.refs.poller.is_none() {
                     return;
                 }
                 self.generations[i] += 1;
@@ -589,13 +615,13 @@ impl SupervisorState {
                 }
             }
             Scope::Cleanup => {
-                if self.shared.is_none() {
+                if self.incarnation.is_none() {
                     return;
                 }
                 self.spawn_cleanup(myself).await
             }
             Scope::Pipeline => {
-                if self.shared.is_some() && self.refs.poller.is_some() {
+                if self.incarnation.is_some() && self.refs.poller.is_some() {
                     return;
                 }
                 self.start_pipeline(myself).await

@@ -61,13 +61,13 @@ impl SupervisorState {
     /// pipeline restarts from the table (not counted as a crash). During a real outage
     /// the broker does not answer, and nothing is replaced.
     pub(super) async fn check_producer(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        let (Some(shared), Some(sink)) = (self.shared.clone(), self.sink.clone()) else {
+        let (Some(incarnation), Some(sink)) = (self.incarnation.clone(), self.sink.clone()) else {
             return;
         };
         let Some(stall) = sink.stall_timeout() else {
             return;
         };
-        let Some(stalled) = shared.stalled_for(Instant::now()) else {
+        let Some(stalled) = incarnation.flow.stalled_for(Instant::now()) else {
             return;
         };
         if stalled < stall {
@@ -75,7 +75,7 @@ impl SupervisorState {
         }
         let answered = sink.probe(Duration::from_secs(2)).await.is_ok();
         if !answered {
-            let _ = shared.health.set_broker_up(false);
+            let _ = incarnation.ctx.health.set_broker_up(false);
             return;
         }
         warn!(

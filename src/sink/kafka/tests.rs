@@ -8,6 +8,7 @@ use super::config::KafkaConfig;
 use super::producer::*;
 use super::record::*;
 use crate::sink::api::*;
+use crate::SinkKind;
 use crate::store::OutboxRow;
 use chrono::{TimeZone, Timelike};
 
@@ -59,6 +60,22 @@ fn record_carries_key_value_and_every_header_with_builtins_first() {
     assert_eq!(build_record(&spoofed).unwrap_err().class, "reserved_header");
     assert_eq!(headers[4].1, "7");
     assert_eq!(headers[5].1, "2026-11-22T12:00:00.000000Z");
+}
+
+/// The hot path writes the headers straight into librdkafka's list; every other sink (and
+/// Kafka's dead-letter copy) goes through the shared `Message`. Both must carry the same.
+#[test]
+fn the_hot_path_record_equals_the_record_made_from_the_shared_message() {
+    let mut r = row();
+    r.created_at = r.created_at.with_nanosecond(123_456_000).unwrap();
+    r.headers = r#"{"traceparent": "00-abc", "tenant": "t-1"}"#.into();
+    let fast = build_record(&r).unwrap();
+    let message = crate::sink::message::Message::from_row(&r, SinkKind::Kafka).unwrap();
+    let shared = Record::from_message(&message, r.aggregate_id.as_bytes());
+    assert_eq!(fast.header_pairs(), shared.header_pairs());
+    assert_eq!(fast.topic, shared.topic);
+    assert_eq!(fast.key, shared.key);
+    assert_eq!(fast.value, shared.value);
 }
 
 #[test]
