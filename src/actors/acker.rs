@@ -18,8 +18,8 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, warn};
 
-use super::{Context, Flow};
 use super::messages::{AckerMsg, PollerMsg, SupervisorMsg};
+use super::{Context, Flow};
 use crate::config::OnPublish;
 use crate::store::StoreError;
 

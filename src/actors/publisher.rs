@@ -16,8 +16,8 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::debug;
 
-use super::{Context, Flow};
 use super::messages::{Completion, Delivered, PollerMsg, PublisherMsg};
+use super::{Context, Flow};
 use crate::sink::Batch;
 use crate::store::Row;
 

@@ -23,8 +23,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::RngExt;
 use tracing::{debug, info, warn};
 
-use super::{Context, Flow};
 use super::messages::{PollerMsg, RetryMsg, SupervisorMsg};
+use super::{Context, Flow};
 use crate::config::{Config, DeadLetterPolicy, MissingDestination, RetryConfig};
 use crate::sink::{FailureKind, PublishFailure};
 use crate::store::Row;

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-
 /// Where the machine's CPU went during a measurement: cores used by each kind of process
 /// (the relay `outboxd`, PostgreSQL's processes, Tansu, the benchmark itself with its
 /// writers or in-process relay, everything else) and the share of the machine that was busy.

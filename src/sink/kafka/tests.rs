@@ -7,8 +7,8 @@ use super::classify::*;
 use super::config::KafkaConfig;
 use super::producer::*;
 use super::record::*;
-use crate::sink::api::*;
 use crate::SinkKind;
+use crate::sink::api::*;
 use crate::store::OutboxRow;
 use chrono::{TimeZone, Timelike};
 

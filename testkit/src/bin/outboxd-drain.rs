@@ -140,7 +140,10 @@ async fn drain(args: &Args) -> anyhow::Result<()> {
     } else {
         Command::new(&bin)
     };
-    cmd.arg("run").envs(relay_env).stderr(log).stdout(Stdio::null());
+    cmd.arg("run")
+        .envs(relay_env)
+        .stderr(log)
+        .stdout(Stdio::null());
     let relay = Stopped(
         cmd.spawn()
             .with_context(|| format!("{cmd:?} (valgrind and perf: Debian packages)"))?,
@@ -192,9 +195,10 @@ async fn drain(args: &Args) -> anyhow::Result<()> {
     match args.perf {
         Some(Perf::Poll) => {
             let stat = std::fs::read_to_string(args.out.join("perf-stat.txt"))?;
-            for line in stat.lines().filter(|l| {
-                l.contains("syscalls:") || l.contains("context-switches")
-            }) {
+            for line in stat
+                .lines()
+                .filter(|l| l.contains("syscalls:") || l.contains("context-switches"))
+            {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 println!("  {} {}", f.get(1).unwrap_or(&""), f.first().unwrap_or(&""));
             }

@@ -37,7 +37,10 @@ fn say(msg: impl AsRef<str>) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let work = match tempfile::Builder::new().prefix("outboxd-example.").tempdir() {
+    let work = match tempfile::Builder::new()
+        .prefix("outboxd-example.")
+        .tempdir()
+    {
         Ok(dir) => dir,
         Err(e) => {
             eprintln!("[example] FAILED: a work directory: {e}");
@@ -174,13 +177,17 @@ impl Example {
     ) -> anyhow::Result<Process> {
         let out = std::fs::File::create(self.work.join(log))?;
         let mut cmd = Command::new(program);
-        cmd.args(args).stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
+        cmd.args(args)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Ok(Process(cmd.spawn().with_context(|| {
-            format!("{}", program.display())
-        })?))
+        Ok(Process(
+            cmd.spawn()
+                .with_context(|| format!("{}", program.display()))?,
+        ))
     }
 
     fn start_relay(&mut self) -> anyhow::Result<()> {
@@ -304,7 +311,10 @@ impl Example {
     }
 
     async fn xlen(&mut self, key: &str) -> anyhow::Result<i64> {
-        Ok(redis::cmd("XLEN").arg(key).query_async(&mut self.redis).await?)
+        Ok(redis::cmd("XLEN")
+            .arg(key)
+            .query_async(&mut self.redis)
+            .await?)
     }
 
     /// Posts users `from..=to`, four at a time, in the background; the statuses go to
@@ -415,7 +425,7 @@ impl Example {
         let posting = self.post_users(2 * third + 1, self.users, created.clone());
         tokio::time::sleep(Duration::from_millis(300)).await;
         let _: redis::Value = redis::cmd("CLIENT")
-            .arg(["KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
             .query_async(&mut self.redis)
             .await?;
         self.sql(&format!(
@@ -472,11 +482,7 @@ impl Example {
     async fn bad_requests(&mut self) -> anyhow::Result<()> {
         let cases: [(u16, &str, String); 8] = [
             (400, "a body that is not JSON", "not json".into()),
-            (
-                422,
-                "a missing email",
-                r#"{"name":"A"}"#.into(),
-            ),
+            (422, "a missing email", r#"{"name":"A"}"#.into()),
             (
                 422,
                 "an invalid email",
@@ -601,7 +607,11 @@ impl Example {
                 taken += line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("entries="))
-                    .and_then(|n| n.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().ok())
+                    .and_then(|n| {
+                        n.trim_matches(|c: char| !c.is_ascii_digit())
+                            .parse::<u64>()
+                            .ok()
+                    })
                     .unwrap_or(0);
             }
         }

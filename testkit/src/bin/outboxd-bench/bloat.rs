@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use testkit::process::free_port;
 
-use testkit::cpu::CpuTicks;
 use crate::world::{World, bar, say, scrape};
+use testkit::cpu::CpuTicks;
 
 /// Drain rate while the xmin horizon is held.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,9 +12,9 @@ use outboxd::store::{Fence, RELAY_LEASE};
 use rdkafka::producer::BaseRecord;
 use serde::{Deserialize, Serialize};
 
-use testkit::cpu::{CpuTicks, proc_cpu_secs};
 use crate::sustained::clumps;
 use crate::world::{AGGREGATES, World, bar};
+use testkit::cpu::{CpuTicks, proc_cpu_secs};
 
 /// The relay's own SQL with no Kafka: read a batch after the cursor, hand its ids to a
 /// second connection that deletes them (`synchronous_commit = off`, batches coalesced

@@ -6,8 +6,8 @@ use outboxd::sink::SinkKind;
 use serde::{Deserialize, Serialize};
 use testkit::process::free_port;
 
-use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, proc_cpu_secs, proc_peak_rss_mb};
 use crate::world::{World, bar, scrape};
+use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, proc_cpu_secs, proc_peak_rss_mb};
 
 /// One drain by `outboxd run`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,12 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::bloat::BloatBurst;
 use crate::ceilings::ProduceLatency;
-use testkit::cpu::{CpuUse, Steal};
 use crate::drain::Drain;
 use crate::plan::Plan;
 use crate::stats::Stat;
 use crate::sustained::{STAGE_NAMES, Stages, Sustained, verdict};
 use crate::world::say;
+use testkit::cpu::{CpuUse, Steal};
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]

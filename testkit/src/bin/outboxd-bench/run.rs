@@ -4,13 +4,13 @@ use outboxd::sink::SinkKind;
 
 use crate::bloat::bloat;
 use crate::ceilings::{ceiling_minimal, ceiling_postgres, ceiling_produce, produce_latency};
-use testkit::cpu::STEAL;
 use crate::drain::drain;
 use crate::plan::Plan;
 use crate::report::{Results, write_report};
 use crate::stats::{Stat, push};
 use crate::sustained::{search, sustained, verdict};
 use crate::world::{admin_url, say};
+use testkit::cpu::STEAL;
 
 /// Runs the plan and writes the results.
 pub async fn run(plan: Plan) -> anyhow::Result<()> {

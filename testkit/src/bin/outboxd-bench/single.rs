@@ -24,8 +24,8 @@ use outboxd::store::postgres::sql as store;
 use outboxd::{NewEvent, enqueue};
 use serde::{Deserialize, Serialize};
 
-use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, relay_threads_cpu_secs};
 use crate::world::{World, bar, say};
+use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, relay_threads_cpu_secs};
 
 /// Aggregates the events are spread over.
 const AGGREGATES: usize = 1_000;

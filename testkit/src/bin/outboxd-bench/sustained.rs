@@ -12,8 +12,8 @@ use outboxd::store::OutboxRow;
 use outboxd::{NewEvent, Relay, RelayOptions, enqueue_batch};
 use serde::{Deserialize, Serialize};
 
-use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, relay_threads_cpu_secs};
 use crate::world::{AGGREGATES, World, bar, say};
+use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, relay_threads_cpu_secs};
 
 /// Writer tasks for the sustained phases.
 pub(crate) const WRITERS: usize = 4;
