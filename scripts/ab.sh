@@ -5,11 +5,13 @@
 # mattered").
 #
 #   scripts/ab.sh BEFORE_DIR AFTER_DIR PAIRS [outboxd-bench arguments]
-#   scripts/ab.sh /tmp/bin-before /tmp/bin-after 3 --mode quick --only single --seconds 20
+#   scripts/ab.sh /tmp/bin-before /tmp/bin-after 3 --mode quick --only single,drain --seconds 20
 #
-# Each *_DIR holds an `outboxd` and an `outboxd-bench` built in release mode from the
-# commit to compare (a git worktree per commit, each with its own CARGO_TARGET_DIR:
-# builds of one package from two paths share their artifacts in one target directory).
+# Each *_DIR holds an `outboxd` built in release mode from the commit to compare (a git
+# worktree per commit, each with its own CARGO_TARGET_DIR: builds of one package from two
+# paths share their artifacts in one target directory). Both sides are driven by the same
+# benchmark — the *_DIR's own `outboxd-bench` if it has one, else $AB_BENCH (default: this
+# checkout's release build) — which runs the relay as its own process through $OUTBOXD_BIN.
 # Results: target/ab/{before,after}-N/results.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,10 @@ for i in $(seq "$pairs"); do
     for side in before after; do
         dir=$before
         [ "$side" = after ] && dir=$after
-        "$dir/outboxd-bench" "$@" --runs 1 --out "$out/$side-$i" 2>&1 | grep '^\[bench\]' || true
+        bench=${AB_BENCH:-${CARGO_TARGET_DIR:-target}/release/outboxd-bench}
+        [ -x "$dir/outboxd-bench" ] && bench=$dir/outboxd-bench
+        OUTBOXD_BIN=$dir/outboxd "$bench" "$@" --runs 1 --out "$out/$side-$i" 2>&1 \
+            | grep '^\[bench\]' || true
     done
 done
 # Medians per side: drains, sustained and single-event runs, by rate and relay.
@@ -44,6 +49,7 @@ for side in before after; do
           achieved: ([.[].achieved] | median),
           relay_cpu_us: ([.[].relay_cpu_us_per_event] | median),
           pg_cpu_us: ([.[].pg_cpu_us_per_event] | median),
+          broker_cpu_us: ([.[].broker_cpu_us_per_event] | median),
           statements_per_1000: ([.[].statements_per_1000] | median),
           produce_requests_per_1000: ([.[].produce_requests_per_1000] | median),
           p50_ms: ([.[].p50_ms] | median), p99_ms: ([.[].p99_ms] | median)}))

@@ -15,5 +15,5 @@ mode=${1:-standard}
 shift || true
 scripts/setup.sh
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release --workspace --bin outboxd --bin outboxd-bench
+cargo build --release --workspace --bin outboxd --bin outboxd-bench --bin outboxd-naive
 exec "$target/release/outboxd-bench" --mode "$mode" "$@"

@@ -62,6 +62,8 @@ impl ProcCpu {
                 .unwrap_or(0);
             let kind = match comm.as_str() {
                 "outboxd" => "relay (outboxd)",
+                "outboxd-naive" => "relay (naive)",
+                "pgbench" => "writers (pgbench)",
                 "postgres" => "PostgreSQL",
                 "tansu" => "Tansu",
                 c if c.starts_with("outboxd-bench") => "benchmark process",

@@ -1,31 +1,43 @@
-//! Single-event transactions, the commonest real workload: four writer connections each
-//! commit one event per transaction (1,000 aggregates, ~300-byte JSON payloads, a topic of
-//! two partitions), at an offered rate, while a relay runs in this process. Two relays take
-//! turns on a fresh database and broker each:
+//! Single-event transactions, the commonest real workload, measured as users run the relay:
+//! writers in one process (`pgbench`, four connections, each transaction one `INSERT` of
+//! one event over 1,000 aggregates with a ~300-byte JSON payload, Poisson arrivals at the
+//! offered rate), the relay in another, and a consumer reading the topic (two partitions)
+//! in this one. Two relays take turns on a fresh database and broker each:
 //!
-//! - **outboxd** — [`outboxd::Relay`] with the configuration `outboxd run` would use;
-//! - **naive** — the relay a team writes in an afternoon, as an in-run yardstick: select the
-//!   oldest 500 pending rows → produce them all (the same producer configuration and record
-//!   shape) → wait for every acknowledgement → delete them; sleep 100 ms when nothing was
-//!   pending. No per-aggregate order under retries, no late-row tracking, no leases.
+//! - **outboxd** — `outboxd run` with its default configuration (only the database, the
+//!   brokers, the metrics address and librdkafka's statistics interval set);
+//! - **naive** — `outboxd-naive`, an independent program with librdkafka's default
+//!   producer settings: select the oldest 500 pending rows → produce them all → wait for
+//!   every acknowledgement → delete them; sleep 100 ms when nothing was pending.
 //!
 //! Per run: the rate the writers achieved (a relay that loads the machine slows the
-//! application), the relay's CPU per event (its threads: the relay runtime and librdkafka's),
-//! PostgreSQL's CPU per event (every process of the cluster, the writers' backends included),
-//! statements and produce requests per 1,000 events, and commit → acknowledgement latency.
+//! application), whole-process CPU per event of the relay, of Tansu and of PostgreSQL
+//! (every process of the cluster, the writers' backends included), statements and produce
+//! requests per 1,000 events (the relay's own counters: outboxd's metrics, the naive
+//! relay's report; produce requests from librdkafka's statistics), and insert → consumer
+//! latency (the insert's `clock_timestamp()` is in the payload; the consumer notes when it
+//! received the record).
+//!
+//! Why not in-process: the earlier version of this phase ran the relay inside the
+//! benchmark with the naive relay sharing outboxd's producer settings; there the relay's
+//! threads looked cheap while, as its own process with its defaults, it answered each
+//! single-event transaction with a produce request (docs/performance.md).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use outboxd::actors::{Delivered, Hooks};
-use outboxd::sink::kafka::{DeliveryTarget, DeliveryToken, RelayProducer};
-use outboxd::store::postgres::sql as store;
-use outboxd::{NewEvent, enqueue};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
 
 use crate::world::{World, bar, say};
-use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, relay_threads_cpu_secs};
+use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, proc_cpu_secs, proc_threads_cpu_secs};
+use testkit::process::free_port;
 
 /// Aggregates the events are spread over.
 const AGGREGATES: usize = 1_000;
@@ -33,10 +45,8 @@ const AGGREGATES: usize = 1_000;
 const WRITERS: usize = 4;
 /// Topic partitions.
 const PARTITIONS: i32 = 2;
-/// The naive relay's batch.
-const NAIVE_BATCH: i64 = 500;
 /// How often librdkafka reports its statistics (produce requests are counted from them).
-const STATS_MS: &str = "250";
+const STATS_MS: u64 = 250;
 
 /// Which relay ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,15 +79,18 @@ pub struct SingleRun {
     pub achieved: f64,
     /// Events committed in the window.
     pub events: u64,
-    /// Relay threads' CPU per event, µs.
+    /// The relay process's CPU per event, µs.
     pub relay_cpu_us_per_event: f64,
     /// CPU of PostgreSQL's processes (the writers' backends included) per event, µs.
     pub pg_cpu_us_per_event: f64,
+    /// CPU of the broker (Tansu) per event, µs.
+    #[serde(default)]
+    pub broker_cpu_us_per_event: f64,
     /// Statements the relay sent per 1,000 events.
     pub statements_per_1000: f64,
     /// Produce requests per 1,000 events (librdkafka's statistics).
     pub produce_requests_per_1000: f64,
-    /// Commit → acknowledgement, ms.
+    /// Insert → received by the consumer, ms.
     pub p50_ms: f64,
     /// p99.
     pub p99_ms: f64,
@@ -87,320 +100,421 @@ pub struct SingleRun {
     pub max_ms: f64,
     /// Pending rows when the window closed (the relay's lag, in events).
     pub backlog_end: i64,
-    /// Events of the window not acknowledged within a minute after the writers stopped.
+    /// Events written (in the window or not) that the consumer had not received a minute
+    /// after the writers stopped.
     pub unacknowledged: u64,
     /// outboxd only: rows found late in id gaps, per 1,000 events.
     #[serde(default)]
     pub late_rows_per_1000: f64,
+    /// The relay's CPU per event by thread name (the profile's first cut).
+    #[serde(default)]
+    pub relay_threads_us_per_event: BTreeMap<String, f64>,
     /// Where the machine's CPU went.
     pub cpu: Option<CpuUse>,
 }
 
-/// A counter of the process's Prometheus recorder (the in-process relay's metrics).
-fn counter(name: &str) -> f64 {
-    let text = outboxd::telemetry::metrics_handle().render();
-    text.lines()
+/// The relay's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(default)]
+struct Counters {
+    statements: f64,
+    produce_requests: f64,
+    late_rows: f64,
+}
+
+/// The relay under test, as its own process.
+struct RelayUnderTest {
+    child: Child,
+    /// outboxd: its metrics address.
+    metrics: Option<String>,
+    /// The naive relay: its latest report.
+    report: Arc<Mutex<Counters>>,
+}
+
+impl RelayUnderTest {
+    fn start(which: Which, w: &World) -> anyhow::Result<RelayUnderTest> {
+        let report = Arc::new(Mutex::new(Counters::default()));
+        match which {
+            Which::Outboxd => {
+                let metrics = format!("127.0.0.1:{}", free_port());
+                let bin = testkit::process::find_outboxd()?;
+                let child = Command::new(&bin)
+                    .arg("run")
+                    .current_dir(std::env::temp_dir())
+                    .env("OUTBOXD__DATABASE__URL", &w.url)
+                    .env("OUTBOXD__KAFKA__BROKERS", &w.brokers)
+                    .env("OUTBOXD__METRICS__LISTEN", &metrics)
+                    .env(
+                        "OUTBOXD__KAFKA__PRODUCER__STATISTICS.INTERVAL.MS",
+                        STATS_MS.to_string(),
+                    )
+                    .env("OUTBOXD__LOG__LEVEL", "warn")
+                    .env_remove("RUST_LOG")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()?;
+                Ok(RelayUnderTest {
+                    child,
+                    metrics: Some(metrics),
+                    report,
+                })
+            }
+            Which::Naive => {
+                let bin = sibling("outboxd-naive")?;
+                // Experiments only (the yardstick sets nothing): librdkafka settings
+                // for the naive relay, "KEY=VALUE,…". outboxd takes its own from the
+                // environment (`OUTBOXD__KAFKA__PRODUCER__…`).
+                let experiment = std::env::var("OUTBOXD_BENCH_NAIVE_PRODUCER").unwrap_or_default();
+                let mut child = Command::new(&bin)
+                    .args(["--database-url", &w.url, "--brokers", &w.brokers])
+                    .args(["--report-ms", &STATS_MS.to_string()])
+                    .args(
+                        experiment
+                            .split(',')
+                            .filter(|kv| !kv.is_empty())
+                            .flat_map(|kv| ["--producer", kv]),
+                    )
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()?;
+                let out = child.stdout.take().expect("piped");
+                let r = report.clone();
+                std::thread::spawn(move || {
+                    for line in std::io::BufReader::new(out).lines() {
+                        let Ok(line) = line else { break };
+                        if let Ok(c) = serde_json::from_str::<Counters>(&line) {
+                            *r.lock().expect("report") = c;
+                        }
+                    }
+                });
+                Ok(RelayUnderTest {
+                    child,
+                    metrics: None,
+                    report,
+                })
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn counters(&self) -> Counters {
+        match &self.metrics {
+            Some(addr) => Counters {
+                statements: metric(addr, "outboxd_db_queries_total").await,
+                produce_requests: metric(addr, "outboxd_kafka_produce_requests_total").await,
+                late_rows: metric(addr, "outboxd_late_rows_total").await,
+            },
+            None => *self.report.lock().expect("report"),
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A counter from outboxd's metrics endpoint, summed over its labels (0 when absent).
+async fn metric(addr: &str, name: &str) -> f64 {
+    let Some((_, body)) = testkit::process::http_get(addr, "/metrics").await else {
+        return 0.0;
+    };
+    body.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
-/// Acknowledgement times by event id.
-type Acks = Arc<Mutex<Vec<(uuid::Uuid, Instant)>>>;
+/// A program built beside this one.
+fn sibling(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p outboxd-testkit --bin {name}, in the same profile)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// `pgbench`: on the PATH, or PostgreSQL's own directory (Debian keeps it there).
+fn pgbench() -> anyhow::Result<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("pgbench"))
+        .find(|p| p.exists());
+    let debian = || {
+        let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("bin/pgbench"))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        found.pop()
+    };
+    on_path.or_else(debian).ok_or_else(|| {
+        anyhow::anyhow!("pgbench is missing: install PostgreSQL's client tools (Debian: postgresql-client or postgresql)")
+    })
+}
+
+/// The writers' transaction: one event for one of `AGGREGATES` aggregates, its insert time
+/// (µs since the epoch) in the payload for the consumer.
+fn writer_script() -> String {
+    format!("\\set a random(0, {})\n{}", AGGREGATES - 1, WRITER_INSERT)
+}
+
+const WRITER_INSERT: &str = "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) VALUES \
+('bench', 'agg-' || :a, 'bench.event', 'bench', jsonb_build_object('t', \
+(extract(epoch FROM clock_timestamp()) * 1000000)::bigint, 'pad', repeat('x', 280)));\n";
+
+/// The writers: `pgbench` offering `rate` transactions/s over four connections until it is
+/// stopped.
+fn start_writers(url: &str, rate: u32) -> anyhow::Result<(Child, tempfile::NamedTempFile)> {
+    let mut script = tempfile::NamedTempFile::new()?;
+    script.write_all(writer_script().as_bytes())?;
+    let child = Command::new(pgbench()?)
+        .args(["--no-vacuum", "--protocol", "prepared"])
+        .args(["--client", &WRITERS.to_string(), "--jobs", "1"])
+        .args(["--rate", &rate.to_string(), "--time", "100000"])
+        .arg("--file")
+        .arg(script.path())
+        .arg(url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    Ok((child, script))
+}
+
+fn epoch_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// What the consumer received: event id → (insert time, receive time), µs since the epoch.
+type Received = Arc<Mutex<HashMap<String, (i64, i64)>>>;
+
+/// Reads the topic from its start until `stop`, noting each event's insert and receive
+/// times.
+fn start_consumer(
+    brokers: &str,
+    topic: &str,
+    received: Received,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("bench-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    #[derive(Deserialize)]
+    struct Payload {
+        t: i64,
+    }
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let at = epoch_us();
+            let t = m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Payload>(p).ok())
+                .map(|p| p.t);
+            let id = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "event_id")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            });
+            if let (Some(t), Some(id)) = (t, id) {
+                received
+                    .lock()
+                    .expect("received")
+                    .entry(id)
+                    .or_insert((t, at));
+            }
+        }
+    }))
+}
+
+/// Rows written so far (the identity sequence's position).
+async fn written(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce((SELECT last_value FROM pg_sequences \
+         WHERE sequencename = 'outbox_id_seq'), 0)",
+    )
+    .fetch_one(pool)
+    .await?)
+}
 
 /// One run: `which` relays while the writers offer `rate` single-event transactions/s for
 /// `seconds` (after a 5 s warm-up).
 pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<SingleRun> {
-    // Installed before the relay starts, so that its metrics are recorded here.
-    outboxd::telemetry::metrics_handle();
     let w = World::with_partitions(PARTITIONS).await?;
-    let mut cfg = w.config();
-    cfg.kafka
-        .producer
-        .insert("statistics.interval.ms".into(), STATS_MS.into());
-    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
-    let relay_rt = crate::sustained::relay_runtime(&cfg)?;
-    let stop_relay = Arc::new(AtomicBool::new(false));
-    let naive_statements = Arc::new(AtomicU64::new(0));
-    let relay = match which {
-        Which::Outboxd => {
-            let a = acks.clone();
-            let hooks = Hooks {
-                on_delivered: Some(Arc::new(move |batch: &[Delivered]| {
-                    let mut v = a.lock().expect("acks");
-                    v.extend(batch.iter().map(|d| (d.row.event_id, d.acked_at)));
-                })),
-                on_read: None,
-            };
-            Some(crate::sustained::start_relay_on(&relay_rt, cfg, hooks).await?)
-        }
-        Which::Naive => {
-            let health = Arc::new(outboxd::health::Health::default());
-            let producer = outboxd::sink::kafka::create_producer(&cfg.kafka, health)?;
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&w.url)
-                .await?;
-            relay_rt.spawn(naive(
-                pool,
-                producer,
-                stop_relay.clone(),
-                naive_statements.clone(),
-                acks.clone(),
-            ));
-            None
-        }
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received: Received = Arc::new(Mutex::new(HashMap::new()));
+    let stop_consumer = Arc::new(AtomicBool::new(false));
+    let consumer = start_consumer(
+        &w.brokers,
+        &w.topic,
+        received.clone(),
+        stop_consumer.clone(),
+    )?;
+    let relay = RelayUnderTest::start(which, &w)?;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (mut writers, _script) = start_writers(&w.url, rate)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicU64::new(0));
-    let mut writers = Vec::new();
-    for wi in 0..WRITERS {
-        let own: Vec<String> = (0..AGGREGATES)
-            .filter(|a| a % WRITERS == wi)
-            .map(|a| format!("agg-{a}"))
-            .collect();
-        let period = Duration::from_secs_f64(WRITERS as f64 / f64::from(rate));
-        writers.push(tokio::spawn(writer(
-            w.pool.clone(),
-            w.topic.clone(),
-            own,
-            period,
-            stop.clone(),
-            written.clone(),
-        )));
-    }
     let label = format!("single {rate}/s {}", which.name());
     let b = bar(seconds, &label);
     tokio::time::sleep(Duration::from_secs(5)).await;
+    if let Ok(Some(status)) = writers.try_wait() {
+        let mut err = String::new();
+        if let Some(mut e) = writers.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        anyhow::bail!("pgbench stopped ({status}): {err}");
+    }
 
     let window_start = Instant::now();
+    let t0 = epoch_us();
     let ticks = CpuTicks::now();
     let procs = ProcCpu::now();
-    let cpu0 = relay_threads_cpu_secs();
-    let statements0 =
-        counter("outboxd_db_queries_total") + naive_statements.load(Ordering::Relaxed) as f64;
-    let produce0 = counter("outboxd_kafka_produce_requests_total");
-    let late0 = counter("outboxd_late_rows_total");
-    let written0 = written.load(Ordering::Relaxed);
+    let relay_cpu0 = proc_cpu_secs(relay.pid());
+    let threads0 = threads_cpu(relay.pid());
+    // Both readings lag by up to one statistics report alike.
+    let c0 = relay.counters().await;
+    let written0 = written(&w.pool).await?;
     for s in 0..seconds {
         b.set_position(s);
         tokio::time::sleep_until((window_start + Duration::from_secs(s + 1)).into()).await;
     }
     let window = window_start.elapsed();
-    let written1 = written.load(Ordering::Relaxed);
-    let cpu1 = relay_threads_cpu_secs();
+    let t1 = epoch_us();
+    let written1 = written(&w.pool).await?;
+    let relay_cpu1 = proc_cpu_secs(relay.pid());
+    let threads1 = threads_cpu(relay.pid());
+    let c1 = relay.counters().await;
     let cpu_use = procs.used_since();
     ticks.note(label.clone());
-    // librdkafka's statistics lag by up to one interval: wait for the next report.
-    tokio::time::sleep(Duration::from_millis(STATS_MS.parse::<u64>()? + 50)).await;
-    let produce1 = counter("outboxd_kafka_produce_requests_total");
-    let statements1 =
-        counter("outboxd_db_queries_total") + naive_statements.load(Ordering::Relaxed) as f64;
-    let late1 = counter("outboxd_late_rows_total");
-    let backlog_end: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&w.pool)
-        .await?;
-    stop.store(true, Ordering::Relaxed);
-    let mut commits = Vec::new();
-    for t in writers {
-        commits.extend(t.await??);
-    }
+    let backlog_end: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&w.pool)
+            .await?;
+    let _ = writers.kill();
+    let _ = writers.wait();
     b.finish_and_clear();
 
-    let total = commits.len();
+    let total = written(&w.pool).await? as usize;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while acks.lock().expect("acks").len() < total && Instant::now() < deadline {
+    while received.lock().expect("received").len() < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop_relay.store(true, Ordering::Relaxed);
-    if let Some(relay) = relay {
-        relay_rt.spawn(relay.shutdown()).await??;
-    }
-    relay_rt.shutdown_background();
+    stop_consumer.store(true, Ordering::Relaxed);
+    let _ = consumer.join();
+    relay.stop();
 
-    let acked: std::collections::HashMap<uuid::Uuid, Instant> =
-        acks.lock().expect("acks").iter().copied().collect();
-    let window_end = window_start + window;
+    let received = std::mem::take(&mut *received.lock().expect("received"));
+    let unacknowledged = total.saturating_sub(received.len()) as u64;
     let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
-    let mut unacknowledged = 0;
-    for (id, committed) in &commits {
-        if *committed < window_start || *committed > window_end {
-            continue;
-        }
-        match acked.get(id) {
-            Some(at) => hist.record(at.saturating_duration_since(*committed).as_micros() as u64)?,
-            None => unacknowledged += 1,
+    for &(t, at) in received.values() {
+        if t >= t0 && t <= t1 {
+            hist.record(at.saturating_sub(t).max(0) as u64)?;
         }
     }
-    let events = (written1 - written0).max(1);
-    let per_event_us = |secs: f64| secs * 1e6 / events as f64;
+    let events = (written1 - written0).max(1) as u64;
+    let secs = window.as_secs_f64();
+    let per_event_us = |cpu_secs: f64| cpu_secs * 1e6 / events as f64;
     let per_1000 = |n: f64| n * 1000.0 / events as f64;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    let pg_cores = cpu_use.cores.get("PostgreSQL").copied().unwrap_or(0.0);
+    let cores = |kind: &str| cpu_use.cores.get(kind).copied().unwrap_or(0.0);
     let run = SingleRun {
         relay: which,
         offered: rate,
-        achieved: events as f64 / window.as_secs_f64(),
+        achieved: events as f64 / secs,
         events,
-        relay_cpu_us_per_event: per_event_us(cpu1 - cpu0),
-        pg_cpu_us_per_event: per_event_us(pg_cores * window.as_secs_f64()),
-        statements_per_1000: per_1000(statements1 - statements0),
-        produce_requests_per_1000: per_1000(produce1 - produce0),
+        relay_cpu_us_per_event: per_event_us(relay_cpu1 - relay_cpu0),
+        pg_cpu_us_per_event: per_event_us(cores("PostgreSQL") * secs),
+        broker_cpu_us_per_event: per_event_us(cores("Tansu") * secs),
+        statements_per_1000: per_1000(c1.statements - c0.statements),
+        produce_requests_per_1000: per_1000(c1.produce_requests - c0.produce_requests),
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
         max_ms: hist.max() as f64 / 1000.0,
         backlog_end,
         unacknowledged,
-        late_rows_per_1000: per_1000(late1 - late0),
+        late_rows_per_1000: per_1000(c1.late_rows - c0.late_rows),
+        relay_threads_us_per_event: threads1
+            .iter()
+            .map(|(name, secs)| {
+                let before = threads0.get(name).copied().unwrap_or(0.0);
+                (name.clone(), per_event_us(secs - before))
+            })
+            .collect(),
         cpu: Some(cpu_use),
     };
     w.close().await;
     say(format!(
-        "{label}: written {:.0}/s, relay {:.1} µs/event, PostgreSQL {:.1} µs/event, {:.0} statements and {:.0} produce requests per 1,000, p50 {:.1} ms, p99 {:.1} ms, backlog {}{}",
+        "{label}: written {:.0}/s, relay {:.1} µs/event, PostgreSQL {:.1} µs/event, Tansu {:.1} µs/event, {:.0} statements and {:.0} produce requests per 1,000, p50 {:.1} ms, p99 {:.1} ms, backlog {}{}",
         run.achieved,
         run.relay_cpu_us_per_event,
         run.pg_cpu_us_per_event,
+        run.broker_cpu_us_per_event,
         run.statements_per_1000,
         run.produce_requests_per_1000,
         run.p50_ms,
         run.p99_ms,
         run.backlog_end,
         if unacknowledged > 0 {
-            format!(", {unacknowledged} NOT ACKNOWLEDGED")
+            format!(", {unacknowledged} NOT RECEIVED")
         } else {
             String::new()
         }
     ));
+    say(format!(
+        "{label}: relay threads, µs/event: {}",
+        run.relay_threads_us_per_event
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
     Ok(run)
 }
 
-/// One writer connection: one event per transaction, every `period`, round-robin over its
-/// aggregates, through the library API. A writer that falls behind catches up in a burst,
-/// so the rate it achieves is what the database let it write.
-async fn writer(
-    pool: sqlx::PgPool,
-    topic: String,
-    aggregates: Vec<String>,
-    period: Duration,
-    stop: Arc<AtomicBool>,
-    written: Arc<AtomicU64>,
-) -> anyhow::Result<Vec<(uuid::Uuid, Instant)>> {
-    use sqlx::Acquire;
-    let mut conn = pool.acquire().await?;
-    let pad = "x".repeat(280);
-    let mut seqs = vec![0u64; aggregates.len()];
-    let mut out = Vec::new();
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut i = 0;
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let a = i % aggregates.len();
-        i += 1;
-        seqs[a] += 1;
-        let event = NewEvent::builder("bench", aggregates[a].clone())
-            .event_type("bench.event")
-            .topic(topic.clone())
-            .json(&serde_json::json!({"seq": seqs[a], "pad": pad}))
-            .build()?;
-        let mut tx = conn.begin().await?;
-        let id = enqueue(&mut *tx, &event).await?;
-        tx.commit().await?;
-        out.push((id, Instant::now()));
-        written.fetch_add(1, Ordering::Relaxed);
+/// The relay's CPU seconds so far by thread name (threads of one name, such as the
+/// runtime's workers, summed).
+fn threads_cpu(pid: u32) -> BTreeMap<String, f64> {
+    let mut by_name = BTreeMap::new();
+    for (name, secs) in proc_threads_cpu_secs(pid) {
+        *by_name.entry(name).or_insert(0.0) += secs;
     }
-    Ok(out)
-}
-
-/// The acknowledgements of one naive cycle.
-struct Cycle {
-    remaining: AtomicUsize,
-    ok: Mutex<Vec<usize>>,
-    done: tokio::sync::Notify,
-    acks: Acks,
-    event_ids: Vec<uuid::Uuid>,
-}
-
-impl DeliveryTarget for Cycle {
-    fn delivered(&self, index: usize, result: Result<(), rdkafka::error::KafkaError>) {
-        if result.is_ok() {
-            let now = Instant::now();
-            self.ok.lock().expect("ok").push(index);
-            self.acks
-                .lock()
-                .expect("acks")
-                .push((self.event_ids[index], now));
-        }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.done.notify_one();
-        }
-    }
-}
-
-/// The naive relay: select 500 → produce all → wait → delete; 100 ms sleep when idle.
-async fn naive(
-    pool: sqlx::PgPool,
-    producer: RelayProducer,
-    stop: Arc<AtomicBool>,
-    statements: Arc<AtomicU64>,
-    acks: Acks,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        statements.fetch_add(1, Ordering::Relaxed);
-        let rows = match store::fetch_after(&pool, 0, NAIVE_BATCH).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                say(format!("naive relay: select failed: {e}"));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if rows.is_empty() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        let cycle = Arc::new(Cycle {
-            remaining: AtomicUsize::new(rows.len()),
-            ok: Mutex::new(Vec::with_capacity(rows.len())),
-            done: tokio::sync::Notify::new(),
-            acks: acks.clone(),
-            event_ids: rows.iter().map(|r| r.event_id).collect(),
-        });
-        let target: Arc<dyn DeliveryTarget> = cycle.clone();
-        for (i, row) in rows.iter().enumerate() {
-            let sent = outboxd::sink::kafka::build_record(row)
-                .ok()
-                .and_then(|record| {
-                    let token = Box::new(DeliveryToken {
-                        target: target.clone(),
-                        index: i,
-                    });
-                    producer.send(record.into_base_record(token)).ok()
-                });
-            if sent.is_none() {
-                target.delivered(i, Err(rdkafka::error::KafkaError::Canceled));
-            }
-        }
-        cycle.done.notified().await;
-        let ids: Vec<i64> = cycle
-            .ok
-            .lock()
-            .expect("ok")
-            .iter()
-            .map(|&i| rows[i].id)
-            .collect();
-        statements.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&pool)
-            .await
-        {
-            say(format!("naive relay: delete failed: {e}"));
-        }
-    }
+    by_name
 }
 
 /// The single-event table: per rate, each relay's medians over the runs, and outboxd's
@@ -414,11 +528,12 @@ pub fn table(runs: &[SingleRun]) -> String {
     rates.dedup();
     let med = |v: Vec<f64>| crate::stats::Stat::of(v).median;
     let mut s = String::from(
-        "\nSingle-event transactions (4 writer connections, 1,000 aggregates, 300-byte payloads, \
-         2 topic partitions); medians over the runs, outboxd's ratio to the naive relay in \
-         brackets:\n\n| offered tx/s | relay | runs | writers achieved/s | relay CPU µs/event | \
-         PostgreSQL CPU µs/event | statements /1,000 | produce requests /1,000 | p50 ms | p99 ms | \
-         backlog at end | unacknowledged |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "\nSingle-event transactions (pgbench: 4 writer connections, 1,000 aggregates, 300-byte \
+         payloads, 2 topic partitions; each relay its own process; whole-process CPU); medians \
+         over the runs, outboxd's ratio to the naive relay in brackets:\n\n| offered tx/s | \
+         relay | runs | writers achieved/s | relay CPU µs/event | PostgreSQL CPU µs/event | \
+         Tansu CPU µs/event | statements /1,000 | produce requests /1,000 | p50 ms | p99 ms | \
+         backlog at end | not received |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for rate in rates {
         let of = |which: Which| -> Vec<&SingleRun> {
@@ -444,12 +559,13 @@ pub fn table(runs: &[SingleRun]) -> String {
                 }
             };
             s.push_str(&format!(
-                "| {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
+                "| {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
                 which.name(),
                 these.len(),
                 cell(|r| r.achieved, 0),
                 cell(|r| r.relay_cpu_us_per_event, 1),
                 cell(|r| r.pg_cpu_us_per_event, 1),
+                cell(|r| r.broker_cpu_us_per_event, 1),
                 cell(|r| r.statements_per_1000, 0),
                 cell(|r| r.produce_requests_per_1000, 0),
                 cell(|r| r.p50_ms, 1),

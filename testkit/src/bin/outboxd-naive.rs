@@ -1,0 +1,175 @@
+//! The naive relay: the one a team writes in an afternoon, as the benchmark's yardstick. An
+//! independent program — it uses none of outboxd's code or settings — that loops:
+//!
+//! select the oldest ≤ 500 rows → produce them all (librdkafka's default producer
+//! settings, the record keyed by aggregate id, the `event_id` header) → wait for every
+//! acknowledgement → delete the acknowledged rows; sleep 100 ms when nothing was pending.
+//!
+//! No per-aggregate order under retries, no late-row tracking, no leases, no dead letters.
+//!
+//! Every `--report-ms` it prints its counters as one JSON line on stdout (statements sent,
+//! produce requests from librdkafka's statistics, events acknowledged), for the benchmark.
+//!
+//!   outboxd-naive --database-url postgres://… --brokers 127.0.0.1:9092
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::Row;
+
+#[derive(Parser)]
+#[command(about = "The naive outbox relay (the benchmark's yardstick)")]
+struct Args {
+    /// The outbox's database.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Kafka's bootstrap servers.
+    #[arg(long)]
+    brokers: String,
+    /// Rows per cycle.
+    #[arg(long, default_value_t = 500)]
+    batch: i64,
+    /// How often the counters are printed, ms (also librdkafka's statistics interval).
+    #[arg(long, default_value_t = 250)]
+    report_ms: u64,
+    /// A librdkafka producer setting, KEY=VALUE (repeatable), for experiments: the
+    /// benchmark's yardstick sets none.
+    #[arg(long = "producer", value_parser = key_value)]
+    producer: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+}
+
+/// Counts produce requests from librdkafka's statistics.
+struct Counting {
+    produce_requests: Arc<AtomicI64>,
+}
+
+impl ClientContext for Counting {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let n: i64 = statistics
+            .brokers
+            .values()
+            .filter_map(|b| b.req.get("Produce"))
+            .sum();
+        self.produce_requests.store(n, Ordering::Relaxed);
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let produce_requests = Arc::new(AtomicI64::new(0));
+    let context = Counting {
+        produce_requests: produce_requests.clone(),
+    };
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &args.brokers)
+        .set("statistics.interval.ms", args.report_ms.to_string());
+    for (k, v) in &args.producer {
+        config.set(k, v);
+    }
+    let producer: FutureProducer<Counting> = config.create_with_context(context)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&args.database_url)
+        .await?;
+    let statements = Arc::new(AtomicU64::new(0));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+
+    let (s, a, p) = (statements.clone(), acknowledged.clone(), produce_requests);
+    let every = Duration::from_millis(args.report_ms);
+    tokio::spawn(async move {
+        use std::io::Write;
+        loop {
+            tokio::time::sleep(every).await;
+            let line = serde_json::json!({
+                "statements": s.load(Ordering::Relaxed),
+                "produce_requests": p.load(Ordering::Relaxed),
+                "acknowledged": a.load(Ordering::Relaxed),
+            });
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                std::process::exit(0);
+            }
+        }
+    });
+
+    loop {
+        statements.fetch_add(1, Ordering::Relaxed);
+        let rows = sqlx::query(
+            "SELECT id, aggregate_id, topic, payload::text AS payload, event_id::text AS event_id \
+             FROM outbox ORDER BY id LIMIT $1",
+        )
+        .bind(args.batch)
+        .fetch_all(&pool)
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                eprintln!("naive relay: select failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let sends = rows.iter().map(|row| {
+            let id: i64 = row.get("id");
+            let key: String = row.get("aggregate_id");
+            let topic: String = row.get("topic");
+            let payload: Option<String> = row.get("payload");
+            let event_id: String = row.get("event_id");
+            let producer = &producer;
+            async move {
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "event_id",
+                    value: Some(&event_id),
+                });
+                let mut record = FutureRecord::to(&topic).key(&key).headers(headers);
+                if let Some(p) = &payload {
+                    record = record.payload(p);
+                }
+                producer
+                    .send(record, Duration::from_secs(0))
+                    .await
+                    .ok()
+                    .map(|_| id)
+            }
+        });
+        let acked: Vec<i64> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if acked.len() < rows.len() {
+            eprintln!(
+                "naive relay: {} of {} sends failed",
+                rows.len() - acked.len(),
+                rows.len()
+            );
+        }
+        statements.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&acked)
+            .execute(&pool)
+            .await
+        {
+            eprintln!("naive relay: delete failed: {e}");
+        }
+        acknowledged.fetch_add(acked.len() as u64, Ordering::Relaxed);
+    }
+}
