@@ -13,6 +13,12 @@ pub fn find_outboxd() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("OUTBOXD_BIN") {
         return Ok(bin.into());
     }
+    built_beside_me("outboxd")
+}
+
+/// A program of the workspace built into the same target directory as this one (a
+/// testkit binary, or a test in `deps/`); the error names the command that builds it.
+pub fn built_beside_me(name: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let mut dir = me
         .parent()
@@ -21,10 +27,10 @@ pub fn find_outboxd() -> anyhow::Result<PathBuf> {
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("outboxd");
+    let bin = dir.join(name);
     anyhow::ensure!(
         bin.exists(),
-        "{} is missing: build it first (cargo build --bin outboxd, in the same profile)",
+        "{} is missing: build it first (cargo build --bin {name}, in the same profile)",
         bin.display()
     );
     Ok(bin)

@@ -35,7 +35,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
 
-use crate::world::{World, bar, say};
+use crate::world::{World, bar, say, scrape};
 use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, proc_cpu_secs, proc_threads_cpu_secs};
 use testkit::process::free_port;
 
@@ -160,7 +160,7 @@ impl RelayUnderTest {
                 })
             }
             Which::Naive => {
-                let bin = sibling("outboxd-naive")?;
+                let bin = testkit::process::built_beside_me("outboxd-naive")?;
                 // Experiments only (the yardstick sets nothing): librdkafka settings
                 // for the naive relay, "KEY=VALUE,…". outboxd takes its own from the
                 // environment (`OUTBOXD__KAFKA__PRODUCER__…`).
@@ -202,11 +202,15 @@ impl RelayUnderTest {
 
     async fn counters(&self) -> Counters {
         match &self.metrics {
-            Some(addr) => Counters {
-                statements: metric(addr, "outboxd_db_queries_total").await,
-                produce_requests: metric(addr, "outboxd_kafka_produce_requests_total").await,
-                late_rows: metric(addr, "outboxd_late_rows_total").await,
-            },
+            Some(addr) => {
+                // A counter not yet incremented is not exported: 0.
+                let counter = async |name| scrape(addr, name).await.unwrap_or(0.0);
+                Counters {
+                    statements: counter("outboxd_db_queries_total").await,
+                    produce_requests: counter("outboxd_kafka_produce_requests_total").await,
+                    late_rows: counter("outboxd_late_rows_total").await,
+                }
+            }
             None => *self.report.lock().expect("report"),
         }
     }
@@ -226,29 +230,6 @@ impl RelayUnderTest {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A counter from outboxd's metrics endpoint, summed over its labels (0 when absent).
-async fn metric(addr: &str, name: &str) -> f64 {
-    let Some((_, body)) = testkit::process::http_get(addr, "/metrics").await else {
-        return 0.0;
-    };
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A program built beside this one.
-fn sibling(name: &str) -> anyhow::Result<std::path::PathBuf> {
-    let me = std::env::current_exe()?;
-    let bin = me.with_file_name(name);
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build -p outboxd-testkit --bin {name}, in the same profile)",
-        bin.display()
-    );
-    Ok(bin)
 }
 
 /// `pgbench`: on the PATH, or PostgreSQL's own directory (Debian keeps it there).

@@ -165,16 +165,12 @@ impl World {
     }
 }
 
+/// A metric from the relay's `/metrics`, summed over its labels; None when the endpoint
+/// does not answer or does not export it.
 pub(crate) async fn scrape(addr: &str, metric: &str) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok()?;
+    let (_, body) = testkit::process::http_get(addr, "/metrics").await?;
     body.lines()
-        .find(|l| l.starts_with(metric) && l[metric.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
