@@ -80,6 +80,11 @@ fn describe() {
         Unit::Count,
         "Sends it took to publish an event, the successful one included."
     );
+    gauge!(
+        "outboxd_poller_gather_seconds",
+        Unit::Seconds,
+        "The poller's gathering window: after a read that found rows, the next waits this long (it grows with the arrival rate, up to poller.gather_ms)."
+    );
     counter!(
         "outboxd_events_published_total",
         Unit::Count,

@@ -302,3 +302,66 @@ async fn reading_rows_in_gaps_visits_the_gaps_not_the_backlog() {
         .collect();
     assert_eq!(ids, want);
 }
+
+/// The relay's watcher on PostgreSQL: row wake-ups while the poller wants them (the insert
+/// trigger's NOTIFY), none while it reads on its own cadence (`UNLISTEN`), one as soon as it
+/// wants them again (rows written meanwhile sent it nothing), and rescan requests
+/// (`dead-letters replay`) either way.
+#[tokio::test]
+async fn the_watcher_follows_the_pollers_wish_for_wake_ups_and_always_hears_rescans() {
+    use outboxd::store::postgres::PgStore;
+    use outboxd::store::{Store, Wakeup};
+    use std::sync::{Arc, Mutex};
+
+    let db = TestDb::new().await;
+    let store = PgStore::new(db.pool.clone(), db.pool.clone(), Duration::from_secs(1));
+    let heard: Arc<Mutex<Vec<Wakeup>>> = Arc::default();
+    let h = heard.clone();
+    let (wanted, rx) = tokio::sync::watch::channel(true);
+    let task = store
+        .watch(
+            Arc::new(move |w| {
+                h.lock().unwrap().push(w);
+                true
+            }),
+            rx,
+        )
+        .expect("PostgreSQL watches");
+    let take = || std::mem::take(&mut *heard.lock().unwrap());
+    let insert = async || {
+        sqlx::query(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
+             VALUES ('a', 'a-1', 'e', 't', '{}')",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    // Connected and listening: one wake-up for what was written before.
+    settle().await;
+    assert_eq!(take(), vec![Wakeup::Rows]);
+    insert().await;
+    settle().await;
+    assert_eq!(take(), vec![Wakeup::Rows]);
+
+    wanted.send_replace(false);
+    settle().await;
+    insert().await;
+    insert().await;
+    settle().await;
+    assert_eq!(take(), vec![], "wake-ups while UNLISTENed");
+    outboxd::outbox::admin::replay(&db.pool, &outboxd::outbox::admin::Selection::All)
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(take(), vec![Wakeup::Rescan]);
+
+    wanted.send_replace(true);
+    settle().await;
+    assert_eq!(take(), vec![Wakeup::Rows], "no wake-up on LISTEN again");
+    insert().await;
+    settle().await;
+    assert_eq!(take(), vec![Wakeup::Rows]);
+    task.abort();
+}

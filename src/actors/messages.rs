@@ -88,7 +88,7 @@ pub enum PollerMsg {
     /// Publishers' batch outcomes wait in [`crate::actors::Flow::take_reports`] (one message for
     /// however many arrived meanwhile).
     Reports,
-    /// The coalescing window of a wanted read ended (`poller.coalesce_ms`).
+    /// A wanted read's time came (`poller.gather_ms`, `poller.coalesce_ms`).
     ReadDue,
     /// From the retry actor, once the row's back-off is over: it goes back to the head of
     /// its aggregate.

@@ -153,6 +153,13 @@ impl Config {
             86_400_000,
         );
         range("poller.coalesce_ms", self.poller.coalesce_ms, 0, 1_000);
+        range("poller.gather_ms", self.poller.gather_ms, 0, 1_000);
+        range(
+            "poller.gather_full_rate",
+            u64::from(self.poller.gather_full_rate),
+            1,
+            10_000_000,
+        );
         range(
             "retry.initial_backoff_ms",
             self.retry.initial_backoff_ms,

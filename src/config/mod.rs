@@ -171,6 +171,15 @@ pub struct PollerConfig {
     /// the broker, a wake-up waits for their acknowledgement — this long at most — and
     /// everything committed meanwhile goes in the same read. 0 reads on every wake-up.
     pub coalesce_ms: u64,
+    /// Gathering under load, in milliseconds: after a read that found rows, the next read
+    /// waits so that the events committed meanwhile share one read, one produce request
+    /// per partition and one delete. The window grows with the square of the arrival rate
+    /// up to this, reached at `gather_full_rate`; a read after a quiet spell goes at once. Under steady load the poller reads on this cadence by itself and stops
+    /// listening for NOTIFY. 0 turns gathering off.
+    pub gather_ms: u64,
+    /// The arrival rate, events/s, from which the gathering window is `gather_ms` (half
+    /// the rate: a quarter of it).
+    pub gather_full_rate: u32,
 }
 
 impl Default for PollerConfig {
@@ -181,6 +190,8 @@ impl Default for PollerConfig {
             gap_grace_ms: 1_000,
             rescan_interval_ms: 300_000,
             coalesce_ms: 5,
+            gather_ms: 10,
+            gather_full_rate: 2_000,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{NOTIFY_CHANNEL, NOTIFY_RESCAN};
+use super::{NOTIFY_CHANNEL, NOTIFY_RESCAN, NOTIFY_RESCAN_CHANNEL};
 
 /// The backlog of one aggregate.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -196,9 +196,12 @@ pub async fn discard(pool: &sqlx::PgPool, sel: &Selection) -> Result<u64, sqlx::
     Ok(n)
 }
 
+/// Asks running relays to re-read everything pending: on the rescan channel, which a relay
+/// always listens on, and on the rows channel, which older relays listened on alone.
 async fn notify_rescan(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2)")
+    sqlx::query("SELECT pg_notify($1, $3), pg_notify($2, $3)")
         .bind(NOTIFY_CHANNEL)
+        .bind(NOTIFY_RESCAN_CHANNEL)
         .bind(NOTIFY_RESCAN)
         .execute(conn)
         .await?;

@@ -14,5 +14,8 @@ pub use event::{
 /// The NOTIFY channel the insert trigger signals and the relay listens on.
 pub const NOTIFY_CHANNEL: &str = "outboxd";
 /// Payload of a notification asking the relay to re-read everything pending (sent by
-/// `outboxd dead-letters replay|discard`).
+/// `outboxd dead-letters replay|discard` on both channels).
 pub const NOTIFY_RESCAN: &str = "rescan";
+/// The channel for rescan requests alone: the relay listens on it also while, under load,
+/// it reads on its own cadence and does not listen on [`NOTIFY_CHANNEL`].
+pub const NOTIFY_RESCAN_CHANNEL: &str = "outboxd_rescan";

@@ -204,6 +204,13 @@ pub enum Wakeup {
 /// Called by the watcher; returns false when nobody listens any more (the watcher ends).
 pub type WakeFn = Arc<dyn Fn(Wakeup) -> bool + Send + Sync>;
 
+/// Whether the poller wants [`Wakeup::Rows`] now. Under load it reads on its own cadence
+/// and says no: the watcher may then stop sending them (PostgreSQL: `UNLISTEN`, which also
+/// spares the database a signal and a message per commit). When the poller says yes again
+/// the watcher wakes it once, since rows may have been written meanwhile.
+/// [`Wakeup::Rescan`] comes either way.
+pub type RowWakeups = tokio::sync::watch::Receiver<bool>;
+
 /// What the relay needs from its database.
 pub trait Store: Send + Sync + 'static {
     /// `postgres`, `memory`.
@@ -300,8 +307,9 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
-    /// Starts telling `wake` when rows may have been written; `None` when the store cannot
-    /// say (the poller then reads every `poller.interval_ms`). The task ends when `wake`
-    /// returns false or when it is aborted.
-    fn watch(&self, wake: WakeFn) -> Option<tokio::task::JoinHandle<()>>;
+    /// Starts telling `wake` when rows may have been written (while `wanted` says so) and
+    /// when a rescan was asked for; `None` when the store cannot say (the poller then reads
+    /// every `poller.interval_ms`). The task ends when `wake` returns false, when `wanted`'s
+    /// sender is gone, or when it is aborted.
+    fn watch(&self, wake: WakeFn, wanted: RowWakeups) -> Option<tokio::task::JoinHandle<()>>;
 }

@@ -17,6 +17,7 @@
 
 pub mod backlog;
 pub mod broker;
+pub mod buckets;
 pub mod chaos;
 pub mod cpu;
 pub mod db;

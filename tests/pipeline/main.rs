@@ -145,6 +145,54 @@ fn ledger(written: &BTreeMap<String, Vec<i64>>, published: &[Published]) -> Ledg
     l
 }
 
+/// Under steady load the poller gathers and reads on its own cadence with row wake-ups
+/// off; when the load stops it turns them on again, and a lone event after the quiet spell
+/// is published at once (the fallback poll is a minute away, so only the renewed wake-up
+/// can have found it). Nothing is lost or reordered across the switches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_the_poller_paces_itself_and_wakes_again_when_it_stops() {
+    let store = MemoryStore::new();
+    let sink = MemorySink::new();
+    let mut cfg = config();
+    cfg.poller.interval_ms = 60_000;
+    cfg.poller.gather_ms = 20;
+    cfg.poller.gather_full_rate = 100;
+    let relay = start(&store, &sink, cfg).await;
+    let aggs = aggregates("paced", 20);
+    let mut written: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    // ~500 events/s for a second, one per transaction.
+    for i in 0..500 {
+        let a = &aggs[i % aggs.len()];
+        written
+            .entry(a.clone())
+            .or_default()
+            .push(store.enqueue(&event(a, "t")));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(drained(&store, Duration::from_secs(10)).await);
+    let (paused, _) = store.wakeups_paused();
+    assert!(paused >= 1, "the poller never paced itself");
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            !store.wakeups_paused().1
+        })
+        .await,
+        "row wake-ups stayed off after the load stopped"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lone = store.enqueue(&event("lone", "t"));
+    written.insert("lone".into(), vec![lone]);
+    let started = Instant::now();
+    assert!(drained(&store, Duration::from_secs(5)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a lone event waited {:?}",
+        started.elapsed()
+    );
+    relay.shutdown().await.unwrap();
+    assert_eq!(ledger(&written, &sink.published()), Ledger::default());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_row_is_published_once_and_in_order_per_aggregate() {
     let store = MemoryStore::new();

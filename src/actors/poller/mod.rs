@@ -7,11 +7,13 @@
 //! Out: `Publish(rows)` to publisher `hash(aggregate_id) % partitions`; acknowledged ids to
 //! the acker; failures to the retry actor.
 //!
-//! When it reads. Like group commit: at most one read at a time, and a wake-up that comes
-//! while the rows of the last dispatch are with the broker waits for their acknowledgement
-//! (at most `poller.coalesce_ms`), so that everything committed meanwhile shares one read,
-//! one dispatch and one report. A backlog (a read cut by `poller.batch_size`) is read on at
-//! once; a lone event is read at once.
+//! When it reads (`pace.rs`). At most one read at a time. A lone event is read at once;
+//! after a read that found rows the next one gathers for `poller.gather_ms`, and waits for
+//! the acknowledgement of the rows in flight (at most `poller.coalesce_ms`), so that
+//! everything committed meanwhile shares one read, one dispatch, one produce request and
+//! one report. A backlog (a read cut by `poller.batch_size`) is read on at once. Under
+//! steady load the poller reads on that cadence by itself and turns the store's row
+//! wake-ups off (PostgreSQL: `UNLISTEN`) until reads find nothing again.
 //!
 //! How rows are found. Through the store's reader ([`crate::store::PendingReader`]):
 //! oldest first, never skipping a row whose transaction commits late (on PostgreSQL by
@@ -52,10 +54,12 @@ use crate::config::DeadLetterPolicy;
 use crate::store::{OutboxRow, PendingReader, Row, StoreError, Wakeup};
 use crate::task::AbortOnDrop;
 
+mod pace;
 mod queues;
 mod rescan;
 mod settings;
 
+use pace::Pace;
 use queues::Queues;
 pub use settings::{PollerArgs, Settings};
 
@@ -103,10 +107,14 @@ pub struct PollerState {
     round_pending: usize,
     /// When the latest round was dispatched.
     round_started: Instant,
-    /// A wake-up asked for a read that waits for the latest round (or the window).
+    /// A read is wanted (a wake-up, or the poller's own cadence) and waits for its time.
     read_wanted: bool,
-    /// A `ReadDue` is scheduled.
-    read_due_armed: bool,
+    /// The earliest `ReadDue` scheduled.
+    read_due_at: Option<Instant>,
+    /// When reads may go; whether row wake-ups are wanted.
+    pace: Pace,
+    /// Tells the store's watcher whether row wake-ups are wanted.
+    row_wakeups: tokio::sync::watch::Sender<bool>,
 }
 
 impl Actor for Poller {
@@ -124,10 +132,16 @@ impl Actor for Poller {
         }: PollerArgs,
     ) -> Result<PollerState, ActorProcessingErr> {
         let wake_flag = Arc::new(AtomicBool::new(false));
+        let (row_wakeups, wanted) = tokio::sync::watch::channel(true);
         let watcher = ctx
             .store
-            .watch(wake_fn(myself.clone(), wake_flag.clone()))
+            .watch(wake_fn(myself.clone(), wake_flag.clone()), wanted)
             .map(AbortOnDrop);
+        let pace = Pace::new(
+            Duration::from_millis(settings.poller.gather_ms),
+            settings.poller.gather_full_rate,
+            Duration::from_millis(settings.poller.coalesce_ms),
+        );
         let reader = ctx.store.reader();
         let interval = Duration::from_millis(settings.poller.interval_ms);
         myself.send_interval(interval, || PollerMsg::Tick);
@@ -161,7 +175,9 @@ impl Actor for Poller {
             round_pending: 0,
             round_started: Instant::now(),
             read_wanted: false,
-            read_due_armed: false,
+            read_due_at: None,
+            pace,
+            row_wakeups,
         })
     }
 
@@ -178,7 +194,9 @@ impl Actor for Poller {
             }
             PollerMsg::Wake => st.want_read(&myself).await,
             PollerMsg::ReadDue => {
-                st.read_due_armed = false;
+                if st.read_due_at.is_some_and(|t| t <= Instant::now()) {
+                    st.read_due_at = None;
+                }
                 if st.read_wanted {
                     st.want_read(&myself).await;
                 }
@@ -225,7 +243,7 @@ impl Actor for Poller {
                     } else {
                         st.want_room();
                     }
-                } else if st.read_wanted && st.may_read_now() {
+                } else if st.read_wanted {
                     st.want_read(&myself).await;
                 }
             }
@@ -330,40 +348,6 @@ impl PollerState {
         self.max_in_memory().saturating_mul(100)
     }
 
-    /// Group commit for reads. A wake-up (NOTIFY) reads at once when nothing of the latest
-    /// round is with the producer, or when the last read was cut by the batch size (a
-    /// backlog: read on). Otherwise the read waits until that round is acknowledged, at
-    /// most `poller.coalesce_ms` after it went out, and every wake-up meanwhile joins it:
-    /// under load one read, one dispatch and one acknowledgement report carry many events;
-    /// when events come slowly each is read at once.
-    async fn want_read(&mut self, myself: &ActorRef<PollerMsg>) {
-        if self.may_read_now() {
-            self.read_wanted = false;
-            // NOTIFYs from here on wake the poller again.
-            self.wake_flag.store(false, Ordering::Release);
-            self.cycle(myself).await;
-            return;
-        }
-        // The listener's flag stays set: it sends no more wake-ups until this read.
-        self.read_wanted = true;
-        if !self.read_due_armed {
-            self.read_due_armed = true;
-            let due = self.round_started + self.coalesce();
-            myself.send_after(due.saturating_duration_since(Instant::now()), || {
-                PollerMsg::ReadDue
-            });
-        }
-    }
-
-    fn coalesce(&self) -> Duration {
-        Duration::from_millis(self.settings.poller.coalesce_ms)
-    }
-
-    /// Whether a wanted read may go now (see [`PollerState::want_read`]).
-    fn may_read_now(&self) -> bool {
-        self.more || self.round_pending == 0 || self.round_started.elapsed() >= self.coalesce()
-    }
-
     /// Reads what there is to read (if allowed), then hands out what is ready.
     async fn cycle(&mut self, myself: &ActorRef<PollerMsg>) -> usize {
         if !self.claiming || self.wiring.is_none() {
@@ -402,6 +386,13 @@ impl PollerState {
             }
         }
         self.dispatch(myself);
+        if self.pace.paced() && !self.more && !self.read_wanted {
+            // No wake-ups come: the poller's next read is its own.
+            self.read_wanted = true;
+            if let Some(at) = self.pace.read_at(self.latest_round()) {
+                self.read_due(myself, at);
+            }
+        }
         loaded
     }
 
@@ -428,6 +419,11 @@ impl PollerState {
         if room > 0 {
             let read = self.reader.read(batch.min(room)).await?;
             self.note_read(&read.rows, read.started);
+            if let Some(wanted) = self.pace.read(read.started, read.rows.len()) {
+                debug!(wanted, "Row wake-ups switched.");
+                self.row_wakeups.send_replace(wanted);
+            }
+            metrics::gauge!("outboxd_poller_gather_seconds").set(self.pace.gather().as_secs_f64());
             let mut late = 0;
             for row in read.rows {
                 // Rows at or below the cursor committed late: they go in id order among

@@ -23,8 +23,8 @@ use futures::future::BoxFuture;
 
 use crate::config::OnPublish;
 use crate::store::{
-    Fence, InstanceLock, LeaseClaim, LockCheck, OutboxRow, PendingReader, Store, StoreError,
-    WakeFn, Wakeup,
+    Fence, InstanceLock, LeaseClaim, LockCheck, OutboxRow, PendingReader, RowWakeups, Store,
+    StoreError, WakeFn, Wakeup,
 };
 use lock::MemLock;
 use reader::MemReader;
@@ -310,21 +310,44 @@ impl Store for MemoryStore {
         })
     }
 
-    fn watch(&self, wake: WakeFn) -> Option<tokio::task::JoinHandle<()>> {
+    fn watch(&self, wake: WakeFn, mut wanted: RowWakeups) -> Option<tokio::task::JoinHandle<()>> {
         let inner = self.inner.clone();
         Some(tokio::spawn(async move {
             if !wake(Wakeup::Rows) {
                 return;
             }
+            // Like LISTEN / UNLISTEN: no row wake-ups while the poller does not want them,
+            // and one when it wants them again.
+            let mut listening = true;
             loop {
-                inner.notify.notified().await;
-                let what = if inner.rescan.swap(false, Ordering::AcqRel) {
-                    Wakeup::Rescan
-                } else {
-                    Wakeup::Rows
-                };
-                if !wake(what) {
-                    return;
+                tokio::select! {
+                    _ = inner.notify.notified() => {
+                        let what = if inner.rescan.swap(false, Ordering::AcqRel) {
+                            Wakeup::Rescan
+                        } else if listening {
+                            Wakeup::Rows
+                        } else {
+                            continue;
+                        };
+                        if !wake(what) {
+                            return;
+                        }
+                    }
+                    changed = wanted.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let want = *wanted.borrow_and_update();
+                        let resumed = want && !listening;
+                        if listening && !want {
+                            inner.wakeups_paused.fetch_add(1, Ordering::AcqRel);
+                        }
+                        inner.wakeups_off.store(!want, Ordering::Release);
+                        listening = want;
+                        if resumed && !wake(Wakeup::Rows) {
+                            return;
+                        }
+                    }
                 }
             }
         }))

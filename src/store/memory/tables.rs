@@ -63,6 +63,10 @@ pub(super) struct Inner {
     pub(super) next_session: AtomicU64,
     pub(super) notify: Notify,
     pub(super) rescan: AtomicBool,
+    /// Times the poller turned row wake-ups off (as `UNLISTEN` would), for tests.
+    pub(super) wakeups_paused: AtomicU64,
+    /// Whether row wake-ups are off now.
+    pub(super) wakeups_off: AtomicBool,
 }
 
 /// The relay's database in memory. Cheap to clone (one shared set of tables).
@@ -124,6 +128,15 @@ impl MemoryStore {
         if !down {
             self.inner.notify.notify_one();
         }
+    }
+
+    /// How often the poller turned row wake-ups off (it reads on its own cadence under
+    /// load), and whether they are off now.
+    pub fn wakeups_paused(&self) -> (u64, bool) {
+        (
+            self.inner.wakeups_paused.load(Ordering::Acquire),
+            self.inner.wakeups_off.load(Ordering::Acquire),
+        )
     }
 
     /// Ends every session, as a database restart does: instance locks are released.

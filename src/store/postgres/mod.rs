@@ -16,7 +16,8 @@ use futures::future::BoxFuture;
 use crate::config::{Config, OnPublish};
 use crate::db;
 use crate::store::{
-    Fence, InstanceLock, LeaseClaim, LockCheck, OutboxRow, PendingReader, Store, StoreError, WakeFn,
+    Fence, InstanceLock, LeaseClaim, LockCheck, OutboxRow, PendingReader, RowWakeups, Store,
+    StoreError, WakeFn,
 };
 
 pub use sql::FETCH_AFTER_AND_IN_RANGES;
@@ -235,7 +236,11 @@ impl Store for PgStore {
         ))
     }
 
-    fn watch(&self, wake: WakeFn) -> Option<tokio::task::JoinHandle<()>> {
-        Some(tokio::spawn(listen::listen(self.pool.clone(), wake)))
+    fn watch(&self, wake: WakeFn, wanted: RowWakeups) -> Option<tokio::task::JoinHandle<()>> {
+        Some(tokio::spawn(listen::listen(
+            self.pool.clone(),
+            wake,
+            wanted,
+        )))
     }
 }

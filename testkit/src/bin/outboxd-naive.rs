@@ -8,13 +8,15 @@
 //! No per-aggregate order under retries, no late-row tracking, no leases, no dead letters.
 //!
 //! Every `--report-ms` it prints its counters as one JSON line on stdout (statements sent,
-//! produce requests from librdkafka's statistics, events acknowledged), for the benchmark.
+//! produce requests from librdkafka's statistics, events acknowledged, and a histogram of
+//! each event's `created_at` → acknowledgement, like outboxd's), for the benchmark.
 //!
 //!   outboxd-naive --database-url postgres://… --brokers 127.0.0.1:9092
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use rdkafka::ClientContext;
@@ -87,8 +89,14 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let statements = Arc::new(AtomicU64::new(0));
     let acknowledged = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(Mutex::new(testkit::buckets::Buckets::new()));
 
-    let (s, a, p) = (statements.clone(), acknowledged.clone(), produce_requests);
+    let (s, a, p, l) = (
+        statements.clone(),
+        acknowledged.clone(),
+        produce_requests,
+        latency.clone(),
+    );
     let every = Duration::from_millis(args.report_ms);
     tokio::spawn(async move {
         use std::io::Write;
@@ -98,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
                 "statements": s.load(Ordering::Relaxed),
                 "produce_requests": p.load(Ordering::Relaxed),
                 "acknowledged": a.load(Ordering::Relaxed),
+                "ack": *l.lock().expect("latency"),
             });
             let mut out = std::io::stdout().lock();
             if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
@@ -109,7 +118,8 @@ async fn main() -> anyhow::Result<()> {
     loop {
         statements.fetch_add(1, Ordering::Relaxed);
         let rows = sqlx::query(
-            "SELECT id, aggregate_id, topic, payload::text AS payload, event_id::text AS event_id \
+            "SELECT id, aggregate_id, topic, payload::text AS payload, event_id::text AS event_id, \
+             (extract(epoch FROM created_at) * 1000000)::int8 AS created_us \
              FROM outbox ORDER BY id LIMIT $1",
         )
         .bind(args.batch)
@@ -133,7 +143,8 @@ async fn main() -> anyhow::Result<()> {
             let topic: String = row.get("topic");
             let payload: Option<String> = row.get("payload");
             let event_id: String = row.get("event_id");
-            let producer = &producer;
+            let created_us: i64 = row.get("created_us");
+            let (producer, latency) = (&producer, &latency);
             async move {
                 let headers = OwnedHeaders::new().insert(Header {
                     key: "event_id",
@@ -143,11 +154,15 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(p) = &payload {
                     record = record.payload(p);
                 }
-                producer
-                    .send(record, Duration::from_secs(0))
-                    .await
-                    .ok()
-                    .map(|_| id)
+                let acked = producer.send(record, Duration::from_secs(0)).await.ok();
+                if acked.is_some() {
+                    let now_us = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as i64);
+                    let seconds = (now_us - created_us).max(0) as f64 / 1e6;
+                    latency.lock().expect("latency").record(seconds);
+                }
+                acked.map(|_| id)
             }
         });
         let acked: Vec<i64> = futures::future::join_all(sends)

@@ -32,6 +32,15 @@ pub struct Drain {
 /// `outboxd run` drains a pre-filled backlog; measured from its start until its metrics say
 /// every row was marked.
 pub(crate) async fn drain(rows: u64, sink: SinkKind) -> anyhow::Result<Drain> {
+    drain_with(rows, sink, None).await
+}
+
+/// A drain with `database.sslmode` set (`disable`, `require`, …), or left at the default.
+pub(crate) async fn drain_with(
+    rows: u64,
+    sink: SinkKind,
+    sslmode: Option<&str>,
+) -> anyhow::Result<Drain> {
     let w = World::for_sink(sink).await?;
     w.prefill(rows).await?;
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -43,12 +52,14 @@ pub(crate) async fn drain(rows: u64, sink: SinkKind) -> anyhow::Result<Drain> {
         .envs(w.sink_env())
         .env("OUTBOXD__METRICS__LISTEN", &metrics)
         .env("OUTBOXD__LOG__LEVEL", "warn")
+        .envs(sslmode.map(|m| ("OUTBOXD__DATABASE__SSLMODE", m)))
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())
         .spawn()?;
     let pid = child.id();
-    let b = bar(rows, &format!("drain into {sink} by outboxd run"));
+    let what = sslmode.map_or(String::new(), |m| format!(", sslmode={m}"));
+    let b = bar(rows, &format!("drain into {sink} by outboxd run{what}"));
     let t = Instant::now();
     let ticks = CpuTicks::now();
     let procs = ProcCpu::now();
@@ -89,4 +100,75 @@ pub(crate) async fn drain(rows: u64, sink: SinkKind) -> anyhow::Result<Drain> {
         db_round_trips_per_1000: queries * 1000.0 / marked as f64,
         cpu: Some(cpu_use),
     })
+}
+
+/// A drain with TLS to PostgreSQL on or off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsDrain {
+    /// `database.sslmode`.
+    pub sslmode: String,
+    /// The drain.
+    pub drain: Drain,
+}
+
+impl TlsDrain {
+    /// PostgreSQL's CPU per event (every process of the cluster), µs.
+    pub fn pg_cpu_us_per_event(&self) -> f64 {
+        let d = &self.drain;
+        let cores = d
+            .cpu
+            .as_ref()
+            .and_then(|c| c.cores.get("PostgreSQL").copied())
+            .unwrap_or(0.0);
+        cores * d.seconds * 1e6 / d.rows.max(1) as f64
+    }
+}
+
+/// The TLS table: per `sslmode`, medians of the drains, and the ratio to `disable`.
+pub fn tls_table(drains: &[TlsDrain]) -> String {
+    if drains.is_empty() {
+        return String::new();
+    }
+    let med = |v: Vec<f64>| crate::stats::Stat::of(v).median;
+    let of =
+        |mode: &str| -> Vec<&TlsDrain> { drains.iter().filter(|d| d.sslmode == mode).collect() };
+    let plain = of("disable");
+    let mut s = String::from(
+        "\nDrains with TLS to PostgreSQL off and on (taking turns; medians, ratio to `disable` in brackets):\n\n\
+         | sslmode | runs | events/s (each run) | relay CPU µs/event | PostgreSQL CPU µs/event | statements /1,000 |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let mut modes: Vec<&str> = drains.iter().map(|d| d.sslmode.as_str()).collect();
+    modes.dedup();
+    modes.sort_unstable();
+    modes.dedup();
+    for mode in modes {
+        let these = of(mode);
+        let m = |f: fn(&TlsDrain) -> f64| med(these.iter().map(|d| f(d)).collect());
+        let base = |f: fn(&TlsDrain) -> f64| {
+            (mode != "disable" && !plain.is_empty())
+                .then(|| med(plain.iter().map(|d| f(d)).collect()))
+        };
+        let cell = |f: fn(&TlsDrain) -> f64, digits: usize| {
+            let v = m(f);
+            match base(f) {
+                Some(b) if b > 0.0 => format!("{v:.digits$} ({:.2}×)", v / b),
+                _ => format!("{v:.digits$}"),
+            }
+        };
+        let each = these
+            .iter()
+            .map(|d| format!("{:.0}", d.drain.events_per_sec))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        s.push_str(&format!(
+            "| {mode} | {} | {} ({each}) | {} | {} | {} |\n",
+            these.len(),
+            cell(|d| d.drain.events_per_sec, 0),
+            cell(|d| d.drain.cpu_us_per_event, 2),
+            cell(TlsDrain::pg_cpu_us_per_event, 2),
+            cell(|d| d.drain.db_round_trips_per_1000, 1),
+        ));
+    }
+    s
 }

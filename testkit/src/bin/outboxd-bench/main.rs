@@ -11,10 +11,13 @@
 //!   relay in-process so that every event's commit→acknowledgement latency is exact (and
 //!   split into stages: commit → query, query, hand-off to the producer, broker), and a
 //!   search for the highest rate with a flat backlog;
-//! - single: single-event transactions at 1k, 2k and 5k/s, outboxd beside a naive relay
-//!   (select 500 → produce → wait → delete) as an in-run yardstick: writers' achieved
-//!   rate, relay and PostgreSQL CPU per event, statements and produce requests per 1,000
-//!   events, latency;
+//! - single: single-event transactions at 1k, 2k and 5k/s from `pgbench`, `outboxd run`
+//!   beside an independent naive relay (select 500 → produce → wait → delete, librdkafka's
+//!   defaults) as an in-run yardstick, each its own process: writers' achieved rate,
+//!   relay, PostgreSQL and Tansu CPU per event, statements and produce requests per 1,000
+//!   events, insert → acknowledgement and insert → consumer latency;
+//! - tls: the drain with TLS to PostgreSQL off (`sslmode=disable`) and on (`require`),
+//!   taking turns;
 //! - sinks: Redis Streams and NATS JetStream beside Kafka — an in-run ceiling per sink (raw
 //!   pipelined `XADD`, raw JetStream publish with acks), the same drain, and sustained
 //!   latency at the plan's rates up to 10k events/s;

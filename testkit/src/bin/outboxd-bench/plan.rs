@@ -27,7 +27,10 @@ pub struct Args {
     /// Offered rates of the single-event phase, transactions/s (one event each).
     #[arg(long, value_delimiter = ',')]
     pub single_rates: Option<Vec<u32>>,
-    /// Phases to run (default: all but bloat): ceilings, drain, sustained, single, search,
+    /// Relays of the single-event phase (for experiments; default both): outboxd, naive.
+    #[arg(long, value_delimiter = ',')]
+    pub single_relays: Option<Vec<String>>,
+    /// Phases to run (default: all but bloat): ceilings, drain, sustained, single, tls, search,
     /// sinks, bloat.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -62,6 +65,9 @@ pub struct Plan {
     /// Seconds per single-event run.
     #[serde(default)]
     pub single_seconds: u64,
+    /// Relays of the single-event phase.
+    #[serde(default)]
+    pub single_relays: Vec<String>,
     /// Phases to run.
     pub phases: Vec<String>,
     #[serde(skip)]
@@ -83,6 +89,7 @@ impl Plan {
                 "drain",
                 "sustained",
                 "single",
+                "tls",
                 "search",
                 "sinks",
             ]
@@ -111,6 +118,10 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| vec![1_000, 2_000, 5_000]),
             single_seconds: a.seconds.unwrap_or(single),
+            single_relays: a
+                .single_relays
+                .clone()
+                .unwrap_or_else(|| vec!["naive".into(), "outboxd".into()]),
             phases,
             out: a.out.clone(),
         })

@@ -60,6 +60,9 @@ pub struct Results {
     pub max_flat_achieved: Option<f64>,
     /// Bloat bursts.
     pub bloat: Vec<BloatBurst>,
+    /// Drains with TLS to PostgreSQL off and on.
+    #[serde(default)]
+    pub tls: Vec<crate::drain::TlsDrain>,
     /// Single-event transactions, outboxd and the naive relay.
     #[serde(default)]
     pub single: Vec<crate::single::SingleRun>,
@@ -270,6 +273,7 @@ pub(crate) fn summary(r: &Results) -> String {
     }
     s.push_str(&stage_table(&r.sustained, &r.produce_latency));
     s.push_str(&crate::single::table(&r.single));
+    s.push_str(&crate::drain::tls_table(&r.tls));
     let mut all: Vec<&Sustained> = r.sustained.iter().chain(r.search.iter()).collect();
     if !all.is_empty() {
         s.push_str("\nEvery step, sustained runs and the flat-backlog search:\n");

@@ -37,6 +37,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         max_flat_achieved: None,
         bloat: Vec::new(),
         single: Vec::new(),
+        tls: Vec::new(),
         sinks: Vec::new(),
         steal: Vec::new(),
     };
@@ -77,6 +78,27 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
                 d.events_per_sec, d.cpu_us_per_event, d.peak_rss_mb, d.db_round_trips_per_1000
             ));
             r.drains.push(d);
+        }
+    }
+    if plan.has("tls") {
+        // TLS to PostgreSQL off and on, taking turns (and each run in the other order).
+        for run in 0..plan.runs {
+            let order = if run % 2 == 0 {
+                ["disable", "require"]
+            } else {
+                ["require", "disable"]
+            };
+            for mode in order {
+                let d = crate::drain::drain_with(plan.rows, SinkKind::Kafka, Some(mode)).await?;
+                say(format!(
+                    "run {run}: drain with sslmode={mode}: {:.0} events/s, {:.2} µs CPU/event, {:.1} statements/1000",
+                    d.events_per_sec, d.cpu_us_per_event, d.db_round_trips_per_1000
+                ));
+                r.tls.push(crate::drain::TlsDrain {
+                    sslmode: mode.to_string(),
+                    drain: d,
+                });
+            }
         }
     }
     if !r.drains.is_empty() {
@@ -123,6 +145,9 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
                     [Which::Outboxd, Which::Naive]
                 };
                 for which in order {
+                    if !plan.single_relays.iter().any(|r| r == which.name()) {
+                        continue;
+                    }
                     r.single
                         .push(single(which, rate, plan.single_seconds).await?);
                 }

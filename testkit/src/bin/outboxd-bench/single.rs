@@ -14,9 +14,12 @@
 //! application), whole-process CPU per event of the relay, of Tansu and of PostgreSQL
 //! (every process of the cluster, the writers' backends included), statements and produce
 //! requests per 1,000 events (the relay's own counters: outboxd's metrics, the naive
-//! relay's report; produce requests from librdkafka's statistics), and insert → consumer
-//! latency (the insert's `clock_timestamp()` is in the payload; the consumer notes when it
-//! received the record).
+//! relay's report; produce requests from librdkafka's statistics), insert → acknowledgement
+//! latency as each relay sees it (outboxd's `outboxd_commit_to_ack_seconds` histogram, the
+//! naive relay's own with the same buckets: independent of how the consumer fetches), and
+//! insert → consumer latency (the insert's `clock_timestamp()` is in the payload; the
+//! consumer notes when it received the record; Tansu answers a waiting fetch late, which
+//! adds milliseconds to both relays alike).
 //!
 //! Why not in-process: the earlier version of this phase ran the relay inside the
 //! benchmark with the naive relay sharing outboxd's producer settings; there the relay's
@@ -36,6 +39,7 @@ use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
 
 use crate::world::{World, bar, say, scrape};
+use testkit::buckets::Buckets;
 use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, proc_cpu_secs, proc_threads_cpu_secs};
 use testkit::process::free_port;
 
@@ -90,6 +94,16 @@ pub struct SingleRun {
     pub statements_per_1000: f64,
     /// Produce requests per 1,000 events (librdkafka's statistics).
     pub produce_requests_per_1000: f64,
+    /// Insert → the broker's acknowledgement as the relay saw it, median, ms (interpolated
+    /// inside its histogram bucket).
+    #[serde(default)]
+    pub ack_p50_ms: f64,
+    /// Its p99.
+    #[serde(default)]
+    pub ack_p99_ms: f64,
+    /// Share of events acknowledged within 5 ms of their insert.
+    #[serde(default)]
+    pub ack_within_5ms: f64,
     /// Insert → received by the consumer, ms.
     pub p50_ms: f64,
     /// p99.
@@ -114,12 +128,14 @@ pub struct SingleRun {
 }
 
 /// The relay's counters at one moment.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 struct Counters {
     statements: f64,
     produce_requests: f64,
     late_rows: f64,
+    /// Insert → acknowledgement.
+    ack: Buckets,
 }
 
 /// The relay under test, as its own process.
@@ -205,13 +221,17 @@ impl RelayUnderTest {
             Some(addr) => {
                 // A counter not yet incremented is not exported: 0.
                 let counter = async |name| scrape(addr, name).await.unwrap_or(0.0);
+                let body = testkit::process::http_get(addr, "/metrics").await;
                 Counters {
                     statements: counter("outboxd_db_queries_total").await,
                     produce_requests: counter("outboxd_kafka_produce_requests_total").await,
                     late_rows: counter("outboxd_late_rows_total").await,
+                    ack: body.map_or_else(Buckets::default, |(_, body)| {
+                        Buckets::from_exposition(&body, "outboxd_commit_to_ack_seconds")
+                    }),
                 }
             }
-            None => *self.report.lock().expect("report"),
+            None => self.report.lock().expect("report").clone(),
         }
     }
 
@@ -432,6 +452,8 @@ pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<Sin
     let per_event_us = |cpu_secs: f64| cpu_secs * 1e6 / events as f64;
     let per_1000 = |n: f64| n * 1000.0 / events as f64;
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let acks = c1.ack.since(&c0.ack);
+    let ack_ms = |q: f64| acks.quantile(q).unwrap_or(0.0) * 1000.0;
     let cores = |kind: &str| cpu_use.cores.get(kind).copied().unwrap_or(0.0);
     let run = SingleRun {
         relay: which,
@@ -443,6 +465,9 @@ pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<Sin
         broker_cpu_us_per_event: per_event_us(cores("Tansu") * secs),
         statements_per_1000: per_1000(c1.statements - c0.statements),
         produce_requests_per_1000: per_1000(c1.produce_requests - c0.produce_requests),
+        ack_p50_ms: ack_ms(0.5),
+        ack_p99_ms: ack_ms(0.99),
+        ack_within_5ms: acks.share_within(0.005),
         p50_ms: ms(0.5),
         p99_ms: ms(0.99),
         p999_ms: ms(0.999),
@@ -461,13 +486,16 @@ pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<Sin
     };
     w.close().await;
     say(format!(
-        "{label}: written {:.0}/s, relay {:.1} µs/event, PostgreSQL {:.1} µs/event, Tansu {:.1} µs/event, {:.0} statements and {:.0} produce requests per 1,000, p50 {:.1} ms, p99 {:.1} ms, backlog {}{}",
+        "{label}: written {:.0}/s, relay {:.1} µs/event, PostgreSQL {:.1} µs/event, Tansu {:.1} µs/event, {:.0} statements and {:.0} produce requests per 1,000, acknowledged p50 {:.1} ms (within 5 ms {:.0} %), p99 {:.1} ms, received p50 {:.1} ms, p99 {:.1} ms, backlog {}{}",
         run.achieved,
         run.relay_cpu_us_per_event,
         run.pg_cpu_us_per_event,
         run.broker_cpu_us_per_event,
         run.statements_per_1000,
         run.produce_requests_per_1000,
+        run.ack_p50_ms,
+        run.ack_within_5ms * 100.0,
+        run.ack_p99_ms,
         run.p50_ms,
         run.p99_ms,
         run.backlog_end,
@@ -513,8 +541,9 @@ pub fn table(runs: &[SingleRun]) -> String {
          payloads, 2 topic partitions; each relay its own process; whole-process CPU); medians \
          over the runs, outboxd's ratio to the naive relay in brackets:\n\n| offered tx/s | \
          relay | runs | writers achieved/s | relay CPU µs/event | PostgreSQL CPU µs/event | \
-         Tansu CPU µs/event | statements /1,000 | produce requests /1,000 | p50 ms | p99 ms | \
-         backlog at end | not received |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         Tansu CPU µs/event | statements /1,000 | produce requests /1,000 | acked p50 ms | \
+         acked within 5 ms | acked p99 ms | received p50 ms | received p99 ms | backlog at end | \
+         not received |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for rate in rates {
         let of = |which: Which| -> Vec<&SingleRun> {
@@ -539,8 +568,9 @@ pub fn table(runs: &[SingleRun]) -> String {
                     _ => format!("{v:.digits$}"),
                 }
             };
+            let within_5ms = format!("{:.0} %", m(|r| r.ack_within_5ms) * 100.0);
             s.push_str(&format!(
-                "| {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
+                "| {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
                 which.name(),
                 these.len(),
                 cell(|r| r.achieved, 0),
@@ -549,6 +579,9 @@ pub fn table(runs: &[SingleRun]) -> String {
                 cell(|r| r.broker_cpu_us_per_event, 1),
                 cell(|r| r.statements_per_1000, 0),
                 cell(|r| r.produce_requests_per_1000, 0),
+                cell(|r| r.ack_p50_ms, 1),
+                within_5ms,
+                cell(|r| r.ack_p99_ms, 1),
                 cell(|r| r.p50_ms, 1),
                 cell(|r| r.p99_ms, 1),
                 m(|r| r.backlog_end as f64),
