@@ -30,6 +30,10 @@ pub struct Args {
     /// Relays of the single-event phase (for experiments; default both): outboxd, naive.
     #[arg(long, value_delimiter = ',')]
     pub single_relays: Option<Vec<String>>,
+    /// `sslmode`s of the single-event phase, each run once per mode (e.g. disable,require;
+    /// default: the writers' and relays' own default, `prefer`).
+    #[arg(long, value_delimiter = ',')]
+    pub single_sslmodes: Option<Vec<String>>,
     /// Phases to run (default: all but bloat): ceilings, drain, sustained, single, tls, search,
     /// sinks, bloat.
     #[arg(long, value_delimiter = ',')]
@@ -68,6 +72,9 @@ pub struct Plan {
     /// Relays of the single-event phase.
     #[serde(default)]
     pub single_relays: Vec<String>,
+    /// `sslmode`s of the single-event phase (empty: the default).
+    #[serde(default)]
+    pub single_sslmodes: Vec<String>,
     /// Phases to run.
     pub phases: Vec<String>,
     #[serde(skip)]
@@ -122,6 +129,7 @@ impl Plan {
                 .single_relays
                 .clone()
                 .unwrap_or_else(|| vec!["naive".into(), "outboxd".into()]),
+            single_sslmodes: a.single_sslmodes.clone().unwrap_or_default(),
             phases,
             out: a.out.clone(),
         })

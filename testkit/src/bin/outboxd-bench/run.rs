@@ -138,18 +138,29 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         // Interleaved, and each run in the other order, so that a slow spell of the shared
         // machine does not fall on one relay or one rate only.
         for run in 0..plan.runs {
+            // Without --single-sslmodes: the writers' and relays' default (`prefer`).
+            let modes: Vec<Option<&str>> = if plan.single_sslmodes.is_empty() {
+                vec![None]
+            } else {
+                plan.single_sslmodes
+                    .iter()
+                    .map(|m| Some(m.as_str()))
+                    .collect()
+            };
             for &rate in &plan.single_rates {
-                let order = if run % 2 == 0 {
-                    [Which::Naive, Which::Outboxd]
-                } else {
-                    [Which::Outboxd, Which::Naive]
-                };
-                for which in order {
-                    if !plan.single_relays.iter().any(|r| r == which.name()) {
-                        continue;
+                for &mode in &modes {
+                    let order = if run % 2 == 0 {
+                        [Which::Naive, Which::Outboxd]
+                    } else {
+                        [Which::Outboxd, Which::Naive]
+                    };
+                    for which in order {
+                        if !plan.single_relays.iter().any(|r| r == which.name()) {
+                            continue;
+                        }
+                        r.single
+                            .push(single(which, rate, plan.single_seconds, mode).await?);
                     }
-                    r.single
-                        .push(single(which, rate, plan.single_seconds).await?);
                 }
             }
         }

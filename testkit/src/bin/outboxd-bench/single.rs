@@ -77,6 +77,9 @@ impl Which {
 pub struct SingleRun {
     /// The relay.
     pub relay: Which,
+    /// `sslmode` of the writers and the relay, when the run set one.
+    #[serde(default)]
+    pub sslmode: Option<String>,
     /// Offered transactions (= events) per second.
     pub offered: u32,
     /// Transactions per second the writers committed in the window.
@@ -148,7 +151,7 @@ struct RelayUnderTest {
 }
 
 impl RelayUnderTest {
-    fn start(which: Which, w: &World) -> anyhow::Result<RelayUnderTest> {
+    fn start(which: Which, w: &World, sslmode: Option<&str>) -> anyhow::Result<RelayUnderTest> {
         let report = Arc::new(Mutex::new(Counters::default()));
         match which {
             Which::Outboxd => {
@@ -165,6 +168,7 @@ impl RelayUnderTest {
                         STATS_MS.to_string(),
                     )
                     .env("OUTBOXD__LOG__LEVEL", "warn")
+                    .envs(sslmode.map(|m| ("OUTBOXD__DATABASE__SSLMODE", m)))
                     .env_remove("RUST_LOG")
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit())
@@ -181,8 +185,9 @@ impl RelayUnderTest {
                 // for the naive relay, "KEY=VALUE,…". outboxd takes its own from the
                 // environment (`OUTBOXD__KAFKA__PRODUCER__…`).
                 let experiment = std::env::var("OUTBOXD_BENCH_NAIVE_PRODUCER").unwrap_or_default();
+                let url = with_sslmode(&w.url, sslmode);
                 let mut child = Command::new(&bin)
-                    .args(["--database-url", &w.url, "--brokers", &w.brokers])
+                    .args(["--database-url", &url, "--brokers", &w.brokers])
                     .args(["--report-ms", &STATS_MS.to_string()])
                     .args(
                         experiment
@@ -286,10 +291,15 @@ const WRITER_INSERT: &str = "INSERT INTO outbox (aggregate_type, aggregate_id, e
 
 /// The writers: `pgbench` offering `rate` transactions/s over four connections until it is
 /// stopped.
-fn start_writers(url: &str, rate: u32) -> anyhow::Result<(Child, tempfile::NamedTempFile)> {
+fn start_writers(
+    url: &str,
+    rate: u32,
+    sslmode: Option<&str>,
+) -> anyhow::Result<(Child, tempfile::NamedTempFile)> {
     let mut script = tempfile::NamedTempFile::new()?;
     script.write_all(writer_script().as_bytes())?;
     let child = Command::new(pgbench()?)
+        .envs(sslmode.map(|m| ("PGSSLMODE", m)))
         .args(["--no-vacuum", "--protocol", "prepared"])
         .args(["--client", &WRITERS.to_string(), "--jobs", "1"])
         .args(["--rate", &rate.to_string(), "--time", "100000"])
@@ -376,7 +386,23 @@ async fn written(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
 
 /// One run: `which` relays while the writers offer `rate` single-event transactions/s for
 /// `seconds` (after a 5 s warm-up).
-pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<SingleRun> {
+/// `url` with `sslmode` set (the naive relay takes it from its URL).
+fn with_sslmode(url: &str, sslmode: Option<&str>) -> String {
+    match sslmode {
+        Some(m) if url.contains('?') => format!("{url}&sslmode={m}"),
+        Some(m) => format!("{url}?sslmode={m}"),
+        None => url.to_string(),
+    }
+}
+
+/// One run with TLS to PostgreSQL as `sslmode` says for the writers and the relay (`None`:
+/// their defaults, `prefer`).
+pub async fn single(
+    which: Which,
+    rate: u32,
+    seconds: u64,
+    sslmode: Option<&str>,
+) -> anyhow::Result<SingleRun> {
     let w = World::with_partitions(PARTITIONS).await?;
     let received: Received = Arc::new(Mutex::new(HashMap::new()));
     let stop_consumer = Arc::new(AtomicBool::new(false));
@@ -386,11 +412,12 @@ pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<Sin
         received.clone(),
         stop_consumer.clone(),
     )?;
-    let relay = RelayUnderTest::start(which, &w)?;
+    let relay = RelayUnderTest::start(which, &w, sslmode)?;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let (mut writers, _script) = start_writers(&w.url, rate)?;
+    let (mut writers, _script) = start_writers(&w.url, rate, sslmode)?;
 
-    let label = format!("single {rate}/s {}", which.name());
+    let tls = sslmode.map_or(String::new(), |m| format!(" sslmode={m}"));
+    let label = format!("single {rate}/s {}{tls}", which.name());
     let b = bar(seconds, &label);
     tokio::time::sleep(Duration::from_secs(5)).await;
     if let Ok(Some(status)) = writers.try_wait() {
@@ -457,6 +484,7 @@ pub async fn single(which: Which, rate: u32, seconds: u64) -> anyhow::Result<Sin
     let cores = |kind: &str| cpu_use.cores.get(kind).copied().unwrap_or(0.0);
     let run = SingleRun {
         relay: which,
+        sslmode: sslmode.map(str::to_string),
         offered: rate,
         achieved: events as f64 / secs,
         events,
@@ -532,7 +560,10 @@ pub fn table(runs: &[SingleRun]) -> String {
     if runs.is_empty() {
         return String::new();
     }
-    let mut rates: Vec<u32> = runs.iter().map(|r| r.offered).collect();
+    let mut rates: Vec<(u32, Option<String>)> = runs
+        .iter()
+        .map(|r| (r.offered, r.sslmode.clone()))
+        .collect();
     rates.sort_unstable();
     rates.dedup();
     let med = |v: Vec<f64>| crate::stats::Stat::of(v).median;
@@ -545,12 +576,15 @@ pub fn table(runs: &[SingleRun]) -> String {
          acked within 5 ms | acked p99 ms | received p50 ms | received p99 ms | backlog at end | \
          not received |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for rate in rates {
+    for (rate, sslmode) in rates {
         let of = |which: Which| -> Vec<&SingleRun> {
             runs.iter()
-                .filter(|r| r.offered == rate && r.relay == which)
+                .filter(|r| r.offered == rate && r.relay == which && r.sslmode == sslmode)
                 .collect()
         };
+        let tls = sslmode
+            .as_deref()
+            .map_or(String::new(), |m| format!(", sslmode={m}"));
         let (naive, ours) = (of(Which::Naive), of(Which::Outboxd));
         for (which, these) in [(Which::Naive, &naive), (Which::Outboxd, &ours)] {
             if these.is_empty() {
@@ -569,9 +603,10 @@ pub fn table(runs: &[SingleRun]) -> String {
                 }
             };
             let within_5ms = format!("{:.0} %", m(|r| r.ack_within_5ms) * 100.0);
+            let name = format!("{}{tls}", which.name());
             s.push_str(&format!(
                 "| {rate} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} |\n",
-                which.name(),
+                name,
                 these.len(),
                 cell(|r| r.achieved, 0),
                 cell(|r| r.relay_cpu_us_per_event, 1),
