@@ -169,7 +169,9 @@ pub struct PollerConfig {
     pub rescan_interval_ms: u64,
     /// Group commit for reads, in milliseconds: while rows of the latest dispatch are with
     /// the broker, a wake-up waits for their acknowledgement — this long at most — and
-    /// everything committed meanwhile goes in the same read. 0 reads on every wake-up.
+    /// everything committed meanwhile goes in the same read. 0 (the default) reads on every
+    /// wake-up: under load `gather_ms` spaces the reads, and waiting for the broker's round
+    /// trip at moderate rates only adds latency (about 1 ms at 1,000 events/s on Tansu).
     pub coalesce_ms: u64,
     /// Gathering under load, in milliseconds: after a read that found rows, the next read
     /// waits so that the events committed meanwhile share one read, one produce request
@@ -189,7 +191,7 @@ impl Default for PollerConfig {
             interval_ms: 250,
             gap_grace_ms: 1_000,
             rescan_interval_ms: 300_000,
-            coalesce_ms: 5,
+            coalesce_ms: 0,
             gather_ms: 10,
             gather_full_rate: 2_000,
         }

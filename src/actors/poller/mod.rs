@@ -8,10 +8,9 @@
 //! the acker; failures to the retry actor.
 //!
 //! When it reads (`pace.rs`). At most one read at a time. A lone event is read at once;
-//! after a read that found rows the next one gathers for `poller.gather_ms`, and waits for
-//! the acknowledgement of the rows in flight (at most `poller.coalesce_ms`), so that
-//! everything committed meanwhile shares one read, one dispatch, one produce request and
-//! one report. A backlog (a read cut by `poller.batch_size`) is read on at once. Under
+//! after a read that found rows the next one waits a gathering window that grows with the
+//! arrival rate (up to `poller.gather_ms`), so that everything committed meanwhile shares
+//! one read, one dispatch, one produce request per partition and one report. A backlog (a read cut by `poller.batch_size`) is read on at once. Under
 //! steady load the poller reads on that cadence by itself and turns the store's row
 //! wake-ups off (PostgreSQL: `UNLISTEN`) until reads find nothing again.
 //!

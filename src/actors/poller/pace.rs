@@ -10,8 +10,9 @@
 //!   small beside what the machine has to spare); as the rate rises, reads and produce
 //!   requests per second fall and their work is shared by more events, when the relay
 //!   competes with the application for the machine.
-//! - Group commit: while rows of the latest dispatch are with the broker, a read also
-//!   waits for their acknowledgement, at most `poller.coalesce_ms` after the dispatch.
+//! - Group commit, if asked for (`poller.coalesce_ms`, 0 by default): while rows of the
+//!   latest dispatch are with the broker, a read also waits for their acknowledgement, at
+//!   most that long after the dispatch.
 //! - A backlog (the last read was cut by the batch size) is read on at once.
 //! - When the window is at least [`PACED_GATHER`] and [`PACE_AFTER`] reads in a row found
 //!   rows, the poller reads on this cadence on its own and turns row wake-ups off
