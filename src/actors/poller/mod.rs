@@ -353,11 +353,13 @@ impl PollerState {
             return 0;
         }
         let mut loaded = 0;
+        let mut read = false;
         let db_ready = self.db_retry_at.is_none_or(|t| Instant::now() >= t);
         if db_ready && self.flow.lease_valid() {
             match self.read(myself).await {
                 Ok(n) => {
                     loaded = n;
+                    read = true;
                     if self.db_failures > 0 {
                         info!(
                             after_failures = self.db_failures,
@@ -385,8 +387,9 @@ impl PollerState {
             }
         }
         self.dispatch(myself);
-        if self.pace.paced() && !self.more && !self.read_wanted {
-            // No wake-ups come: the poller's next read is its own.
+        if read && self.pace.paced() && !self.more && !self.read_wanted {
+            // No wake-ups come: the poller's next read is its own. (After a failed read
+            // the database back-off's Tick reads again.)
             self.read_wanted = true;
             if let Some(at) = self.pace.read_at(self.latest_round()) {
                 self.read_due(myself, at);
