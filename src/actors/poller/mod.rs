@@ -10,9 +10,10 @@
 //! When it reads (`pace.rs`). At most one read at a time. A lone event is read at once;
 //! after a read that found rows the next one waits a gathering window that grows with the
 //! arrival rate (up to `poller.gather_ms`), so that everything committed meanwhile shares
-//! one read, one dispatch, one produce request per partition and one report. A backlog (a read cut by `poller.batch_size`) is read on at once. Under
-//! steady load the poller reads on that cadence by itself and turns the store's row
-//! wake-ups off (PostgreSQL: `UNLISTEN`) until reads find nothing again.
+//! one read, one dispatch, one produce request per partition and one report. A backlog (a
+//! read cut by `poller.batch_size`) is read on at once. Under steady load the poller reads
+//! on that cadence by itself and turns the store's row wake-ups off (PostgreSQL:
+//! `UNLISTEN`) until reads find nothing again.
 //!
 //! How rows are found. Through the store's reader ([`crate::store::PendingReader`]):
 //! oldest first, never skipping a row whose transaction commits late (on PostgreSQL by

@@ -6,10 +6,10 @@
 //!   that the events committed meanwhile share one read, one dispatch, one produce request
 //!   per partition and one delete. The window grows with the square of the arrival rate
 //!   up to `poller.gather_ms`, reached at `poller.gather_full_rate` events/s (by default
-//!   10 ms at 2,000/s: 2.5 ms at 1,000/s, 0.6 ms at 500/s). At low rates an event hardly waits (the relay's work per event is
-//!   small beside what the machine has to spare); as the rate rises, reads and produce
-//!   requests per second fall and their work is shared by more events, when the relay
-//!   competes with the application for the machine.
+//!   10 ms at 2,000/s: 2.5 ms at 1,000/s, 0.6 ms at 500/s). At low rates an event hardly
+//!   waits (the relay's work per event is small beside what the machine has to spare); as
+//!   the rate rises, reads and produce requests per second fall and their work is shared
+//!   by more events, when the relay competes with the application for the machine.
 //! - Group commit, if asked for (`poller.coalesce_ms`, 0 by default): while rows of the
 //!   latest dispatch are with the broker, a read also waits for their acknowledgement, at
 //!   most that long after the dispatch.
