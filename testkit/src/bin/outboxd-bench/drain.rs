@@ -139,7 +139,6 @@ pub fn tls_table(drains: &[TlsDrain]) -> String {
          |---|---|---|---|---|---|\n",
     );
     let mut modes: Vec<&str> = drains.iter().map(|d| d.sslmode.as_str()).collect();
-    modes.dedup();
     modes.sort_unstable();
     modes.dedup();
     for mode in modes {
@@ -150,11 +149,7 @@ pub fn tls_table(drains: &[TlsDrain]) -> String {
                 .then(|| med(plain.iter().map(|d| f(d)).collect()))
         };
         let cell = |f: fn(&TlsDrain) -> f64, digits: usize| {
-            let v = m(f);
-            match base(f) {
-                Some(b) if b > 0.0 => format!("{v:.digits$} ({:.2}×)", v / b),
-                _ => format!("{v:.digits$}"),
-            }
+            crate::stats::with_ratio(m(f), base(f), digits)
         };
         let each = these
             .iter()

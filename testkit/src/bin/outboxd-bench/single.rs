@@ -38,7 +38,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use serde::{Deserialize, Serialize};
 
-use crate::world::{World, bar, say, scrape};
+use crate::world::{World, bar, metric_sum, say};
 use testkit::buckets::Buckets;
 use testkit::cpu::{CpuTicks, CpuUse, ProcCpu, proc_cpu_secs, proc_threads_cpu_secs};
 use testkit::process::free_port;
@@ -224,16 +224,18 @@ impl RelayUnderTest {
     async fn counters(&self) -> Counters {
         match &self.metrics {
             Some(addr) => {
-                // A counter not yet incremented is not exported: 0.
-                let counter = async |name| scrape(addr, name).await.unwrap_or(0.0);
-                let body = testkit::process::http_get(addr, "/metrics").await;
+                // One scrape for every counter. A counter not yet incremented is not
+                // exported: 0.
+                let body = testkit::process::http_get(addr, "/metrics")
+                    .await
+                    .map(|(_, body)| body)
+                    .unwrap_or_default();
+                let counter = |name| metric_sum(&body, name).unwrap_or(0.0);
                 Counters {
-                    statements: counter("outboxd_db_queries_total").await,
-                    produce_requests: counter("outboxd_kafka_produce_requests_total").await,
-                    late_rows: counter("outboxd_late_rows_total").await,
-                    ack: body.map_or_else(Buckets::default, |(_, body)| {
-                        Buckets::from_exposition(&body, "outboxd_commit_to_ack_seconds")
-                    }),
+                    statements: counter("outboxd_db_queries_total"),
+                    produce_requests: counter("outboxd_kafka_produce_requests_total"),
+                    late_rows: counter("outboxd_late_rows_total"),
+                    ack: Buckets::from_exposition(&body, "outboxd_commit_to_ack_seconds"),
                 }
             }
             None => self.report.lock().expect("report").clone(),
@@ -596,11 +598,7 @@ pub fn table(runs: &[SingleRun]) -> String {
                     .then(|| med(naive.iter().map(|r| f(r)).collect()))
             };
             let cell = |f: fn(&SingleRun) -> f64, digits: usize| {
-                let v = m(f);
-                match base(f) {
-                    Some(b) if b > 0.0 => format!("{v:.digits$} ({:.2}×)", v / b),
-                    _ => format!("{v:.digits$}"),
-                }
+                crate::stats::with_ratio(m(f), base(f), digits)
             };
             let within_5ms = format!("{:.0} %", m(|r| r.ack_within_5ms) * 100.0);
             let name = format!("{}{tls}", which.name());

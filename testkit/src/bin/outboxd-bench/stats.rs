@@ -39,3 +39,11 @@ pub(crate) fn push(slot: &mut Option<Stat>, v: f64) {
     runs.push(v);
     *slot = Some(Stat::of(runs));
 }
+
+/// A median for a table cell, with its ratio to a baseline in brackets when there is one.
+pub(crate) fn with_ratio(v: f64, base: Option<f64>, digits: usize) -> String {
+    match base {
+        Some(b) if b > 0.0 => format!("{v:.digits$} ({:.2}×)", v / b),
+        _ => format!("{v:.digits$}"),
+    }
+}

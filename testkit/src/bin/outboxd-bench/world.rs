@@ -169,6 +169,11 @@ impl World {
 /// does not answer or does not export it.
 pub(crate) async fn scrape(addr: &str, metric: &str) -> Option<f64> {
     let (_, body) = testkit::process::http_get(addr, "/metrics").await?;
+    metric_sum(&body, metric)
+}
+
+/// A metric in a `/metrics` body, summed over its labels; None when it is not there.
+pub(crate) fn metric_sum(body: &str, metric: &str) -> Option<f64> {
     body.lines()
         .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
