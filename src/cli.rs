@@ -135,8 +135,31 @@ pub async fn execute(command: Command, config: Config) -> ExitCode {
     }
 }
 
-async fn one_shot_pool(config: &Config) -> Result<sqlx::PgPool, ExitCode> {
-    db::connect(&config.database, 2).await.map_err(|e| {
+/// A connection pool to the configured database, for one command.
+enum OneShot {
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+impl OneShot {
+    fn admin(&self) -> admin::Db<'_> {
+        match self {
+            OneShot::Postgres(p) => admin::Db::Postgres(p),
+            OneShot::MySql(p) => admin::Db::MySql(p),
+        }
+    }
+
+    /// Connects now, or says why not (and refuses a server that is too old).
+    async fn connect(config: &Config, max: u32) -> anyhow::Result<OneShot> {
+        Ok(match db::backend(&config.database) {
+            db::Backend::Postgres => OneShot::Postgres(db::connect(&config.database, max).await?),
+            db::Backend::MySql => OneShot::MySql(db::connect_mysql(&config.database, max).await?),
+        })
+    }
+}
+
+async fn one_shot_pool(config: &Config) -> Result<OneShot, ExitCode> {
+    OneShot::connect(config, 2).await.map_err(|e| {
         eprintln!("error: {e:#}");
         ExitCode::from(EXIT_UNREACHABLE)
     })
@@ -148,7 +171,10 @@ async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let before = applied_migrations(&pool).await;
-    crate::MIGRATOR.run(&pool).await?;
+    match &pool {
+        OneShot::Postgres(p) => crate::MIGRATOR.run(p).await?,
+        OneShot::MySql(p) => crate::MYSQL_MIGRATOR.run(p).await?,
+    }
     let after = applied_migrations(&pool).await;
     let new = after.saturating_sub(before);
     if new == 0 {
@@ -159,34 +185,73 @@ async fn migrate(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn applied_migrations(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(0)
+async fn applied_migrations(pool: &OneShot) -> i64 {
+    const SQL: &str = "SELECT count(*) FROM _sqlx_migrations WHERE success";
+    match pool {
+        OneShot::Postgres(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
+        OneShot::MySql(p) => sqlx::query_scalar(SQL).fetch_one(p).await,
+    }
+    .unwrap_or(0)
+}
+
+/// The server's name and version, how the connection is protected, and (MariaDB/MySQL)
+/// whether the relay's user may see running transactions.
+async fn describe_server(pool: &OneShot) -> (String, String, Option<String>) {
+    match pool {
+        OneShot::Postgres(p) => {
+            let version: String = sqlx::query_scalar("SHOW server_version")
+                .fetch_one(p)
+                .await
+                .unwrap_or_default();
+            (
+                format!("PostgreSQL {version}"),
+                db::tls_description(p).await,
+                None,
+            )
+        }
+        OneShot::MySql(p) => {
+            let version: String = sqlx::query_scalar("SELECT VERSION()")
+                .fetch_one(p)
+                .await
+                .unwrap_or_default();
+            let problem = crate::store::mysql::sql::running_writers(p)
+                .await
+                .err()
+                .map(|e| e.to_string());
+            (version, db::mysql_tls_description(p).await, problem)
+        }
+    }
 }
 
 async fn check(config: &Config) -> anyhow::Result<ExitCode> {
     println!("config: ok");
     let mut unreachable = Vec::new();
-    match db::connect(&config.database, 1).await {
+    match OneShot::connect(config, 1).await {
         Ok(pool) => {
-            let version: String = sqlx::query_scalar("SHOW server_version")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or_default();
-            let tls = db::tls_description(&pool).await;
+            let (version, tls, problem) = describe_server(&pool).await;
             let migrated = applied_migrations(&pool).await;
-            let expected = crate::MIGRATOR.iter().count() as i64;
+            let expected = match pool {
+                OneShot::Postgres(_) => crate::MIGRATOR.iter().count(),
+                OneShot::MySql(_) => crate::MYSQL_MIGRATOR.iter().count(),
+            } as i64;
             let schema = if migrated >= expected {
                 "migrated".to_string()
             } else {
                 format!("{migrated}/{expected} migrations applied — run `outboxd migrate`")
             };
-            println!(
-                "database: ok ({}, PostgreSQL {version}, {tls}, schema {schema})",
-                crate::secrets::redact(&config.database.url)
-            );
+            match problem {
+                None => println!(
+                    "database: ok ({}, {version}, {tls}, schema {schema})",
+                    crate::secrets::redact(&config.database.url)
+                ),
+                Some(problem) => {
+                    println!(
+                        "database: MISCONFIGURED ({}, {version}): {problem}",
+                        crate::secrets::redact(&config.database.url)
+                    );
+                    unreachable.push("database");
+                }
+            }
         }
         Err(e) => {
             println!("database: UNREACHABLE — {e:#}");
@@ -241,6 +306,10 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
         // Before the relay starts, so that the series it sets up at start are recorded.
         telemetry::metrics_handle();
     }
+    if let Some(refused) = refuse_old_server(&config).await {
+        eprintln!("error: {refused}");
+        return Ok(ExitCode::from(EXIT_CONFIG));
+    }
     let mut relay = Relay::start(config, RelayOptions::default()).await?;
     if !listen.is_empty() {
         let addr = listen.parse()?;
@@ -264,17 +333,34 @@ async fn run(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A MariaDB / MySQL server that answers at start-up and is older than the store supports
+/// is refused before the relay starts (one that is down is checked when it answers).
+async fn refuse_old_server(config: &Config) -> Option<String> {
+    if db::backend(&config.database) != db::Backend::MySql {
+        return None;
+    }
+    let pool = db::lazy_mysql_pool(&config.database, 1).ok()?;
+    let ask = sqlx::query_scalar::<_, String>("SELECT VERSION()").fetch_one(&pool);
+    let timeout = Duration::from_millis(config.database.connect_timeout_ms);
+    let version = tokio::time::timeout(timeout, ask).await.ok()?.ok()?;
+    pool.close().await;
+    db::check_mysql_version(&version)
+        .err()
+        .map(|e| e.to_string())
+}
+
 async fn status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let pool = match one_shot_pool(config).await {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
     let partitions = config.relay.partitions as usize;
-    let backlog = admin::backlog_by_aggregate(&pool).await?;
-    let (open_dl, resolved_dl) = admin::dead_letter_counts(&pool).await?;
-    let kept = admin::published_kept(&pool).await?;
-    let leases = admin::leases(&pool).await?;
-    let destinations = admin::backlog_by_destination(&pool, 10).await?;
+    let db = pool.admin();
+    let backlog = admin::backlog_by_aggregate(db).await?;
+    let (open_dl, resolved_dl) = admin::dead_letter_counts(db).await?;
+    let kept = admin::published_kept(db).await?;
+    let leases = admin::leases(db).await?;
+    let destinations = admin::backlog_by_destination(db, 10).await?;
     let now = chrono::Utc::now();
     let age = |t: chrono::DateTime<chrono::Utc>| (now - t).num_milliseconds() as f64 / 1000.0;
     let sink = config.sink.kind;
@@ -362,7 +448,7 @@ async fn dead_letters(config: &Config, cmd: DeadLetterCommand) -> anyhow::Result
     };
     match cmd {
         DeadLetterCommand::List { all, limit } => {
-            let rows = admin::list_dead_letters(&pool, all, limit).await?;
+            let rows = admin::list_dead_letters(pool.admin(), all, limit).await?;
             if rows.is_empty() {
                 println!("No dead letters.");
             }
@@ -382,11 +468,11 @@ async fn dead_letters(config: &Config, cmd: DeadLetterCommand) -> anyhow::Result
             }
         }
         DeadLetterCommand::Replay(sel) => {
-            let n = admin::replay(&pool, &sel.selection()).await?;
+            let n = admin::replay(pool.admin(), &sel.selection()).await?;
             println!("Replayed {n} dead letter(s).");
         }
         DeadLetterCommand::Discard(sel) => {
-            let n = admin::discard(&pool, &sel.selection()).await?;
+            let n = admin::discard(pool.admin(), &sel.selection()).await?;
             println!("Discarded {n} dead letter(s).");
         }
     }

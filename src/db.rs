@@ -1,10 +1,150 @@
-//! Connecting to PostgreSQL.
+//! Connecting to the database: PostgreSQL, or MariaDB / MySQL, chosen by the URL's scheme.
 
 use std::time::Duration;
 
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 use crate::config::DatabaseConfig;
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `postgres://`, `postgresql://`.
+    Postgres,
+    /// `mysql://`, `mariadb://`: MariaDB >= 10.6 or MySQL >= 8.0.
+    MySql,
+}
+
+impl Backend {
+    /// By the URL's scheme; `None` for any other.
+    pub fn of(url: &str) -> Option<Backend> {
+        let scheme = url.split_once("://")?.0.to_ascii_lowercase();
+        match scheme.as_str() {
+            "postgres" | "postgresql" => Some(Backend::Postgres),
+            "mysql" | "mariadb" => Some(Backend::MySql),
+            _ => None,
+        }
+    }
+
+    /// As operators call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "PostgreSQL",
+            Backend::MySql => "MariaDB/MySQL",
+        }
+    }
+}
+
+/// The configured database's kind (the configuration was checked: the URL has a known
+/// scheme).
+pub fn backend(cfg: &DatabaseConfig) -> Backend {
+    Backend::of(&cfg.url).unwrap_or(Backend::Postgres)
+}
+
+/// Connection options for MariaDB / MySQL: the URL as the MySQL clients and sqlx read it
+/// (`ssl-mode`, `ssl-ca`, `ssl-cert`, `ssl-key`), each `[database]` TLS key that is set
+/// winning over the URL's, `database.password_file` over the URL's password; sessions in
+/// UTC (sqlx's default, which `TIMESTAMP` columns rely on) and reporting matched rows.
+pub fn mysql_connect_options(cfg: &DatabaseConfig) -> anyhow::Result<MySqlConnectOptions> {
+    if let Some(why) = crate::config::unsupported_tls(cfg) {
+        anyhow::bail!(why);
+    }
+    let url = match cfg.url.split_once("://") {
+        Some((_, rest)) => format!("mysql://{rest}"),
+        None => cfg.url.clone(),
+    };
+    let mut opts: MySqlConnectOptions = url
+        .parse()
+        .map_err(|e: sqlx::Error| anyhow::anyhow!("database.url: {}", redact(&e.to_string())))?;
+    if !cfg.sslmode.is_empty() {
+        let mode: MySqlSslMode = crate::config::mysql_ssl_mode(&cfg.sslmode)
+            .parse()
+            .map_err(|_| {
+                anyhow::anyhow!("database.sslmode: {:?} is not a TLS mode", cfg.sslmode)
+            })?;
+        opts = opts.ssl_mode(mode);
+    }
+    let keys = Overrides::of(cfg)?;
+    if let Some(root) = keys.root {
+        opts = opts.ssl_ca(root);
+    }
+    if let Some(cert) = keys.cert {
+        opts = opts.ssl_client_cert(cert);
+    }
+    if let Some(key) = keys.key {
+        opts = opts.ssl_client_key(key);
+    }
+    if let Some(password) = &keys.password {
+        opts = opts.password(password);
+    }
+    Ok(opts.found_rows(true))
+}
+
+/// A MariaDB / MySQL pool that connects lazily.
+pub fn lazy_mysql_pool(cfg: &DatabaseConfig, max: u32) -> anyhow::Result<sqlx::MySqlPool> {
+    Ok(MySqlPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .connect_lazy_with(mysql_connect_options(cfg)?))
+}
+
+/// Connects to MariaDB / MySQL now, failing with the reason if it cannot be reached or is
+/// too old.
+pub async fn connect_mysql(cfg: &DatabaseConfig, max: u32) -> anyhow::Result<sqlx::MySqlPool> {
+    let opts = mysql_connect_options(cfg)?;
+    let pool = MySqlPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .connect_with(opts)
+        .await
+        .map_err(|e| unreachable(cfg, &e))?;
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| unreachable(cfg, &e))?;
+    check_mysql_version(&version)?;
+    Ok(pool)
+}
+
+fn unreachable(cfg: &DatabaseConfig, e: &sqlx::Error) -> anyhow::Error {
+    let hint = explain(&e.to_string())
+        .map(|h| format!(" — {h}"))
+        .unwrap_or_default();
+    anyhow::anyhow!(
+        "cannot connect to {} at {}: {}{hint}",
+        backend(cfg).name(),
+        redact(&cfg.url),
+        redact(&e.to_string())
+    )
+}
+
+/// Refuses a server older than MariaDB 10.6 or MySQL 8.0 (no `SKIP LOCKED`, no
+/// `JSON_TABLE`, no expression defaults), naming its version.
+pub fn check_mysql_version(version: &str) -> anyhow::Result<()> {
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    // MariaDB before 11 may report itself behind MySQL 5.5.5 for old clients.
+    let number = version.strip_prefix("5.5.5-").unwrap_or(version);
+    let mut parts = number
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    let (ok, need) = if mariadb {
+        ((major, minor) >= (10, 6), "MariaDB 10.6")
+    } else {
+        (major >= 8, "MySQL 8.0")
+    };
+    if ok {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the database server is {} {version}; outboxd needs {need} or later",
+            if mariadb { "MariaDB" } else { "MySQL" }
+        )
+    }
+}
 
 /// Connection options from the configuration, with `application_name = outboxd`. The
 /// URL is read as libpq reads it (`sslmode`, `sslrootcert`, `sslcert`, `sslkey` in its
@@ -25,21 +165,48 @@ pub fn connect_options(cfg: &DatabaseConfig) -> anyhow::Result<PgConnectOptions>
         })?;
         opts = opts.ssl_mode(mode);
     }
-    if !cfg.sslrootcert.is_empty() {
-        opts = opts.ssl_root_cert(&cfg.sslrootcert);
+    let keys = Overrides::of(cfg)?;
+    if let Some(root) = keys.root {
+        opts = opts.ssl_root_cert(root);
     }
-    if !cfg.sslcert.is_empty() {
-        opts = opts.ssl_client_cert(&cfg.sslcert);
+    if let Some(cert) = keys.cert {
+        opts = opts.ssl_client_cert(cert);
     }
-    if !cfg.sslkey.is_empty() {
-        opts = opts.ssl_client_key(&cfg.sslkey);
+    if let Some(key) = keys.key {
+        opts = opts.ssl_client_key(key);
     }
-    if !cfg.password_file.is_empty() {
-        let password = crate::secrets::read_file(&cfg.password_file)
-            .map_err(|e| anyhow::anyhow!("database.password_file: {e}"))?;
-        opts = opts.password(&password);
+    if let Some(password) = &keys.password {
+        opts = opts.password(password);
     }
     Ok(opts.application_name("outboxd"))
+}
+
+/// The `[database]` keys that win over the URL's: TLS files and the password file's
+/// content, each when set.
+struct Overrides<'a> {
+    root: Option<&'a str>,
+    cert: Option<&'a str>,
+    key: Option<&'a str>,
+    password: Option<String>,
+}
+
+impl<'a> Overrides<'a> {
+    fn of(cfg: &'a DatabaseConfig) -> anyhow::Result<Self> {
+        let set = |v: &'a String| (!v.is_empty()).then_some(v.as_str());
+        let password = match set(&cfg.password_file) {
+            Some(file) => Some(
+                crate::secrets::read_file(file)
+                    .map_err(|e| anyhow::anyhow!("database.password_file: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            root: set(&cfg.sslrootcert),
+            cert: set(&cfg.sslcert),
+            key: set(&cfg.sslkey),
+            password,
+        })
+    }
 }
 
 /// A pool that connects lazily: the relay starts (and says so) even while the database
@@ -59,16 +226,7 @@ pub async fn connect(cfg: &DatabaseConfig, max: u32) -> anyhow::Result<sqlx::PgP
         .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
         .connect_with(opts)
         .await
-        .map_err(|e| {
-            let hint = explain(&e.to_string())
-                .map(|h| format!(" — {h}"))
-                .unwrap_or_default();
-            anyhow::anyhow!(
-                "cannot connect to PostgreSQL at {}: {}{hint}",
-                redact(&cfg.url),
-                redact(&e.to_string())
-            )
-        })
+        .map_err(|e| unreachable(cfg, &e))
 }
 
 /// What an operator should do about a connection error, in words, when it is one of the
@@ -137,6 +295,25 @@ pub async fn tls_description(pool: &sqlx::PgPool) -> String {
     }
 }
 
+/// How a MariaDB / MySQL connection is protected: `TLS TLSv1.3 (cipher)` or `no TLS`.
+pub async fn mysql_tls_description(pool: &sqlx::MySqlPool) -> String {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let get = |name: &str| {
+        rows.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    match (get("Ssl_version"), get("Ssl_cipher")) {
+        (version, cipher) if !version.is_empty() => format!("TLS {version} ({cipher})"),
+        _ => "no TLS".into(),
+    }
+}
+
 use crate::secrets::redact;
 
 #[cfg(test)]
@@ -168,5 +345,40 @@ mod tests {
             );
         }
         assert_eq!(super::explain("connection refused"), None);
+    }
+
+    #[test]
+    fn old_servers_are_refused_by_version() {
+        for ok in [
+            "10.11.19-MariaDB-0+deb12u1",
+            "10.6.1-MariaDB",
+            "11.4.2-MariaDB-log",
+            "8.0.36",
+            "8.4.0",
+            "5.5.5-10.11.2-MariaDB",
+            "9.1.0-commercial",
+        ] {
+            assert!(super::check_mysql_version(ok).is_ok(), "{ok}");
+        }
+        for old in [
+            "10.5.23-MariaDB",
+            "5.5.5-10.3.39-MariaDB",
+            "5.7.44-log",
+            "5.6.51",
+        ] {
+            let e = super::check_mysql_version(old).unwrap_err().to_string();
+            assert!(e.contains(old) && e.contains("or later"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_scheme_chooses_the_database() {
+        use super::Backend;
+        assert_eq!(Backend::of("postgres://u@h/d"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("postgresql://h"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("mysql://u@h/d"), Some(Backend::MySql));
+        assert_eq!(Backend::of("MariaDB://u@h/d"), Some(Backend::MySql));
+        assert_eq!(Backend::of("sqlite://x"), None);
+        assert_eq!(Backend::of("h:5432"), None);
     }
 }

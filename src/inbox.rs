@@ -1,9 +1,9 @@
 //! The consumer's half of the pattern: an inbox that makes a consumer's database writes
 //! happen once per event, although every relay — outboxd included — delivers at least once.
 //!
-//! In the consumer's own PostgreSQL transaction, [`Inbox::process`] records
-//! `(consumer, event_id)` in the `outbox_inbox` table (created by [`crate::MIGRATOR`] /
-//! `outboxd migrate`) and runs the handler's writes only if that pair was not recorded
+//! In the consumer's own database transaction — PostgreSQL, or MariaDB / MySQL with the
+//! `mysql` feature — [`Inbox::process`] records `(consumer, event_id)` in the
+//! `outbox_inbox` table (created by [`crate::MIGRATOR`] / `outboxd migrate`) and runs the handler's writes only if that pair was not recorded
 //! before. A duplicate is skipped; the caller acknowledges it to the broker like any other.
 //! Works the same behind any sink: the `event_id` is a field of every Redis entry, a header
 //! of every Kafka record and NATS message.
@@ -59,8 +59,41 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+use crate::outbox::OutboxDatabase;
+
+/// A connection or an open transaction the inbox records on: `PgConnection`,
+/// `MySqlConnection` (feature `mysql`), or a `Transaction` of either.
+pub trait InboxConnection: Send {
+    /// Its database.
+    type Database: OutboxDatabase;
+    /// The connection underneath.
+    #[doc(hidden)]
+    fn connection(&mut self) -> &mut <Self::Database as sqlx::Database>::Connection;
+}
+
+impl InboxConnection for sqlx::PgConnection {
+    type Database = sqlx::Postgres;
+    fn connection(&mut self) -> &mut sqlx::PgConnection {
+        self
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl InboxConnection for sqlx::MySqlConnection {
+    type Database = sqlx::MySql;
+    fn connection(&mut self) -> &mut sqlx::MySqlConnection {
+        self
+    }
+}
+
+impl<DB: OutboxDatabase> InboxConnection for sqlx::Transaction<'_, DB> {
+    type Database = DB;
+    fn connection(&mut self) -> &mut DB::Connection {
+        self
+    }
+}
 
 /// What [`Inbox::process`] did with an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,11 +159,11 @@ impl Inbox {
     /// On a duplicate the handler does not run and the result is [`Handled::Duplicate`].
     /// If the handler fails, or the commit does, everything is rolled back and the error
     /// returned; the event counts as not processed.
-    pub async fn process<T, E>(
+    pub async fn process<DB: OutboxDatabase, T, E>(
         &self,
-        pool: &PgPool,
+        pool: &sqlx::Pool<DB>,
         event_id: Uuid,
-        handler: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        handler: impl AsyncFnOnce(&mut DB::Connection) -> Result<T, E>,
     ) -> Result<Handled<T>, InboxError<E>> {
         let mut tx = pool.begin().await?;
         if !self.record(&mut tx, event_id).await? {
@@ -149,48 +182,39 @@ impl Inbox {
     ///
     /// If another transaction recorded the same event and has not finished, this waits for
     /// it: `false` once it commits, `true` if it rolls back.
-    pub async fn record(&self, tx: &mut PgConnection, event_id: Uuid) -> Result<bool, sqlx::Error> {
-        let inserted = sqlx::query(
-            "INSERT INTO outbox_inbox (consumer, event_id) VALUES ($1, $2) \
-             ON CONFLICT (consumer, event_id) DO NOTHING",
-        )
-        .bind(&self.consumer)
-        .bind(event_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
+    pub async fn record<C: InboxConnection>(
+        &self,
+        tx: &mut C,
+        event_id: Uuid,
+    ) -> Result<bool, sqlx::Error> {
+        C::Database::inbox_record(tx.connection(), &self.consumer, event_id).await
     }
 
     /// Whether this consumer has processed `event_id` (and the entry is still kept).
-    pub async fn seen(&self, pool: &PgPool, event_id: Uuid) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM outbox_inbox WHERE consumer = $1 AND event_id = $2)",
-        )
-        .bind(&self.consumer)
-        .bind(event_id)
-        .fetch_one(pool)
-        .await
+    pub async fn seen<DB: OutboxDatabase>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        event_id: Uuid,
+    ) -> Result<bool, sqlx::Error> {
+        DB::inbox_seen(pool, &self.consumer, event_id).await
     }
 
     /// Deletes this consumer's entries older than the retention, a few thousand per
     /// statement, and returns how many went. Call it now and then (hourly is plenty); it
     /// never blocks [`Inbox::process`] for long.
-    pub async fn cleanup(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
+    pub async fn cleanup<DB: OutboxDatabase>(
+        &self,
+        pool: &sqlx::Pool<DB>,
+    ) -> Result<u64, sqlx::Error> {
         let mut deleted = 0;
         loop {
-            let n = sqlx::query(
-                "DELETE FROM outbox_inbox WHERE consumer = $1 AND event_id = ANY (ARRAY( \
-                     SELECT event_id FROM outbox_inbox \
-                     WHERE consumer = $1 AND processed_at < now() - make_interval(secs => $2) \
-                     LIMIT $3))",
+            let n = DB::inbox_delete_old(
+                pool,
+                &self.consumer,
+                self.retention.as_secs_f64(),
+                CLEANUP_BATCH,
             )
-            .bind(&self.consumer)
-            .bind(self.retention.as_secs_f64())
-            .bind(CLEANUP_BATCH)
-            .execute(pool)
-            .await?
-            .rows_affected();
+            .await?;
             deleted += n;
             if n < CLEANUP_BATCH as u64 {
                 return Ok(deleted);

@@ -55,7 +55,8 @@ mod task;
 pub mod telemetry;
 
 pub use outbox::{
-    NewEvent, NewEventBuilder, Payload, SinkKind, ValidationError, enqueue, enqueue_batch,
+    NewEvent, NewEventBuilder, OutboxDatabase, Payload, SinkKind, ValidationError, enqueue,
+    enqueue_batch,
 };
 #[cfg(feature = "relay")]
 pub use relay::{Relay, RelayOptions};
@@ -64,3 +65,9 @@ pub use relay::{Relay, RelayOptions};
 /// trigger, the consumers' `outbox_inbox`), for applications that migrate themselves:
 /// `outboxd::MIGRATOR.run(&pool)`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The schema migrations for MariaDB (>= 10.6) and MySQL (>= 8.0): the same tables and
+/// meanings on InnoDB (`migrations/mysql`), for applications that migrate themselves:
+/// `outboxd::MYSQL_MIGRATOR.run(&pool)`.
+#[cfg(feature = "mysql")]
+pub static MYSQL_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");

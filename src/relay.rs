@@ -11,9 +11,11 @@ use crate::actors::messages::{
 use crate::actors::supervisor::{Supervisor, SupervisorArgs};
 use crate::actors::{Hooks, names};
 use crate::config::Config;
+use crate::db::Backend;
 use crate::health::Health;
 use crate::sink::{self, SinkFactory};
 use crate::store::Store;
+use crate::store::mysql::MySqlStore;
 use crate::store::postgres::PgStore;
 
 /// Options beyond the configuration.
@@ -48,8 +50,11 @@ impl Relay {
     /// Starts the supervisor; it takes the lease (or stands by) and runs the pipeline.
     /// The database need not be reachable yet: the relay keeps trying and says so.
     pub async fn start(config: Config, options: RelayOptions) -> anyhow::Result<Relay> {
-        let store = PgStore::connect_lazy(&config)?;
-        Self::start_with_store(config, Arc::new(store), options).await
+        let store: Arc<dyn Store> = match crate::db::backend(&config.database) {
+            Backend::Postgres => Arc::new(PgStore::connect_lazy(&config)?),
+            Backend::MySql => Arc::new(MySqlStore::connect_lazy(&config)?),
+        };
+        Self::start_with_store(config, store, options).await
     }
 
     /// Starts the relay on a store of the caller's (the in-memory store of the pipeline's

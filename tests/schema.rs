@@ -365,3 +365,61 @@ async fn the_watcher_follows_the_pollers_wish_for_wake_ups_and_always_hears_resc
     assert_eq!(take(), vec![Wakeup::Rows]);
     task.abort();
 }
+
+/// A row dead-lettered, replayed and failing again is dead-lettered again — its dead
+/// letter reopened with the new reason — not deleted with nowhere to go.
+#[tokio::test]
+async fn a_replayed_row_that_fails_again_is_dead_lettered_again() {
+    use outboxd::outbox::admin::{self, Selection};
+    use outboxd::store::postgres::PgStore;
+    use outboxd::store::{Fence, LeaseClaim, Store};
+
+    let db = TestDb::new().await;
+    let store = PgStore::new(db.pool.clone(), db.pool.clone(), Duration::from_secs(1));
+    let claim = LeaseClaim {
+        name: "relay",
+        owner: "a",
+        ttl: Duration::from_secs(30),
+        reclaim: false,
+        grace: Duration::from_secs(1),
+    };
+    let epoch = store.acquire_lease(&claim).await.unwrap().unwrap();
+    let fence = Fence {
+        name: "relay".into(),
+        owner: "a".into(),
+        epoch,
+    };
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
+         VALUES ('a', 'poisoned', 'e', 't', '{}') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        store
+            .dead_letter(&fence, id, 3, "too large", "record_too_large")
+            .await
+            .unwrap()
+    );
+    assert_eq!(admin::replay(&db.pool, &Selection::All).await.unwrap(), 1);
+    assert!(store.held_aggregates().await.unwrap().is_empty());
+    assert!(
+        store
+            .dead_letter(&fence, id, 5, "still too large", "record_too_large")
+            .await
+            .unwrap(),
+        "dead-lettered again"
+    );
+    assert_eq!(
+        store.held_aggregates().await.unwrap(),
+        vec!["poisoned".to_string()]
+    );
+    let open = admin::list_dead_letters(&db.pool, false, 10).await.unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].id, open[0].attempts, open[0].reason.as_str()),
+        (id, 5, "still too large")
+    );
+    assert_eq!(open[0].resolution, None);
+}

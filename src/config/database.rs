@@ -53,13 +53,21 @@ impl Default for DatabaseConfig {
 
 pub(super) fn check_database_url(url: &str) -> Result<(), String> {
     let shown = crate::secrets::redact(url);
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(format!(
-            "{shown:?} is not a PostgreSQL URL (postgres://user@host:port/database)"
-        ));
-    }
-    url.parse::<sqlx::postgres::PgConnectOptions>()
-        .map(|_| ())
+    let parsed = match crate::db::Backend::of(url) {
+        Some(crate::db::Backend::Postgres) => {
+            url.parse::<sqlx::postgres::PgConnectOptions>().map(|_| ())
+        }
+        Some(crate::db::Backend::MySql) => url::Url::parse(url)
+            .map(|_| ())
+            .map_err(|e| sqlx::Error::Configuration(e.to_string().into())),
+        None => {
+            return Err(format!(
+                "{shown:?} is not a PostgreSQL URL (postgres://user@host:port/database) \
+                 nor a MariaDB/MySQL one (mariadb:// or mysql://user@host:port/database)"
+            ));
+        }
+    };
+    parsed
         // An unknown sslmode is reported by check_database_tls, naming the mode.
         .or_else(|err| {
             if err.to_string().contains("ssl_mode") {
@@ -86,23 +94,68 @@ pub const SSL_MODES: &[&str] = &[
     "verify-full",
 ];
 
+/// The MySQL clients' `ssl-mode` values (written in any case, `-` or `_`).
+pub const MYSQL_SSL_MODES: &[&str] = &[
+    "DISABLED",
+    "PREFERRED",
+    "REQUIRED",
+    "VERIFY_CA",
+    "VERIFY_IDENTITY",
+];
+
+/// A MySQL `ssl-mode` as sqlx reads it (`verify_identity`), from any of its spellings.
+pub fn mysql_ssl_mode(mode: &str) -> String {
+    mode.to_ascii_lowercase().replace('-', "_")
+}
+
+/// A TLS mode in the database's own vocabulary: known or not, and which mode it is as
+/// the checks below name them (libpq's words).
+fn normalized_mode(db: &DatabaseConfig, mode: &str) -> Option<&'static str> {
+    if crate::db::backend(db) == crate::db::Backend::MySql {
+        match mysql_ssl_mode(mode).as_str() {
+            "disabled" => Some("disable"),
+            "preferred" => Some("prefer"),
+            "required" => Some("require"),
+            "verify_ca" => Some("verify-ca"),
+            "verify_identity" => Some("verify-full"),
+            _ => None,
+        }
+    } else {
+        SSL_MODES.iter().find(|m| **m == mode).copied()
+    }
+}
+
+/// The strict modes' names for this database, for messages.
+fn mode_names(db: &DatabaseConfig) -> (&'static str, &'static str, &'static str) {
+    if crate::db::backend(db) == crate::db::Backend::MySql {
+        ("VERIFY_CA", "VERIFY_IDENTITY", "ssl-ca")
+    } else {
+        ("verify-ca", "verify-full", "sslrootcert")
+    }
+}
+
 /// TLS settings of `[database]` and of its URL: known modes, files that exist and can be
 /// read, a client certificate together with its key.
 pub(super) fn check_database_tls(db: &DatabaseConfig) -> Vec<String> {
     let mut e = Vec::new();
     let pick = tls_settings(db);
     if let Some((key, mode)) = pick("sslmode", &db.sslmode, &["sslmode", "ssl-mode"])
-        && !SSL_MODES.contains(&mode.as_str())
+        && normalized_mode(db, &mode).is_none()
     {
+        let modes = if crate::db::backend(db) == crate::db::Backend::MySql {
+            MYSQL_SSL_MODES
+        } else {
+            SSL_MODES
+        };
         e.push(format!(
             "{key}: {mode:?} is not a TLS mode (one of {})",
-            SSL_MODES.join(", ")
+            modes.join(", ")
         ));
     }
     let root = pick(
         "sslrootcert",
         &db.sslrootcert,
-        &["sslrootcert", "ssl-root-cert", "ssl-ca"],
+        &["sslrootcert", "ssl-root-cert", "ssl-ca", "sslca"],
     );
     e.extend(unsupported_tls(db));
     let cert = pick("sslcert", &db.sslcert, &["sslcert", "ssl-cert"]);
@@ -164,23 +217,33 @@ fn tls_settings(db: &DatabaseConfig) -> impl Fn(&str, &str, &[&str]) -> Option<(
 /// only, no host name) is safe there but here would take any publicly issued certificate
 /// for any host; and with `sslrootcert` set, libpq verifies the chain in `require` and
 /// `prefer` as well. `verify-full` checks the host name too, which keeps it safe here.
+///
+/// MariaDB / MySQL by the MySQL clients' names: `VERIFY_CA` like `verify-ca`, and
+/// `PREFERRED` / `REQUIRED` with `ssl-ca` (which the MySQL clients verify against) like
+/// libpq's; `VERIFY_IDENTITY` like `verify-full`.
 pub fn unsupported_tls(db: &DatabaseConfig) -> Option<String> {
     let pick = tls_settings(db);
     let (key, mode) = pick("sslmode", &db.sslmode, &["sslmode", "ssl-mode"])?;
     let root = pick(
         "sslrootcert",
         &db.sslrootcert,
-        &["sslrootcert", "ssl-root-cert", "ssl-ca"],
+        &["sslrootcert", "ssl-root-cert", "ssl-ca", "sslca"],
     );
-    match (mode.as_str(), root) {
+    let (ca_mode, full_mode, root_name) = mode_names(db);
+    let (trusts, verifies) = if crate::db::backend(db) == crate::db::Backend::MySql {
+        ("the MySQL clients trust", "the MySQL clients then verify")
+    } else {
+        ("libpq trusts", "libpq then verifies")
+    };
+    match (normalized_mode(db, &mode)?, root) {
         ("verify-ca", _) => Some(format!(
-            "{key}: verify-ca is not supported: libpq trusts only sslrootcert, this relay \
-             also trusts the public web roots, so verify-ca (no host-name check) would accept \
-             any publicly issued certificate; use verify-full (checks the host name too)"
+            "{key}: {ca_mode} is not supported: {trusts} only {root_name}, this relay \
+             also trusts the public web roots, so {ca_mode} (no host-name check) would accept \
+             any publicly issued certificate; use {full_mode} (checks the host name too)"
         )),
         ("allow" | "prefer" | "require", Some((root_key, _))) => Some(format!(
-            "{key}: {mode} with {root_key} set: libpq then verifies the server's certificate \
-             chain, which this relay does only with verify-full; use verify-full, or remove \
+            "{key}: {mode} with {root_key} set: {verifies} the server's certificate \
+             chain, which this relay does only with {full_mode}; use {full_mode}, or remove \
              {root_key} to encrypt without verifying"
         )),
         _ => None,
@@ -249,6 +312,57 @@ mod tests {
                 ""
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn mariadb_ssl_modes_are_the_mysql_clients_and_refused_alike() {
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let ca = ca.path().to_str().unwrap().to_string();
+        let problems = |url: String, mode: &str, root: &str| {
+            check_database_tls(&DatabaseConfig {
+                url,
+                sslmode: mode.into(),
+                sslrootcert: root.into(),
+                ..Default::default()
+            })
+        };
+        let base = "mariadb://u@h/d";
+        for (mode, root) in [
+            ("DISABLED", ""),
+            ("preferred", ""),
+            ("REQUIRED", ""),
+            ("verify_identity", ""),
+            ("VERIFY-IDENTITY", ca.as_str()),
+        ] {
+            assert_eq!(
+                problems(base.into(), mode, root),
+                Vec::<String>::new(),
+                "{mode}"
+            );
+        }
+        assert!(
+            problems(
+                format!("{base}?ssl-mode=VERIFY_IDENTITY&ssl-ca={ca}"),
+                "",
+                ""
+            )
+            .is_empty()
+        );
+        for (url, mode, root) in [
+            (base.to_string(), "VERIFY_CA", ""),
+            (base.to_string(), "REQUIRED", ca.as_str()),
+            (format!("{base}?ssl-mode=PREFERRED&ssl-ca={ca}"), "", ""),
+        ] {
+            let p = problems(url.clone(), mode, root);
+            assert_eq!(p.len(), 1, "{url} {mode}: {p:?}");
+            assert!(p[0].contains("use VERIFY_IDENTITY"), "{p:?}");
+        }
+        // libpq's words are not MySQL's.
+        let p = problems(base.into(), "verify-full", "");
+        assert!(
+            p[0].contains("not a TLS mode") && p[0].contains("VERIFY_IDENTITY"),
+            "{p:?}"
         );
     }
 }

@@ -140,6 +140,7 @@ impl Config {
             100_000,
         );
         range("poller.interval_ms", self.poller.interval_ms, 1, 3_600_000);
+        range("poller.watch_ms", self.poller.watch_ms, 1, 60_000);
         range(
             "poller.gap_grace_ms",
             self.poller.gap_grace_ms,
@@ -572,7 +573,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let err = load(
-            "[relay]\npartitons = 3\npartitions = 0\n[database]\nurl = \"mysql://x\"\n[poller]\nbatch_size = \"many\"\n",
+            "[relay]\npartitons = 3\npartitions = 0\n[database]\nurl = \"mongodb://x\"\n[poller]\nbatch_size = \"many\"\n",
             &[("OUTBOXD__RETRY__MAX_ATTEMPTS", "lots"), ("OUTBOXD__NOPE__X", "1")],
         )
         .unwrap_err();

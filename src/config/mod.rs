@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::sink::kafka::config::KafkaConfig;
 pub use crate::sink::nats::config::NatsConfig;
 pub use crate::sink::redis::config::RedisConfig;
-pub use database::{DatabaseConfig, SSL_MODES, unsupported_tls};
+pub use database::{DatabaseConfig, MYSQL_SSL_MODES, SSL_MODES, mysql_ssl_mode, unsupported_tls};
 
 /// The default path of the configuration file, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/outboxd.toml";
@@ -160,8 +160,11 @@ pub struct PollerConfig {
     pub batch_size: u32,
     /// Fallback poll when no NOTIFY arrives, in milliseconds.
     pub interval_ms: u64,
-    /// How long an id gap may stay unexplained before the poller asks Postgres whether the
-    /// transaction that could fill it has ended, in milliseconds.
+    /// MariaDB / MySQL (no NOTIFY): how often the relay looks for new rows while it waits
+    /// for them, in milliseconds (one statement reading the end of two indexes).
+    pub watch_ms: u64,
+    /// How long an id gap may stay unexplained before the poller asks the database whether
+    /// the transaction that could fill it has ended, in milliseconds.
     pub gap_grace_ms: u64,
     /// Full re-read of pending rows below the read position, a safety net, in milliseconds.
     /// It walks every index entry below the cursor, dead ones included until vacuum
@@ -189,6 +192,7 @@ impl Default for PollerConfig {
         Self {
             batch_size: 1_000,
             interval_ms: 250,
+            watch_ms: 10,
             gap_grace_ms: 1_000,
             rescan_interval_ms: 300_000,
             coalesce_ms: 0,

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgExecutor;
 use uuid::Uuid;
+
+use super::backend::OutboxDatabase;
 
 /// Header names outboxd sets on every record; applications cannot override them.
 pub const RESERVED_HEADERS: &[&str] = &[
@@ -450,7 +451,8 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Writes one event on the caller's transaction or connection; returns its event id.
+/// Writes one event on the caller's transaction or connection — PostgreSQL's, or with the
+/// `mysql` feature MariaDB's / MySQL's — and returns its event id.
 ///
 /// ```no_run
 /// # async fn f(pool: sqlx::PgPool) -> anyhow::Result<()> {
@@ -465,69 +467,32 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 /// tx.commit().await?;
 /// # Ok(()) }
 /// ```
-pub async fn enqueue<'e, E: PgExecutor<'e>>(
-    executor: E,
-    event: &NewEvent,
-) -> Result<Uuid, sqlx::Error> {
+pub async fn enqueue<'e, E>(executor: E, event: &'e NewEvent) -> Result<Uuid, sqlx::Error>
+where
+    E: sqlx::Executor<'e> + 'e,
+    E::Database: OutboxDatabase,
+{
     let ids = enqueue_batch(executor, std::slice::from_ref(event)).await?;
     Ok(ids[0])
 }
 
-/// Writes many events in one statement (`INSERT … SELECT FROM UNNEST`), in slice order:
-/// ids ascend with the slice, so an aggregate's events keep their order. Returns the event
-/// ids in the same order.
-pub async fn enqueue_batch<'e, E: PgExecutor<'e>>(
+/// Writes many events in one statement, in slice order: ids ascend with the slice, so an
+/// aggregate's events keep their order. Returns the event ids in the same order. On
+/// PostgreSQL one `INSERT … SELECT FROM UNNEST`; on MariaDB / MySQL one multi-row
+/// `INSERT`, of at most 8,000 events.
+pub async fn enqueue_batch<'e, E>(
     executor: E,
-    events: &[NewEvent],
-) -> Result<Vec<Uuid>, sqlx::Error> {
+    events: &'e [NewEvent],
+) -> Result<Vec<Uuid>, sqlx::Error>
+where
+    E: sqlx::Executor<'e> + 'e,
+    E::Database: OutboxDatabase,
+{
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let n = events.len();
-    let mut event_ids = Vec::with_capacity(n);
-    let mut aggregate_types = Vec::with_capacity(n);
-    let mut aggregate_ids = Vec::with_capacity(n);
-    let mut event_types = Vec::with_capacity(n);
-    let mut topics = Vec::with_capacity(n);
-    let mut payloads: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut payload_bytes: Vec<Option<&[u8]>> = Vec::with_capacity(n);
-    let mut headers = Vec::with_capacity(n);
-    for e in events {
-        event_ids.push(e.event_id);
-        aggregate_types.push(e.aggregate_type.as_str());
-        aggregate_ids.push(e.aggregate_id.as_str());
-        event_types.push(e.event_type.as_str());
-        topics.push(e.topic.as_str());
-        match &e.payload {
-            Payload::Json(text) => {
-                payloads.push(Some(text));
-                payload_bytes.push(None);
-            }
-            Payload::Bytes(bytes) => {
-                payloads.push(None);
-                payload_bytes.push(Some(bytes));
-            }
-        }
-        headers.push(serde_json::to_string(&e.headers).expect("string map serializes"));
-    }
-    sqlx::query(
-        "INSERT INTO outbox \
-             (event_id, aggregate_type, aggregate_id, event_type, topic, payload, payload_bytes, headers) \
-         SELECT e, at, ai, et, t, p::jsonb, pb, h::jsonb \
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                     $6::text[], $7::bytea[], $8::text[]) AS u(e, at, ai, et, t, p, pb, h)",
-    )
-    .bind(&event_ids)
-    .bind(&aggregate_types)
-    .bind(&aggregate_ids)
-    .bind(&event_types)
-    .bind(&topics)
-    .bind(&payloads)
-    .bind(&payload_bytes)
-    .bind(&headers)
-    .execute(executor)
-    .await?;
-    Ok(event_ids)
+    <E::Database as OutboxDatabase>::insert_events(executor, events).await?;
+    Ok(events.iter().map(NewEvent::event_id).collect())
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 #[cfg(feature = "relay")]
 #[doc(hidden)]
 pub mod admin;
+pub mod backend;
 pub mod event;
 
+pub use backend::OutboxDatabase;
 pub use event::{
     NewEvent, NewEventBuilder, Payload, RESERVED_HEADERS, SinkKind, TopicError, ValidationError,
     enqueue, enqueue_batch, headers_from_json, validate_subject, validate_topic,

@@ -16,7 +16,9 @@
 //! - **Wake-ups** ([`Store::watch`]): the poller is told when rows may have been written,
 //!   where the database can say so (PostgreSQL's NOTIFY); otherwise it polls.
 
+mod gaps;
 pub mod memory;
+pub mod mysql;
 pub mod postgres;
 
 use std::sync::Arc;
@@ -115,9 +117,9 @@ pub enum LockCheck {
     #[error(
         "the instance lock taken by one statement was not held by the session of the next \
          statement on the same connection: a connection pooler in transaction mode \
-         (PgBouncer pool_mode = transaction or statement) stands between the relay and \
-         PostgreSQL. The relay needs session-level connections: connect it to PostgreSQL \
-         directly or through a pool in session mode"
+         (PgBouncer pool_mode = transaction or statement, a proxy multiplexing MySQL \
+         sessions) stands between the relay and the database. The relay needs session-level \
+         connections: connect it to the database directly or through a pool in session mode"
     )]
     NotSession,
 }

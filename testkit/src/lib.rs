@@ -22,6 +22,7 @@ pub mod chaos;
 pub mod cpu;
 pub mod db;
 pub mod demo;
+pub mod mysqldb;
 pub mod process;
 pub mod servers;
 pub mod verify;

@@ -336,9 +336,21 @@ fn each_invalid_configuration_names_its_key_and_exits_2() {
         ),
         (
             "bad url scheme",
-            "[database]\nurl = \"mysql://root@h/db\"\n",
+            "[database]\nurl = \"sqlite://root@h/db\"\n",
             &[],
             "database.url",
+        ),
+        (
+            "bad MariaDB url",
+            "[database]\nurl = \"mariadb://h:notaport/db\"\n",
+            &[],
+            "database.url",
+        ),
+        (
+            "bad MariaDB ssl-mode",
+            "[database]\nurl = \"mariadb://h/db?ssl-mode=verify-full\"\n",
+            &[],
+            "VERIFY_IDENTITY",
         ),
         (
             "bad url",

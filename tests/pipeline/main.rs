@@ -294,6 +294,18 @@ async fn a_poisoned_aggregate_is_dead_lettered_and_held_until_replayed() {
     // Still held a while later.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.pending().len(), 4);
+    // Replayed before the fix, it fails again: dead-lettered again (not lost), the
+    // aggregate held again.
+    assert_eq!(store.replay("bad"), 1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let dls = store.dead_letters();
+            dls.len() == 1 && dls[0].resolved_at.is_none() && store.pending().len() == 4
+        })
+        .await,
+        "a replayed row that failed again is an open dead letter again: {:?}",
+        store.dead_letters()
+    );
     // The operator fixes it and replays: the whole aggregate goes, in order.
     sink.heal_aggregate("bad");
     assert_eq!(store.replay("bad"), 1);

@@ -162,13 +162,17 @@ impl Store for MemoryStore {
                 return Ok(false);
             }
             let row = t.outbox.remove(&id).expect("pending").row;
-            t.dead_letters.entry(id).or_insert(MemDeadLetter {
-                row,
-                reason: reason.into(),
-                error_class: error_class.into(),
-                attempts,
-                resolved_at: None,
-            });
+            // A replayed row failing again reopens its dead letter.
+            t.dead_letters.insert(
+                id,
+                MemDeadLetter {
+                    row,
+                    reason: reason.into(),
+                    error_class: error_class.into(),
+                    attempts,
+                    resolved_at: None,
+                },
+            );
             Ok(true)
         })
     }

@@ -4,7 +4,6 @@
 //! (`reader.rs`), NOTIFY wake-ups (`listen.rs`) and session advisory locks for instance
 //! names. The SQL itself is in [`sql`].
 
-mod gaps;
 mod listen;
 mod reader;
 pub mod sql;
@@ -15,6 +14,7 @@ use futures::future::BoxFuture;
 
 use crate::config::{Config, OnPublish};
 use crate::db;
+use crate::store::gaps::GapReader;
 use crate::store::{
     Fence, InstanceLock, LeaseClaim, LockCheck, OutboxRow, PendingReader, RowWakeups, Store,
     StoreError, WakeFn,
@@ -89,12 +89,10 @@ impl Store for PgStore {
     }
 
     fn reader(&self) -> Box<dyn PendingReader> {
-        Box::new(reader::GapReader {
-            pool: self.pool.clone(),
-            grace: self.gap_grace,
-            cursor: 0,
-            gaps: Default::default(),
-        })
+        Box::new(GapReader::new(
+            reader::PgGaps(self.pool.clone()),
+            self.gap_grace,
+        ))
     }
 
     fn fetch_ids<'a>(

@@ -234,8 +234,10 @@ pub async fn record_failure(
     check_fence(fence, held)
 }
 
-/// Moves a row to `outbox_dead_letter` with the reason, in one statement. Returns false
-/// when the row was no longer pending (already published or dead-lettered).
+/// Moves a row to `outbox_dead_letter` with the reason, in one statement. A row that was
+/// dead-lettered before, replayed and failed again reopens its dead letter (its id is
+/// taken). Returns false when the row was no longer pending (already published or
+/// dead-lettered).
 pub async fn dead_letter(
     pool: &sqlx::PgPool,
     fence: &Fence,
@@ -256,7 +258,12 @@ pub async fn dead_letter(
                  SELECT id, aggregate_type, aggregate_id, event_type, topic, payload, payload_bytes, \
                         headers, event_id, created_at, $6, $7, $5, \
                         coalesce(first_failed_at, now()), now() FROM moved \
-                 ON CONFLICT (id) DO NOTHING RETURNING 1) \
+                 ON CONFLICT (id) DO UPDATE SET reason = EXCLUDED.reason, \
+                    error_class = EXCLUDED.error_class, attempts = EXCLUDED.attempts, \
+                    first_failed_at = EXCLUDED.first_failed_at, \
+                    last_failed_at = EXCLUDED.last_failed_at, dead_lettered_at = now(), \
+                    resolved_at = NULL, resolution = NULL \
+                 RETURNING 1) \
          SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM ins)"
     ))
     .bind(&fence.name)

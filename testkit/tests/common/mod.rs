@@ -8,6 +8,7 @@ pub mod sinks;
 
 pub use relay::*;
 pub use testkit::db::*;
+pub use testkit::mysqldb::*;
 pub use testkit::process::*;
 pub use testkit::servers::PrivateServer;
 

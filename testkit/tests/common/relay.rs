@@ -24,9 +24,14 @@ pub fn logs() {
 
 /// A configuration for a relay on `db`, quick to react, without the metrics port.
 pub fn config(db: &TestDb) -> Config {
+    config_for(&db.url)
+}
+
+/// As [`config`], on the database at `url` (a MariaDB one, say).
+pub fn config_for(url: &str) -> Config {
     logs();
     let mut c = Config::default();
-    c.database.url = db.url.clone();
+    c.database.url = url.into();
     c.kafka.brokers = brokers();
     c.metrics.listen = String::new();
     c.relay.lease_ttl_ms = 3_000;
