@@ -2,7 +2,7 @@
 # The fault-injection harness: scripts/torture.sh short (a few minutes; CI runs it) or
 # scripts/torture.sh long (every scenario with more cycles; the numbers in
 # docs/reliability.md). Extra arguments go to outboxd-torture, e.g. --scenario kill9.
-# It restarts the local PostgreSQL (pg-restart scenario): run it alone.
+# It restarts the local PostgreSQL and MariaDB (db-restart scenario): run it alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-short}

@@ -4,6 +4,7 @@
 //! and failing again), cleanup, the polling watcher, and the privilege the relay needs.
 
 #[path = "../testkit/src/mysqldb.rs"]
+#[allow(dead_code)]
 mod mysqldb;
 
 use std::sync::{Arc, Mutex};

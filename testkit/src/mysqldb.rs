@@ -104,3 +104,36 @@ impl Drop for MySqlTestDb {
         .join();
     }
 }
+
+/// A fresh, migrated MariaDB database named `name` (dropped first if it exists) on the
+/// test server; returns its URL. For the fault harness and the benchmark, which drop it
+/// themselves ([`drop_mysql_database`]).
+pub async fn fresh_mysql_database(name: &str) -> String {
+    let admin = mysql_pool(&mysql_admin_url(), 1).await;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS `{name}`"),
+        format!("CREATE DATABASE `{name}`"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .expect("create database");
+    }
+    admin.close().await;
+    let url = with_database(&mysql_admin_url(), name);
+    let pool = mysql_pool(&url, 1).await;
+    outboxd::MYSQL_MIGRATOR.run(&pool).await.expect("migrate");
+    pool.close().await;
+    url
+}
+
+/// Drops a database made by [`fresh_mysql_database`].
+pub async fn drop_mysql_database(name: &str) {
+    let admin = mysql_pool(&mysql_admin_url(), 1).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS `{name}`"
+    )))
+    .execute(&admin)
+    .await;
+    admin.close().await;
+}

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use outboxd::NewEvent;
 use outboxd::sink::SinkKind;
-use outboxd::{NewEvent, enqueue_batch};
 use rand::RngExt;
 use testkit::broker::LocalBroker;
 use testkit::chaos::TcpProxy;
@@ -20,6 +20,7 @@ use testkit::verify::{Consumed, Ledger, Reader, create_topic};
 use testkit::process::{free_port, outboxd_bin};
 use testkit::servers::PrivateServer;
 
+use crate::db::{Database, Db};
 use crate::sinks::{NATS_STREAM, consume_nats, consume_redis};
 
 /// Partitions of the scenario topic (also Tansu's default for auto-created topics).
@@ -112,10 +113,12 @@ pub struct Env {
     pub db_name: String,
     /// Direct URL (generator, checks).
     pub db_url: String,
+    /// The database the scenario runs on.
+    pub database: Database,
     /// Pool for the harness itself.
-    pub pool: sqlx::PgPool,
-    /// Proxy between the relay and PostgreSQL.
-    pub pg_proxy: TcpProxy,
+    pub db: Db,
+    /// Proxy between the relay and the database.
+    pub db_proxy: TcpProxy,
     /// Proxy between the relay (and the consumer) and the broker.
     pub broker_proxy: Option<TcpProxy>,
     /// The sink the relay publishes to.
@@ -150,18 +153,27 @@ impl Env {
     /// A fresh database and a private sink server behind a proxy: Tansu unless `brokers`
     /// is given (with the scenario topic created; on other brokers the caller creates
     /// it), or a `redis-server` / `nats-server -js` (with the scenario's JetStream stream).
-    pub async fn new(name: &str, sink: SinkKind, brokers: Option<String>) -> anyhow::Result<Env> {
-        let name = format!("{name}-{sink}");
-        let admin = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    pub async fn new(
+        name: &str,
+        sink: SinkKind,
+        brokers: Option<String>,
+        database: Database,
+    ) -> anyhow::Result<Env> {
+        let name = match database {
+            Database::Postgres => format!("{name}-{sink}"),
+            Database::MariaDb => format!("{name}-{sink}-mariadb"),
+        };
         let db_name = format!("outboxd_t_torture_{}", name.replace('-', "_"));
-        let db_url = testkit::backlog::fresh_database(&admin, &db_name).await?;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(12)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect(&db_url)
-            .await?;
-        let pg_proxy = TcpProxy::start("127.0.0.1:0", "127.0.0.1:5432".parse()?).await?;
+        let db_url = match database {
+            Database::Postgres => {
+                let admin = std::env::var("DATABASE_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+                testkit::backlog::fresh_database(&admin, &db_name).await?
+            }
+            Database::MariaDb => testkit::mysqldb::fresh_mysql_database(&db_name).await,
+        };
+        let db = Db::connect(database, &db_url).await?;
+        let db_proxy = TcpProxy::start("127.0.0.1:0", database.server().parse()?).await?;
         let dir = PathBuf::from(std::env::var("OUTBOXD_TORTURE_DIR").unwrap_or_else(|_| {
             std::env::temp_dir()
                 .join("outboxd-torture")
@@ -170,7 +182,7 @@ impl Env {
         }));
         std::fs::create_dir_all(&dir)?;
         // Stream keys and subjects by each sink's rules.
-        let base = name.strip_suffix(&format!("-{sink}")).unwrap_or(&name);
+        let base = name.split(&format!("-{sink}")).next().unwrap_or(&name);
         let topic = match sink {
             SinkKind::Kafka => format!("torture-{base}"),
             SinkKind::Redis => format!("torture:{base}"),
@@ -229,8 +241,9 @@ impl Env {
             name,
             db_name,
             db_url,
-            pool,
-            pg_proxy,
+            database,
+            db,
+            db_proxy,
             broker_proxy,
             sink,
             broker,
@@ -253,7 +266,15 @@ impl Env {
     /// The relay's database URL (through the proxy).
     pub fn relay_db_url(&self) -> String {
         self.db_url
-            .replace("127.0.0.1:5432", &self.pg_proxy.addr().to_string())
+            .replace(self.database.server(), &self.db_proxy.addr().to_string())
+    }
+
+    /// The PostgreSQL pool of a scenario that runs on PostgreSQL only.
+    pub fn pg(&self) -> &sqlx::PgPool {
+        match &self.db {
+            Db::Pg(p) => p,
+            Db::My(_) => panic!("{}: a PostgreSQL-only scenario on MariaDB", self.name),
+        }
     }
 
     /// Starts `outboxd run` with the scenario's settings and this instance id (empty: the
@@ -308,8 +329,8 @@ impl Env {
 
     /// The current lease epoch (0 before any).
     pub async fn lease_epoch(&self) -> i64 {
-        sqlx::query_scalar("SELECT coalesce(max(epoch), 0) FROM outbox_lease")
-            .fetch_one(&self.pool)
+        self.db
+            .count("SELECT coalesce(max(epoch), 0) FROM outbox_lease")
             .await
             .unwrap_or(-1)
     }
@@ -428,13 +449,7 @@ impl Env {
 
     /// Rows still pending, except those of `excluded` aggregates (held poison).
     pub async fn pending_except(&self, prefix: &str) -> i64 {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL AND aggregate_id NOT LIKE $1",
-        )
-        .bind(format!("{prefix}%"))
-        .fetch_one(&self.pool)
-        .await
-        .unwrap_or(i64::MAX)
+        self.db.pending_except(prefix).await.unwrap_or(i64::MAX)
     }
 
     /// Waits until everything written was published (held poison excepted).
@@ -452,7 +467,11 @@ impl Env {
     /// Drops the scenario database.
     pub async fn cleanup(mut self) {
         self.stop_consumer();
-        self.pool.close().await;
+        self.db.close().await;
+        if self.database == Database::MariaDb {
+            testkit::mysqldb::drop_mysql_database(&self.db_name).await;
+            return;
+        }
         let admin = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         if let Ok(p) = sqlx::PgPool::connect(&admin).await {
@@ -493,7 +512,7 @@ impl Generator {
                     .map(|a| format!("agg-{a}"))
                     .collect();
                 tokio::spawn(write_loop(
-                    env.pool.clone(),
+                    env.db.clone(),
                     env.topic.clone(),
                     own,
                     batch,
@@ -529,7 +548,7 @@ impl Generator {
 
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
-    pool: sqlx::PgPool,
+    db: Db,
     topic: String,
     aggregates: Vec<String>,
     batch: usize,
@@ -567,13 +586,8 @@ async fn write_loop(
             );
             keys.push((agg.clone(), seqs[i]));
         }
-        let outcome = async {
-            let mut tx = pool.begin().await.map_err(|_| false)?;
-            enqueue_batch(&mut *tx, &events).await.map_err(|_| false)?;
-            // An error from COMMIT itself leaves the outcome unknown.
-            tx.commit().await.map_err(|_| true)
-        }
-        .await;
+        // An error from COMMIT itself leaves the outcome unknown.
+        let outcome = db.write(&events).await;
         let now = Instant::now();
         let failed_now = {
             let mut b = book.lock().unwrap();

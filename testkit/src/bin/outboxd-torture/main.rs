@@ -10,6 +10,7 @@
 //! outboxd-torture --scenario kill9 --scenario poison
 //! ```
 
+mod db;
 mod env;
 mod scenarios;
 mod sinks;
@@ -27,13 +28,17 @@ struct Args {
     #[arg(long, default_value = "short")]
     profile: String,
     /// Scenarios to run (default: all): kill9, broker-restart, netcut, sink-pause, poison,
-    /// destination, sigterm, sigstop, pg-restart, bloat, late, unknown-topic.
+    /// destination, sigterm, sigstop, db-restart, bloat, late, unknown-topic.
     #[arg(long)]
     scenario: Vec<String>,
     /// Sinks to run them against (default: kafka, redis and nats). A scenario that does
     /// not concern a sink is skipped for it (see `scenarios::applies`).
     #[arg(long, value_parser = testkit::demo::parse_sink)]
     sink: Vec<SinkKind>,
+    /// Databases to run them on (default: postgres and mariadb). On MariaDB the scenarios
+    /// that concern the database run, with Kafka (see `scenarios::applies`).
+    #[arg(long, value_parser = db::Database::parse)]
+    database: Vec<db::Database>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/torture-report.json")]
     report: std::path::PathBuf,
@@ -71,14 +76,27 @@ async fn main() -> ExitCode {
     } else {
         args.sink.clone()
     };
-    let runs: Vec<(SinkKind, &String)> = sinks
+    let databases = if args.database.is_empty() {
+        vec![db::Database::Postgres, db::Database::MariaDb]
+    } else {
+        args.database.clone()
+    };
+    let runs: Vec<(db::Database, SinkKind, &String)> = databases
         .iter()
-        .flat_map(|sink| names.iter().map(move |n| (*sink, n)))
-        .filter(|(sink, n)| scenarios::applies(n, *sink))
+        .flat_map(|d| sinks.iter().map(move |s| (*d, *s)))
+        .flat_map(|(d, sink)| names.iter().map(move |n| (d, sink, n)))
+        .filter(|(d, sink, n)| scenarios::applies(n, *sink, *d))
         .collect();
-    for (sink, scenario) in runs {
-        let name = format!("{scenario}/{sink}");
+    for (database, sink, scenario) in runs {
+        let name = match database {
+            db::Database::Postgres => format!("{scenario}/{sink}"),
+            db::Database::MariaDb => format!("{scenario}/{sink}/{}", database.name()),
+        };
         eprintln!("[torture] {name}: running ({} profile)", profile.name);
+        let profile = scenarios::Profile {
+            database,
+            ..profile.clone()
+        };
         match scenarios::run(scenario, &profile, sink).await {
             Ok(r) => {
                 eprintln!(

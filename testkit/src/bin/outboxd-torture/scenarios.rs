@@ -12,13 +12,17 @@ use testkit::chaos::Mode;
 
 use outboxd::sink::SinkKind;
 
+use crate::db::Database;
 use crate::env::{Env, Generator, RelayProc};
 
-/// Scenario sizes.
+/// Scenario sizes, and the database the scenarios run on.
 #[derive(Debug, Clone, Serialize)]
 pub struct Profile {
     /// `short` or `long`.
     pub name: &'static str,
+    /// The database of this run's scenarios.
+    #[serde(skip)]
+    pub database: Database,
     /// Offered load, events/s.
     pub rate: u32,
     /// Aggregates the load is spread over.
@@ -58,6 +62,7 @@ impl Profile {
     pub fn short() -> Profile {
         Profile {
             name: "short",
+            database: Database::Postgres,
             rate: 400,
             aggregates: 200,
             kill_cycles: 5,
@@ -81,6 +86,7 @@ impl Profile {
     pub fn long() -> Profile {
         Profile {
             name: "long",
+            database: Database::Postgres,
             rate: 1_000,
             aggregates: 1_000,
             kill_cycles: 25,
@@ -188,7 +194,7 @@ async fn under_load(
     sink: SinkKind,
     p: &Profile,
 ) -> anyhow::Result<(Env, RelayProc, Generator, Report)> {
-    let mut env = Env::new(name, sink, None).await?;
+    let mut env = Env::new(name, sink, None, p.database).await?;
     env.start_consumer();
     let relay = start_relay(&mut env, name).await?;
     let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
@@ -276,8 +282,9 @@ async fn finish(
             "ledger consumer rode out {consumer_errors} consumer errors"
         ));
     }
-    let dead_lettered: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letter")
-        .fetch_one(&env.pool)
+    let dead_lettered: i64 = env
+        .db
+        .count("SELECT count(*) FROM outbox_dead_letter")
         .await
         .unwrap_or(-1);
     {
@@ -370,19 +377,38 @@ pub const ALL: &[&str] = &[
     "destination",
     "sigterm",
     "sigstop",
-    "pg-restart",
+    "db-restart",
     "bloat",
     "late",
     "unknown-topic",
 ];
 
-/// Whether scenario `name` runs for `sink`. The PostgreSQL-side scenarios (`pg-restart`,
+/// Whether scenario `name` runs for `sink`. The database-side scenarios (`db-restart`,
 /// `bloat`, `late`) do not depend on the sink and run with Kafka only; `unknown-topic`
 /// needs librdkafka's mock cluster; `destination` is Redis's and NATS's held
 /// destinations (Kafka's are in `unknown-topic`).
-pub fn applies(name: &str, sink: SinkKind) -> bool {
+///
+/// On MariaDB the scenarios that concern the database run, with Kafka: the relay's
+/// crashes, restarts, standby and fencing, the database's restart and connection cuts,
+/// poison rows and late committers (and a broker restart). `bloat` (PostgreSQL's vacuum
+/// horizon), `destination` and `unknown-topic` (sink-side) stay on PostgreSQL.
+pub fn applies(name: &str, sink: SinkKind, database: Database) -> bool {
+    if database == Database::MariaDb {
+        return sink == SinkKind::Kafka
+            && matches!(
+                name,
+                "kill9"
+                    | "broker-restart"
+                    | "netcut"
+                    | "poison"
+                    | "sigterm"
+                    | "sigstop"
+                    | "db-restart"
+                    | "late"
+            );
+    }
     match name {
-        "pg-restart" | "bloat" | "late" | "unknown-topic" => sink == SinkKind::Kafka,
+        "db-restart" | "bloat" | "late" | "unknown-topic" => sink == SinkKind::Kafka,
         "destination" => sink != SinkKind::Kafka,
         _ => true,
     }
@@ -393,7 +419,7 @@ pub async fn run(name: &str, p: &Profile, sink: SinkKind) -> anyhow::Result<Repo
     match name {
         "kill9" => kill9(p, sink).await,
         "broker-restart" => broker_restart(p, sink).await,
-        "pg-restart" => pg_restart(p, sink).await,
+        "db-restart" | "pg-restart" => db_restart(p, sink).await,
         "netcut" => netcut(p, sink).await,
         "sink-pause" => sink_pause(p, sink).await,
         "bloat" => bloat(p, sink).await,
@@ -410,7 +436,7 @@ pub async fn run(name: &str, p: &Profile, sink: SinkKind) -> anyhow::Result<Repo
 /// `kill -9` of the relay at random moments, restarted each time.
 async fn kill9(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("kill9", sink, None).await?;
+    let mut env = Env::new("kill9", sink, None, p.database).await?;
     env.start_consumer();
     // No instance id: the relay goes by its default name, the host's, as a restarted
     // systemd unit or Kubernetes container does.
@@ -497,39 +523,22 @@ async fn broker_restart(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     Ok(finish(env, Some(generator), vec![relay], started, report).await)
 }
 
-fn pg_ctl(action: &str) -> anyhow::Result<()> {
-    let version = std::fs::read_dir("/etc/postgresql")?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no cluster under /etc/postgresql"))?;
-    let mut cmd = std::process::Command::new("pg_ctlcluster");
-    cmd.args(["--skip-systemctl-redirect", &version, "main", action]);
-    if action == "stop" {
-        cmd.args(["-m", "fast"]);
-    }
-    let out = cmd.output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "pg_ctlcluster {action}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// PostgreSQL is stopped (fast) and started again while the relay and the writers run.
-async fn pg_restart(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
+/// The database (PostgreSQL or MariaDB) is stopped (fast) and started again while the
+/// relay and the writers run.
+async fn db_restart(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let (mut env, relay, generator, mut report) = under_load("pg-restart", sink, p).await?;
+    let (mut env, relay, generator, mut report) = under_load("db-restart", sink, p).await?;
+    let database = env.database;
     for _ in 0..p.pg_restarts {
         sleep(Duration::from_secs(5)).await;
         let t = Instant::now();
-        tokio::task::spawn_blocking(|| pg_ctl("stop")).await??;
+        tokio::task::spawn_blocking(move || database.ctl("stop")).await??;
         sleep(Duration::from_secs(3)).await;
-        tokio::task::spawn_blocking(|| pg_ctl("start")).await??;
+        tokio::task::spawn_blocking(move || database.ctl("start")).await??;
         env.faults += 1;
         report.notes.push(format!(
-            "PostgreSQL down for {:.1} s",
+            "{} down for {:.1} s",
+            database.name(),
             t.elapsed().as_secs_f64()
         ));
         sleep(Duration::from_secs(6)).await;
@@ -541,7 +550,7 @@ async fn pg_restart(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     Ok(finish(env, Some(generator), vec![relay], started, report).await)
 }
 
-/// TCP proxies between the relay and the broker and between the relay and PostgreSQL
+/// TCP proxies between the relay and the broker and between the relay and the database
 /// refuse or blackhole connections for a few seconds.
 async fn netcut(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
@@ -549,15 +558,15 @@ async fn netcut(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     for _ in 0..p.netcut_rounds {
         for (target, mode, secs) in [
             ("broker", Mode::Refuse, 3),
-            ("postgres", Mode::Refuse, 3),
+            ("database", Mode::Refuse, 3),
             ("broker", Mode::Blackhole, 5),
-            ("postgres", Mode::Blackhole, 5),
+            ("database", Mode::Blackhole, 5),
         ] {
             sleep(Duration::from_secs(3)).await;
             let proxy = if target == "broker" {
                 env.broker_proxy.as_ref().expect("broker proxy")
             } else {
-                &env.pg_proxy
+                &env.db_proxy
             };
             proxy.set(mode);
             sleep(Duration::from_secs(secs)).await;
@@ -625,14 +634,14 @@ async fn destination(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
             .bind(a)
             .bind(&held)
             .bind(seq)
-            .execute(&env.pool)
+            .execute(env.pg())
             .await?;
         }
     }
     env.faults += 1;
     sleep(Duration::from_secs(8)).await;
     let pending = |env: &Env| {
-        let pool = env.pool.clone();
+        let pool = env.pg().clone();
         async move {
             sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM outbox WHERE aggregate_id LIKE 'poison-held-%' AND published_at IS NULL",
@@ -716,7 +725,7 @@ async fn destination(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
 
 async fn dead_tuples(env: &Env) -> i64 {
     sqlx::query_scalar("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'outbox'")
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .unwrap_or(-1)
 }
@@ -733,7 +742,7 @@ async fn burst(env: &Env, phase: &str, n: u32) -> anyhow::Result<f64> {
                 .expect("valid")
         })
         .collect();
-    let mut tx = env.pool.begin().await?;
+    let mut tx = env.pg().begin().await?;
     outboxd::enqueue_batch(&mut *tx, &events).await?;
     tx.commit().await?;
     let t = Instant::now();
@@ -794,7 +803,7 @@ async fn bloat(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
         ("after", p.bloat_phase),
     ] {
         if phase == "during" {
-            let mut conn = env.pool.acquire().await?.detach();
+            let mut conn = env.pg().acquire().await?.detach();
             sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
                 .execute(&mut conn)
                 .await?;
@@ -847,12 +856,7 @@ async fn late(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
             .topic(env.topic.clone())
             .json(&serde_json::json!({"seq": *seq}))
             .build()?;
-        let mut tx = env.pool.begin().await?;
-        outboxd::enqueue(&mut *tx, &event).await?;
-        let id: i64 = sqlx::query_scalar("SELECT id FROM outbox WHERE event_id = $1")
-            .bind(event.event_id())
-            .fetch_one(&mut *tx)
-            .await?;
+        let (tx, id) = env.db.hold(&event).await?;
         sleep(pause(1_000, 4_000)).await;
         let published_past = env.book.lock().unwrap().max_outbox_id > id;
         if rand::rng().random_bool(0.8) {
@@ -1032,37 +1036,22 @@ async fn write_poison(env: &Env, round: u32) -> anyhow::Result<Vec<(uuid::Uuid, 
         } else {
             (Some(payload), None)
         };
-        let event_id: uuid::Uuid = sqlx::query_scalar(
-            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload, payload_bytes, headers) \
-             VALUES ('torture', $1, 'torture.poison', $2, $3::jsonb, $4, $5::jsonb) RETURNING event_id",
-        )
-        .bind(&agg)
-        .bind(&topic)
-        .bind(json)
-        .bind(bytes)
-        .bind(&k.headers)
-        .fetch_one(&env.pool)
-        .await?;
+        let event_id = env
+            .db
+            .insert(&agg, "torture.poison", &topic, (json, bytes), &k.headers)
+            .await?;
         // The aggregate's next row: held behind its dead letter (policy "hold").
-        sqlx::query(
-            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload) \
-             VALUES ('torture', $1, 'torture.after-poison', $2, '{\"seq\": 2}')",
-        )
-        .bind(&agg)
-        .bind(&env.topic)
-        .execute(&env.pool)
-        .await?;
+        let next = (Some(r#"{"seq": 2}"#.to_string()), None);
+        env.db
+            .insert(&agg, "torture.after-poison", &env.topic, next, "{}")
+            .await?;
         out.push((event_id, k.class));
     }
     // Not poison: must be published, empty keys allowed.
-    sqlx::query(
-        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, topic, payload, headers) VALUES \
-         ('torture', '', 'torture.odd', $1, jsonb_build_object('seq', $2::int8), '{}')",
-    )
-    .bind(&env.topic)
-    .bind(i64::from(round) + 1)
-    .execute(&env.pool)
-    .await?;
+    let odd = (Some(format!(r#"{{"seq": {}}}"#, round + 1)), None);
+    env.db
+        .insert("", "torture.odd", &env.topic, odd, "{}")
+        .await?;
     env.book
         .lock()
         .unwrap()
@@ -1087,11 +1076,12 @@ async fn poison(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     sleep(Duration::from_secs(3)).await;
     report.poison_rows = poisoned.len() as u64;
     check_dead_letters(&env, &poisoned, &mut report).await?;
-    let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE aggregate_id LIKE 'poison-%' AND published_at IS NULL",
-    )
-    .fetch_one(&env.pool)
-    .await?;
+    let held = env
+        .db
+        .count(
+            "SELECT count(*) FROM outbox WHERE aggregate_id LIKE 'poison-%' AND published_at IS NULL",
+        )
+        .await?;
     if held != poisoned.len() as i64 {
         report.failures.push(format!(
             "{held} rows held behind {} dead letters (want one each)",
@@ -1107,10 +1097,7 @@ async fn check_dead_letters(
     expected: &[(uuid::Uuid, &'static str)],
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let rows: Vec<(uuid::Uuid, String, String)> =
-        sqlx::query_as("SELECT event_id, error_class, reason FROM outbox_dead_letter")
-            .fetch_all(&env.pool)
-            .await?;
+    let rows = env.db.dead_letters().await?;
     let by_id: HashMap<uuid::Uuid, (String, String)> =
         rows.into_iter().map(|(e, c, r)| (e, (c, r))).collect();
     let mut classes: HashMap<&str, u32> = HashMap::new();
@@ -1151,7 +1138,13 @@ async fn unknown_topic(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     use rdkafka::types::RDKafkaRespErr;
     let started = Instant::now();
     let mock = MockCluster::new(1)?;
-    let mut env = Env::new("unknown-topic", sink, Some(mock.bootstrap_servers())).await?;
+    let mut env = Env::new(
+        "unknown-topic",
+        sink,
+        Some(mock.bootstrap_servers()),
+        p.database,
+    )
+    .await?;
     mock.create_topic(&env.topic, crate::env::PARTITIONS, 1)?;
     mock.topic_error(
         "missing-topic",
@@ -1181,13 +1174,13 @@ async fn unknown_topic(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
         )
         .bind(agg)
         .bind(topic)
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await?;
         poisoned.push((id, class));
         env.faults += 1;
     }
     let dead_letters = |env: &Env| {
-        let pool = env.pool.clone();
+        let pool = env.pg().clone();
         async move {
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox_dead_letter")
                 .fetch_one(&pool)
@@ -1196,7 +1189,7 @@ async fn unknown_topic(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
         }
     };
     let poison_pending = |env: &Env| {
-        let pool = env.pool.clone();
+        let pool = env.pg().clone();
         async move {
             sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM outbox WHERE aggregate_id LIKE 'poison-%' \
@@ -1249,7 +1242,7 @@ async fn unknown_topic(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
 /// SIGTERM under load: exit 0 within `relay.shutdown_timeout_ms`, then a new relay carries on.
 async fn sigterm(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("sigterm", sink, None).await?;
+    let mut env = Env::new("sigterm", sink, None, p.database).await?;
     env.relay_env
         .push(("OUTBOXD__RELAY__SHUTDOWN_TIMEOUT_MS".into(), "5000".into()));
     env.start_consumer();
@@ -1285,10 +1278,7 @@ async fn sigterm(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
 }
 
 async fn lease_owner(env: &Env) -> String {
-    sqlx::query_scalar("SELECT owner FROM outbox_lease")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap_or_default()
+    env.db.lease_owner().await
 }
 
 /// Two relays, one standing by. The active one is SIGSTOPped for longer than any relay
@@ -1296,7 +1286,7 @@ async fn lease_owner(env: &Env) -> String {
 /// its lease is gone, its writes are fenced, and it must not publish out of order.
 async fn sigstop(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut env = Env::new("sigstop", sink, None).await?;
+    let mut env = Env::new("sigstop", sink, None, p.database).await?;
     env.relay_env.push((
         "OUTBOXD__KAFKA__PRODUCER__MESSAGE.TIMEOUT.MS".into(),
         "5000".into(),
