@@ -1,7 +1,8 @@
-//! The databases the library writes to: [`OutboxDatabase`], implemented for PostgreSQL
-//! and — with the `mysql` feature — for MariaDB / MySQL. It carries the few statements
-//! that differ ([`crate::enqueue_batch`]'s insert, the inbox's), so that the functions
-//! applications call take either database's transactions, connections and pools.
+//! Writing events to the databases: [`enqueue`] / [`enqueue_batch`] on the caller's
+//! transaction or connection, and [`OutboxDatabase`], implemented for PostgreSQL and —
+//! with the `mysql` feature — for MariaDB / MySQL. It carries the few statements that
+//! differ (the insert, the inbox's), so that the functions applications call take either
+//! database's transactions, connections and pools.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +10,50 @@ use std::pin::Pin;
 use uuid::Uuid;
 
 use super::event::{NewEvent, Payload};
+
+/// Writes one event on the caller's transaction or connection — PostgreSQL's, or with the
+/// `mysql` feature MariaDB's / MySQL's — and returns its event id.
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::PgPool) -> anyhow::Result<()> {
+/// let mut tx = pool.begin().await?;
+/// sqlx::query("UPDATE orders SET state = 'paid' WHERE id = 42").execute(&mut *tx).await?;
+/// let event = outboxd::NewEvent::builder("order", "42")
+///     .event_type("order.paid")
+///     .topic("orders")
+///     .json(&serde_json::json!({"total": 12}))
+///     .build()?;
+/// outboxd::enqueue(&mut *tx, &event).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+pub async fn enqueue<'e, E>(executor: E, event: &'e NewEvent) -> Result<Uuid, sqlx::Error>
+where
+    E: sqlx::Executor<'e> + 'e,
+    E::Database: OutboxDatabase,
+{
+    let ids = enqueue_batch(executor, std::slice::from_ref(event)).await?;
+    Ok(ids[0])
+}
+
+/// Writes many events in one statement, in slice order: ids ascend with the slice, so an
+/// aggregate's events keep their order. Returns the event ids in the same order. On
+/// PostgreSQL one `INSERT … SELECT FROM UNNEST`; on MariaDB / MySQL one multi-row
+/// `INSERT`, of at most 8,000 events.
+pub async fn enqueue_batch<'e, E>(
+    executor: E,
+    events: &'e [NewEvent],
+) -> Result<Vec<Uuid>, sqlx::Error>
+where
+    E: sqlx::Executor<'e> + 'e,
+    E::Database: OutboxDatabase,
+{
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    <E::Database as OutboxDatabase>::insert_events(executor, events).await?;
+    Ok(events.iter().map(NewEvent::event_id).collect())
+}
 
 /// A boxed future of the library's statements.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

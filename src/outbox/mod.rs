@@ -7,10 +7,10 @@ pub mod admin;
 pub mod backend;
 pub mod event;
 
-pub use backend::OutboxDatabase;
+pub use backend::{OutboxDatabase, enqueue, enqueue_batch};
 pub use event::{
     NewEvent, NewEventBuilder, Payload, RESERVED_HEADERS, SinkKind, TopicError, ValidationError,
-    enqueue, enqueue_batch, headers_from_json, validate_subject, validate_topic,
+    headers_from_json, validate_subject, validate_topic,
 };
 
 /// The NOTIFY channel the insert trigger signals and the relay listens on.
