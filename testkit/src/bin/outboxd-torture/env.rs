@@ -235,7 +235,14 @@ impl Env {
             }
         };
         if broker.is_some() {
-            create_topic(&brokers, &topic, PARTITIONS).await?;
+            // A fresh Tansu on a loaded machine (right after `bloat`) has timed out an
+            // admin request once: ask again before giving up.
+            let mut tries = 0;
+            while let Err(e) = create_topic(&brokers, &topic, PARTITIONS).await {
+                tries += 1;
+                anyhow::ensure!(tries < 3, "creating {topic}: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
         }
         Ok(Env {
             name,
