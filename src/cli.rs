@@ -210,10 +210,7 @@ async fn describe_server(pool: &OneShot) -> (String, String, Option<String>) {
             )
         }
         OneShot::MySql(p) => {
-            let version: String = sqlx::query_scalar("SELECT VERSION()")
-                .fetch_one(p)
-                .await
-                .unwrap_or_default();
+            let version = db::mysql_version(p).await.unwrap_or_default();
             let problem = crate::store::mysql::sql::running_writers(p)
                 .await
                 .err()
@@ -340,7 +337,7 @@ async fn refuse_old_server(config: &Config) -> Option<String> {
         return None;
     }
     let pool = db::lazy_mysql_pool(&config.database, 1).ok()?;
-    let ask = sqlx::query_scalar::<_, String>("SELECT VERSION()").fetch_one(&pool);
+    let ask = db::mysql_version(&pool);
     let timeout = Duration::from_millis(config.database.connect_timeout_ms);
     let version = tokio::time::timeout(timeout, ask).await.ok()?.ok()?;
     pool.close().await;

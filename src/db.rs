@@ -99,12 +99,16 @@ pub async fn connect_mysql(cfg: &DatabaseConfig, max: u32) -> anyhow::Result<sql
         .connect_with(opts)
         .await
         .map_err(|e| unreachable(cfg, &e))?;
-    let version: String = sqlx::query_scalar("SELECT VERSION()")
-        .fetch_one(&pool)
+    let version = mysql_version(&pool)
         .await
         .map_err(|e| unreachable(cfg, &e))?;
     check_mysql_version(&version)?;
     Ok(pool)
+}
+
+/// The MariaDB / MySQL server's version string, as [`check_mysql_version`] reads it.
+pub async fn mysql_version(pool: &sqlx::MySqlPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT VERSION()").fetch_one(pool).await
 }
 
 fn unreachable(cfg: &DatabaseConfig, e: &sqlx::Error) -> anyhow::Error {
@@ -266,9 +270,14 @@ pub fn explain(error: &str) -> Option<&'static str> {
             "password authentication failed",
             "wrong password for the user in database.url (database.password_file wins over the URL's password when set)",
         ),
+        // MariaDB / MySQL (1045) say the same for all three.
+        (
+            "Access denied for user",
+            "the server refused this user: a wrong password (database.password_file wins over the URL's password when set), a server or user that takes only TLS (ssl-mode=REQUIRED or VERIFY_IDENTITY), a user that needs a client certificate (set database.sslcert and database.sslkey), or one not allowed from this host",
+        ),
         (
             "does not support TLS",
-            "the server does not offer TLS: turn ssl on in PostgreSQL, or use sslmode=prefer or disable",
+            "the server does not offer TLS: turn TLS on at the server, or ask for less (PostgreSQL: sslmode=prefer or disable; MariaDB/MySQL: ssl-mode=PREFERRED or DISABLED)",
         ),
     ];
     HINTS
@@ -337,6 +346,14 @@ mod tests {
             (
                 "error returned from database: password authentication failed for user \"outboxd_pw\"",
                 "wrong password",
+            ),
+            (
+                "error returned from database: 1045 (28000): Access denied for user 'outboxd_x509'@'127.0.0.1' (using password: NO)",
+                "set database.sslcert and database.sslkey",
+            ),
+            (
+                "error returned from database: 1045 (28000): Access denied for user 'u'@'127.0.0.1' (using password: YES)",
+                "takes only TLS (ssl-mode=REQUIRED",
             ),
         ] {
             assert!(

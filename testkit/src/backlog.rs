@@ -6,15 +6,19 @@
 /// Aggregates a backlog's rows are spread over.
 pub const AGGREGATES: u64 = 10_000;
 
-/// Replaces the database name in a PostgreSQL URL.
+/// Replaces the database name in a database URL.
 pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     let mut u = url::Url::parse(url)?;
     u.set_path(&format!("/{database}"));
     Ok(u.to_string())
 }
 
-/// Drops and creates `database` on the server of `admin_url`, and migrates it.
+/// Drops and creates `database` on the server of `admin_url` (PostgreSQL, or MariaDB /
+/// MySQL by the URL's scheme), and migrates it; returns its URL.
 pub async fn fresh_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
+    if outboxd::db::Backend::of(admin_url) == Some(outboxd::db::Backend::MySql) {
+        return fresh_mysql_database(admin_url, database).await;
+    }
     let admin = sqlx::PgPool::connect(admin_url).await?;
     let quoted = format!("\"{}\"", database.replace('"', "\"\""));
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -29,6 +33,47 @@ pub async fn fresh_database(admin_url: &str, database: &str) -> anyhow::Result<S
     let url = with_database(admin_url, database)?;
     let pool = sqlx::PgPool::connect(&url).await?;
     outboxd::MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(url)
+}
+
+/// [`fresh_database`] on MariaDB / MySQL, connected as the relay connects (the URL's TLS
+/// settings, sessions in UTC).
+async fn fresh_mysql_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
+    let connect = |url: &str| {
+        let cfg = outboxd::config::DatabaseConfig {
+            url: url.into(),
+            ..Default::default()
+        };
+        async move {
+            let opts = outboxd::db::mysql_connect_options(&cfg)?;
+            let pool = sqlx::mysql::MySqlPoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot connect to {}: {e}",
+                        outboxd::secrets::redact(&cfg.url)
+                    )
+                })?;
+            anyhow::Ok(pool)
+        }
+    };
+    let admin = connect(admin_url).await?;
+    let quoted = format!("`{}`", database.replace('`', "``"));
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {quoted}"),
+        format!("CREATE DATABASE {quoted}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await?;
+    }
+    admin.close().await;
+    let url = with_database(admin_url, database)?;
+    let pool = connect(&url).await?;
+    outboxd::MYSQL_MIGRATOR.run(&pool).await?;
     pool.close().await;
     Ok(url)
 }

@@ -65,6 +65,7 @@ impl ProcCpu {
                 "outboxd-naive" => "relay (naive)",
                 "pgbench" => "writers (pgbench)",
                 "postgres" => "PostgreSQL",
+                "mariadbd" | "mysqld" => "MariaDB",
                 "tansu" => "Tansu",
                 c if c.starts_with("outboxd-bench") => "benchmark process",
                 _ => "other",

@@ -1,6 +1,7 @@
-//! `outboxd-demo [--sink kafka|redis|nats]` (scripts/demo.sh): the whole flow on one machine. Starts (or
-//! reuses) the local Kafka broker, or uses the Redis / NATS of the configuration,
-//! recreates a demo database, writes events through the library API from concurrent
+//! `outboxd-demo [--sink kafka|redis|nats] [--database postgres|mariadb]` (scripts/demo.sh):
+//! the whole flow on one machine. Starts (or reuses) the local Kafka broker, or uses the
+//! Redis / NATS of the configuration, recreates a demo database on PostgreSQL or MariaDB,
+//! writes events through the library API from concurrent
 //! writers, runs the relay in-process, shows progress, reads the topic / stream back with
 //! a consumer of that sink and verifies: delivered, lost, reordered, duplicates,
 //! throughput, commit→ack latency.
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use crate::verify::{self, Ledger};
 use outboxd::actors::{Delivered, Hooks};
 use outboxd::config::Config;
+use outboxd::db::Backend;
 use outboxd::relay::{Relay, RelayOptions};
 use outboxd::{NewEvent, SinkKind, enqueue_batch};
 
@@ -35,9 +37,14 @@ pub struct DemoArgs {
     /// Events per writing transaction.
     #[arg(long, default_value_t = 20)]
     pub per_transaction: u32,
-    /// Database to (re)create for the demo, on the server of `database.url`.
+    /// The database: postgres (the server of database.url) or mariadb (database.url's
+    /// server when it is a mariadb:// or mysql:// URL, else the local MariaDB as the user
+    /// scripts/setup.sh creates); default: the kind database.url names.
+    #[arg(long, value_parser = ["postgres", "mariadb"])]
+    pub database: Option<String>,
+    /// Database to (re)create for the demo, on that server.
     #[arg(long, default_value = "outboxd_demo")]
-    pub database: String,
+    pub database_name: String,
     /// Partitions of the demo topic.
     #[arg(long, default_value_t = 8)]
     pub topic_partitions: i32,
@@ -49,6 +56,71 @@ pub struct DemoArgs {
     /// sink.kind.
     #[arg(long, value_parser = parse_sink)]
     pub sink: Option<SinkKind>,
+}
+
+/// The local MariaDB as `scripts/setup.sh` prepares it (user `outboxd_test`).
+pub const LOCAL_MARIADB: &str = "mariadb://outboxd_test:outboxd_test@127.0.0.1:3306/mysql";
+
+/// The server the demo makes its database on: `--database`, else `database.url`'s kind.
+fn demo_server(url: &str, database: Option<&str>) -> anyhow::Result<String> {
+    let mysql = Backend::of(url) == Some(Backend::MySql);
+    Ok(match database {
+        Some("mariadb") if !mysql => LOCAL_MARIADB.to_string(),
+        Some("postgres") if mysql => anyhow::bail!(
+            "--database postgres, but database.url names a MariaDB/MySQL server: \
+             set database.url (OUTBOXD__DATABASE__URL) to a PostgreSQL one"
+        ),
+        _ => url.to_string(),
+    })
+}
+
+/// The demo's database, written through the library's `enqueue_batch` on either driver.
+enum DemoDb {
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+impl DemoDb {
+    async fn connect(url: &str, max: u32) -> anyhow::Result<DemoDb> {
+        Ok(if Backend::of(url) == Some(Backend::MySql) {
+            let cfg = outboxd::config::DatabaseConfig {
+                url: url.into(),
+                ..Default::default()
+            };
+            let opts = outboxd::db::mysql_connect_options(&cfg)?;
+            DemoDb::MySql(
+                sqlx::mysql::MySqlPoolOptions::new()
+                    .max_connections(max)
+                    .connect_with(opts)
+                    .await?,
+            )
+        } else {
+            DemoDb::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(max)
+                    .connect(url)
+                    .await?,
+            )
+        })
+    }
+
+    /// The events in one transaction, committed; their ids.
+    async fn write(&self, events: &[NewEvent]) -> anyhow::Result<Vec<Uuid>> {
+        Ok(match self {
+            DemoDb::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let ids = enqueue_batch(&mut *tx, events).await?;
+                tx.commit().await?;
+                ids
+            }
+            DemoDb::MySql(pool) => {
+                let mut tx = pool.begin().await?;
+                let ids = enqueue_batch(&mut *tx, events).await?;
+                tx.commit().await?;
+                ids
+            }
+        })
+    }
 }
 
 /// A sink by its name (`kafka`, `redis`, `nats`), for command-line arguments.
@@ -112,12 +184,15 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             "this outboxd was built without the {other} sink (Cargo feature `{other}`)"
         ),
     };
-    let url = crate::backlog::fresh_database(&config.database.url, &args.database).await?;
+    let server = demo_server(&config.database.url, args.database.as_deref())?;
+    let url = crate::backlog::fresh_database(&server, &args.database_name).await?;
+    let backend = Backend::of(&url).unwrap_or(Backend::Postgres);
     eprintln!(
-        "outboxd demo: {} events over {} aggregates from {} writers -> {destination}, database {}",
+        "outboxd demo: {} events over {} aggregates from {} writers -> {destination}, {} database {}",
         args.events,
         args.aggregates,
         args.writers,
+        backend.name(),
         outboxd::secrets::redact(&url)
     );
 
@@ -147,10 +222,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(args.writers + 1)
-        .connect(&url)
-        .await?;
+    let db = Arc::new(DemoDb::connect(&url, args.writers + 1).await?);
     let written = Arc::new(AtomicU64::new(0));
     let commits: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -166,7 +238,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         writers.push(tokio::spawn(write_events(
-            pool.clone(),
+            db.clone(),
             topic.clone(),
             own,
             share,
@@ -274,7 +346,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let rate = report.delivered as f64 / span.as_secs_f64().max(1e-9);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    println!("outboxd demo — {destination}");
+    println!("outboxd demo — {} -> {destination}", backend.name());
     println!(
         "  written      {expected} events over {} aggregates",
         args.aggregates
@@ -315,7 +387,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
 
 #[allow(clippy::too_many_arguments)]
 async fn write_events(
-    pool: sqlx::PgPool,
+    db: Arc<DemoDb>,
     topic: String,
     aggregates: Vec<u32>,
     count: u64,
@@ -345,9 +417,7 @@ async fn write_events(
             );
             keys.push((agg, seqs[i]));
         }
-        let mut tx = pool.begin().await?;
-        let ids = enqueue_batch(&mut *tx, &events).await?;
-        tx.commit().await?;
+        let ids = db.write(&events).await?;
         let now = Instant::now();
         {
             let mut c = commits.lock().expect("commits");

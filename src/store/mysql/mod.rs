@@ -74,9 +74,7 @@ impl MySqlStore {
     async fn check_version(&self) -> Result<(), sqlx::Error> {
         self.version_ok
             .get_or_try_init(|| async {
-                let version: String = sqlx::query_scalar("SELECT VERSION()")
-                    .fetch_one(&self.pool)
-                    .await?;
+                let version = db::mysql_version(&self.pool).await?;
                 db::check_mysql_version(&version)
                     .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))
             })

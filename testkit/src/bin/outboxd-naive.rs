@@ -7,6 +7,9 @@
 //!
 //! No per-aggregate order under retries, no late-row tracking, no leases, no dead letters.
 //!
+//! The same loop on PostgreSQL or, for a `mariadb://` / `mysql://` URL, on MariaDB / MySQL
+//! (sqlx's driver with its defaults).
+//!
 //! Every `--report-ms` it prints its counters as one JSON line on stdout (statements sent,
 //! produce requests from librdkafka's statistics, events acknowledged, and a histogram of
 //! each event's `created_at` → acknowledgement, like outboxd's), for the benchmark.
@@ -83,10 +86,7 @@ async fn main() -> anyhow::Result<()> {
         config.set(k, v);
     }
     let producer: FutureProducer<Counting> = config.create_with_context(context)?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&args.database_url)
-        .await?;
+    let db = Db::connect(&args.database_url).await?;
     let statements = Arc::new(AtomicU64::new(0));
     let acknowledged = Arc::new(AtomicU64::new(0));
     let latency = Arc::new(Mutex::new(testkit::buckets::Buckets::new()));
@@ -117,14 +117,7 @@ async fn main() -> anyhow::Result<()> {
 
     loop {
         statements.fetch_add(1, Ordering::Relaxed);
-        let rows = sqlx::query(
-            "SELECT id, aggregate_id, topic, payload::text AS payload, event_id::text AS event_id, \
-             (extract(epoch FROM created_at) * 1000000)::int8 AS created_us \
-             FROM outbox ORDER BY id LIMIT $1",
-        )
-        .bind(args.batch)
-        .fetch_all(&pool)
-        .await;
+        let rows = db.oldest(args.batch).await;
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
@@ -137,13 +130,16 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        let sends = rows.iter().map(|row| {
-            let id: i64 = row.get("id");
-            let key: String = row.get("aggregate_id");
-            let topic: String = row.get("topic");
-            let payload: Option<String> = row.get("payload");
-            let event_id: String = row.get("event_id");
-            let created_us: i64 = row.get("created_us");
+        let selected = rows.len();
+        let sends = rows.into_iter().map(|row| {
+            let Pending {
+                id,
+                key,
+                topic,
+                payload,
+                event_id,
+                created_us,
+            } = row;
             let (producer, latency) = (&producer, &latency);
             async move {
                 let headers = OwnedHeaders::new().insert(Header {
@@ -170,21 +166,123 @@ async fn main() -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .collect();
-        if acked.len() < rows.len() {
+        if acked.len() < selected {
             eprintln!(
-                "naive relay: {} of {} sends failed",
-                rows.len() - acked.len(),
-                rows.len()
+                "naive relay: {} of {selected} sends failed",
+                selected - acked.len(),
             );
         }
         statements.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&acked)
-            .execute(&pool)
-            .await
-        {
+        if let Err(e) = db.delete(&acked).await {
             eprintln!("naive relay: delete failed: {e}");
         }
         acknowledged.fetch_add(acked.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A pending row as the loop sends it.
+struct Pending {
+    id: i64,
+    key: String,
+    topic: String,
+    payload: Option<String>,
+    event_id: String,
+    /// `created_at`, µs since the epoch.
+    created_us: i64,
+}
+
+/// The outbox's database, by the URL's scheme.
+enum Db {
+    Postgres(sqlx::PgPool),
+    MySql(sqlx::MySqlPool),
+}
+
+impl Db {
+    async fn connect(url: &str) -> anyhow::Result<Db> {
+        Ok(
+            if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+                // sqlx's MySQL driver reads mysql:// only.
+                let url = url.replacen("mariadb:", "mysql:", 1);
+                Db::MySql(
+                    sqlx::mysql::MySqlPoolOptions::new()
+                        .max_connections(1)
+                        .connect(&url)
+                        .await?,
+                )
+            } else {
+                Db::Postgres(
+                    sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(1)
+                        .connect(url)
+                        .await?,
+                )
+            },
+        )
+    }
+
+    /// The oldest `limit` rows.
+    async fn oldest(&self, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
+        fn pending<R: Row>(row: &R) -> Pending
+        where
+            for<'a> &'a str: sqlx::ColumnIndex<R>,
+            i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        {
+            Pending {
+                id: row.get("id"),
+                key: row.get("aggregate_id"),
+                topic: row.get("topic"),
+                payload: row.get("payload"),
+                event_id: row.get("event_id"),
+                created_us: row.get("created_us"),
+            }
+        }
+        Ok(match self {
+            Db::Postgres(pool) => sqlx::query(
+                "SELECT id, aggregate_id, topic, payload::text AS payload, event_id::text AS event_id, \
+                 (extract(epoch FROM created_at) * 1000000)::int8 AS created_us \
+                 FROM outbox ORDER BY id LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(pending)
+            .collect(),
+            Db::MySql(pool) => sqlx::query(
+                "SELECT id, aggregate_id, topic, CAST(payload AS CHAR) AS payload, event_id, \
+                 CAST(UNIX_TIMESTAMP(created_at) * 1000000 AS SIGNED) AS created_us \
+                 FROM outbox ORDER BY id LIMIT ?",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(pending)
+            .collect(),
+        })
+    }
+
+    /// Deletes the rows `ids`.
+    async fn delete(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
+        match self {
+            Db::Postgres(pool) => {
+                sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                    .bind(ids)
+                    .execute(pool)
+                    .await?;
+            }
+            Db::MySql(pool) if !ids.is_empty() => {
+                let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM outbox WHERE id IN ({list})"
+                )))
+                .execute(pool)
+                .await?;
+            }
+            Db::MySql(_) => {}
+        }
+        Ok(())
     }
 }
