@@ -123,7 +123,7 @@ fn describe() {
     counter!(
         "outboxd_db_queries_total",
         Unit::Count,
-        "Statements the relay sent to PostgreSQL."
+        "Statements the relay sent to its database (PostgreSQL or MariaDB / MySQL)."
     );
     counter!(
         "outboxd_cleanup_deleted_total",

@@ -533,12 +533,15 @@ async fn fenced_cleanup(
 
 /// What the watcher polls: the highest id (new rows) and the latest replay or discard of a
 /// dead letter (a rescan), both read off the end of an index.
-pub async fn watch_marks(pool: &MySqlPool) -> Result<(Option<i64>, Option<String>), sqlx::Error> {
+pub async fn watch_marks(
+    conn: &mut sqlx::MySqlConnection,
+) -> Result<(Option<i64>, Option<String>), sqlx::Error> {
+    count_query();
     sqlx::query_as(
         "SELECT (SELECT MAX(id) FROM outbox), \
                 CAST((SELECT MAX(resolved_at) FROM outbox_dead_letter) AS CHAR)",
     )
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await
 }
 

@@ -6,9 +6,17 @@
 //! load the poller reads on its own cadence and says it wants no row wake-ups; the
 //! watcher then looks only for rescans, once a second. Rows that commit late, below the
 //! highest id, are found by the poller's own reads (`poller.interval_ms` at the latest).
+//!
+//! The watcher keeps one connection of the pool for itself: a statement through the pool
+//! costs sqlx two pings besides the statement (one when the connection is taken, one when
+//! it is given back), three round trips per look instead of one. A look that fails or
+//! takes longer than [`LOOK_TIMEOUT`] (a connection cut without a reset) closes that
+//! connection; the next look takes a fresh one.
 
 use std::time::Duration;
 
+use sqlx::MySql;
+use sqlx::pool::PoolConnection;
 use tracing::debug;
 
 use super::sql;
@@ -16,6 +24,9 @@ use crate::store::{RowWakeups, WakeFn, Wakeup};
 
 /// How often rescans are looked for while the poller wants no row wake-ups.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one look may take before its connection is given up.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Polls until `wake` returns false or the poller is gone.
 pub(super) async fn watch(
@@ -26,9 +37,23 @@ pub(super) async fn watch(
 ) {
     let mut last: Option<(Option<i64>, Option<String>)> = None;
     let mut failed = false;
+    let mut conn: Option<PoolConnection<MySql>> = None;
     loop {
         let want = *wanted.borrow_and_update();
-        match sql::watch_marks(&pool).await {
+        let look = async {
+            match conn.as_mut() {
+                Some(c) => sql::watch_marks(c).await,
+                None => {
+                    let c = pool.acquire().await?;
+                    sql::watch_marks(conn.insert(c)).await
+                }
+            }
+        };
+        let marks = match tokio::time::timeout(LOOK_TIMEOUT, look).await {
+            Ok(marks) => marks.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer in {LOOK_TIMEOUT:?}")),
+        };
+        match marks {
             Ok((max_id, resolved)) => {
                 let alive = match &last {
                     // The first look, or the first after a failure: rows may have come
@@ -53,6 +78,11 @@ pub(super) async fn watch(
             }
             Err(e) => {
                 debug!(error = %e, "Looking for new outbox rows failed; retrying.");
+                // A fresh connection next time: this one may be broken, so it is closed
+                // rather than pinged back into the pool.
+                if let Some(mut c) = conn.take() {
+                    c.close_on_drop();
+                }
                 last = None;
                 failed = true;
             }

@@ -21,6 +21,9 @@
 //! - sinks: Redis Streams and NATS JetStream beside Kafka — an in-run ceiling per sink (raw
 //!   pipelined `XADD`, raw JetStream publish with acks), the same drain, and sustained
 //!   latency at the plan's rates up to 10k events/s;
+//! - databases: PostgreSQL and MariaDB side by side — a drain, single-event transactions
+//!   from the benchmark's own writer (the same on both) and idle, outboxd beside the naive
+//!   relay, each its own process;
 //! - bloat (`--mode long`): drain throughput while a transaction holds the xmin horizon.
 //!
 //! Results: `<out>/results.json`, `<out>/summary.md`, `<out>/latency.svg`.
@@ -28,6 +31,7 @@
 mod bloat;
 mod ceilings;
 mod chart;
+mod databases;
 mod drain;
 mod plan;
 mod report;

@@ -34,8 +34,17 @@ pub struct Args {
     /// default: the writers' and relays' own default, `prefer`).
     #[arg(long, value_delimiter = ',')]
     pub single_sslmodes: Option<Vec<String>>,
+    /// Databases of the databases phase (default both): postgres, mariadb.
+    #[arg(long, value_delimiter = ',')]
+    pub databases: Option<Vec<String>>,
+    /// Backlog rows of the databases phase's drains.
+    #[arg(long)]
+    pub database_rows: Option<u64>,
+    /// Offered rates of the databases phase's single-event runs, transactions/s.
+    #[arg(long, value_delimiter = ',')]
+    pub database_rates: Option<Vec<u32>>,
     /// Phases to run (default: all but bloat): ceilings, drain, sustained, single, tls, search,
-    /// sinks, bloat.
+    /// sinks, databases, bloat.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Output directory.
@@ -75,6 +84,15 @@ pub struct Plan {
     /// `sslmode`s of the single-event phase (empty: the default).
     #[serde(default)]
     pub single_sslmodes: Vec<String>,
+    /// Databases of the databases phase.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Backlog rows of its drains.
+    #[serde(default)]
+    pub database_rows: u64,
+    /// Offered rates of its single-event runs.
+    #[serde(default)]
+    pub database_rates: Vec<u32>,
     /// Phases to run.
     pub phases: Vec<String>,
     #[serde(skip)]
@@ -99,6 +117,7 @@ impl Plan {
                 "tls",
                 "search",
                 "sinks",
+                "databases",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -130,6 +149,15 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| vec!["naive".into(), "outboxd".into()]),
             single_sslmodes: a.single_sslmodes.clone().unwrap_or_default(),
+            databases: a
+                .databases
+                .clone()
+                .unwrap_or_else(|| vec!["postgres".into(), "mariadb".into()]),
+            database_rows: a.database_rows.unwrap_or(200_000),
+            database_rates: a
+                .database_rates
+                .clone()
+                .unwrap_or_else(|| vec![1_000, 2_000]),
             phases,
             out: a.out.clone(),
         })

@@ -73,6 +73,9 @@ pub struct Results {
     /// `/proc/stat`) during each measurement, %: how noisy the shared machine was.
     #[serde(default)]
     pub steal: Vec<Steal>,
+    /// PostgreSQL and MariaDB side by side.
+    #[serde(default)]
+    pub databases: Option<crate::databases::Databases>,
 }
 
 /// Writes `summary.md` and `latency.svg` for results into `out` (and prints the summary).
@@ -274,6 +277,9 @@ pub(crate) fn summary(r: &Results) -> String {
     s.push_str(&stage_table(&r.sustained, &r.produce_latency));
     s.push_str(&crate::single::table(&r.single));
     s.push_str(&crate::drain::tls_table(&r.tls));
+    if let Some(d) = &r.databases {
+        s.push_str(&crate::databases::table(d));
+    }
     let mut all: Vec<&Sustained> = r.sustained.iter().chain(r.search.iter()).collect();
     if !all.is_empty() {
         s.push_str("\nEvery step, sustained runs and the flat-backlog search:\n");

@@ -39,6 +39,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
         single: Vec::new(),
         tls: Vec::new(),
         sinks: Vec::new(),
+        databases: None,
         steal: Vec::new(),
     };
     say(format!("plan: {}", serde_json::to_string(&plan)?));
@@ -192,6 +193,24 @@ pub async fn run(plan: Plan) -> anyhow::Result<()> {
             r.sinks
                 .push(crate::sinks::measure(sink, plan.rows, &rates, plan.seconds).await?);
         }
+    }
+    if plan.has("databases") {
+        let dbs = plan
+            .databases
+            .iter()
+            .map(|d| crate::databases::Database::parse(d))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        r.databases = Some(
+            crate::databases::measure(
+                &dbs,
+                plan.runs,
+                plan.database_rows,
+                &plan.database_rates,
+                plan.single_seconds,
+                plan.single_seconds * 2,
+            )
+            .await?,
+        );
     }
     if plan.has("bloat") {
         r.bloat = bloat(plan.bloat_hold_secs).await?;

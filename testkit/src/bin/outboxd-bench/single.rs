@@ -46,7 +46,7 @@ use testkit::process::free_port;
 /// Aggregates the events are spread over.
 const AGGREGATES: usize = 1_000;
 /// Writer connections.
-const WRITERS: usize = 4;
+pub(crate) const WRITERS: usize = 4;
 /// Topic partitions.
 const PARTITIONS: i32 = 2;
 /// How often librdkafka reports its statistics (produce requests are counted from them).
@@ -133,16 +133,18 @@ pub struct SingleRun {
 /// The relay's counters at one moment.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
-struct Counters {
-    statements: f64,
-    produce_requests: f64,
-    late_rows: f64,
+pub(crate) struct Counters {
+    pub(crate) statements: f64,
+    pub(crate) produce_requests: f64,
+    pub(crate) late_rows: f64,
+    /// Events acknowledged by the broker (outboxd: rows marked published).
+    pub(crate) acknowledged: f64,
     /// Insert → acknowledgement.
-    ack: Buckets,
+    pub(crate) ack: Buckets,
 }
 
 /// The relay under test, as its own process.
-struct RelayUnderTest {
+pub(crate) struct RelayUnderTest {
     child: Child,
     /// outboxd: its metrics address.
     metrics: Option<String>,
@@ -151,7 +153,14 @@ struct RelayUnderTest {
 }
 
 impl RelayUnderTest {
-    fn start(which: Which, w: &World, sslmode: Option<&str>) -> anyhow::Result<RelayUnderTest> {
+    /// `which` relaying the outbox of `url` (PostgreSQL or MariaDB) to the Kafka at
+    /// `brokers`.
+    pub(crate) fn start(
+        which: Which,
+        url: &str,
+        brokers: &str,
+        sslmode: Option<&str>,
+    ) -> anyhow::Result<RelayUnderTest> {
         let report = Arc::new(Mutex::new(Counters::default()));
         match which {
             Which::Outboxd => {
@@ -160,8 +169,8 @@ impl RelayUnderTest {
                 let child = Command::new(&bin)
                     .arg("run")
                     .current_dir(std::env::temp_dir())
-                    .env("OUTBOXD__DATABASE__URL", &w.url)
-                    .env("OUTBOXD__KAFKA__BROKERS", &w.brokers)
+                    .env("OUTBOXD__DATABASE__URL", url)
+                    .env("OUTBOXD__KAFKA__BROKERS", brokers)
                     .env("OUTBOXD__METRICS__LISTEN", &metrics)
                     .env(
                         "OUTBOXD__KAFKA__PRODUCER__STATISTICS.INTERVAL.MS",
@@ -185,9 +194,9 @@ impl RelayUnderTest {
                 // for the naive relay, "KEY=VALUE,…". outboxd takes its own from the
                 // environment (`OUTBOXD__KAFKA__PRODUCER__…`).
                 let experiment = std::env::var("OUTBOXD_BENCH_NAIVE_PRODUCER").unwrap_or_default();
-                let url = with_sslmode(&w.url, sslmode);
+                let url = with_sslmode(url, sslmode);
                 let mut child = Command::new(&bin)
-                    .args(["--database-url", &url, "--brokers", &w.brokers])
+                    .args(["--database-url", &url, "--brokers", brokers])
                     .args(["--report-ms", &STATS_MS.to_string()])
                     .args(
                         experiment
@@ -217,11 +226,11 @@ impl RelayUnderTest {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    async fn counters(&self) -> Counters {
+    pub(crate) async fn counters(&self) -> Counters {
         match &self.metrics {
             Some(addr) => {
                 // One scrape for every counter. A counter not yet incremented is not
@@ -235,6 +244,7 @@ impl RelayUnderTest {
                     statements: counter("outboxd_db_queries_total"),
                     produce_requests: counter("outboxd_kafka_produce_requests_total"),
                     late_rows: counter("outboxd_late_rows_total"),
+                    acknowledged: counter("outboxd_rows_marked_total"),
                     ack: Buckets::from_exposition(&body, "outboxd_commit_to_ack_seconds"),
                 }
             }
@@ -242,7 +252,7 @@ impl RelayUnderTest {
         }
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -314,7 +324,7 @@ fn start_writers(
     Ok((child, script))
 }
 
-fn epoch_us() -> i64 {
+pub(crate) fn epoch_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)
@@ -414,7 +424,7 @@ pub async fn single(
         received.clone(),
         stop_consumer.clone(),
     )?;
-    let relay = RelayUnderTest::start(which, &w, sslmode)?;
+    let relay = RelayUnderTest::start(which, &w.url, &w.brokers, sslmode)?;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let (mut writers, _script) = start_writers(&w.url, rate, sslmode)?;
 
@@ -548,7 +558,7 @@ pub async fn single(
 
 /// The relay's CPU seconds so far by thread name (threads of one name, such as the
 /// runtime's workers, summed).
-fn threads_cpu(pid: u32) -> BTreeMap<String, f64> {
+pub(crate) fn threads_cpu(pid: u32) -> BTreeMap<String, f64> {
     let mut by_name = BTreeMap::new();
     for (name, secs) in proc_threads_cpu_secs(pid) {
         *by_name.entry(name).or_insert(0.0) += secs;

@@ -70,14 +70,7 @@ impl World {
             .max_connections(16)
             .connect(&url)
             .await?;
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::env::temp_dir().join("outboxd-bench-tansu.log");
-        let a = addr.clone();
-        let broker =
-            tokio::task::spawn_blocking(move || LocalBroker::start(&a, &a, &log)).await??;
-        let topic = "bench".to_string();
-        create_topic(&addr, &topic, partitions).await?;
+        let (broker, addr, topic) = fresh_broker(partitions).await?;
         Ok(World {
             base,
             url,
@@ -163,6 +156,18 @@ impl World {
         self.pool.close().await;
         self.broker.stop();
     }
+}
+
+/// A private Tansu on a free port with the topic `bench` of `partitions` partitions: the
+/// broker, its address and the topic.
+pub(crate) async fn fresh_broker(partitions: i32) -> anyhow::Result<(LocalBroker, String, String)> {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = std::env::temp_dir().join("outboxd-bench-tansu.log");
+    let a = addr.clone();
+    let broker = tokio::task::spawn_blocking(move || LocalBroker::start(&a, &a, &log)).await??;
+    let topic = "bench".to_string();
+    create_topic(&addr, &topic, partitions).await?;
+    Ok((broker, addr, topic))
 }
 
 /// A metric from the relay's `/metrics`, summed over its labels; None when the endpoint
