@@ -145,7 +145,11 @@ fi
     { log "NATS did not start; see .tools/nats.log"; exit 1; }
 
 if [ $want_tests = 0 ]; then
-    log "PostgreSQL and the ${2:-$1} servers are up"
+    if [ $want_mariadb = 1 ]; then
+        log "PostgreSQL, MariaDB and the ${2:-$1} servers are up"
+    else
+        log "PostgreSQL and the ${2:-$1} servers are up"
+    fi
     exit 0
 fi
 # --- A throwaway TLS cluster for tests/tls.rs (certificates from a CA made here) -------
