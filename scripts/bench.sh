@@ -3,8 +3,9 @@
 # and outboxd-bench in release mode and runs them. Each phase starts its own broker and a
 # fresh database; nothing else should run on the machine meanwhile.
 #
-#   scripts/bench.sh                   # standard: ceilings, drain, sustained, search (~20 min)
-#   scripts/bench.sh long              # standard + the 10-minute xmin hold (~35 min)
+#   scripts/bench.sh                   # standard: every phase but bloat (ceilings, drain, sustained,
+#                                      # single, tls, search, sinks, databases; an hour or more)
+#   scripts/bench.sh long              # standard + the 10-minute xmin hold
 #   scripts/bench.sh quick             # a few minutes, for development
 #   scripts/bench.sh standard --only drain --runs 5    # extra arguments go to outboxd-bench
 #
