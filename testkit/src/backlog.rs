@@ -37,30 +37,20 @@ pub async fn fresh_database(admin_url: &str, database: &str) -> anyhow::Result<S
     Ok(url)
 }
 
-/// [`fresh_database`] on MariaDB / MySQL, connected as the relay connects (the URL's TLS
-/// settings, sessions in UTC).
-async fn fresh_mysql_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
-    let connect = |url: &str| {
-        let cfg = outboxd::config::DatabaseConfig {
-            url: url.into(),
-            ..Default::default()
-        };
-        async move {
-            let opts = outboxd::db::mysql_connect_options(&cfg)?;
-            let pool = sqlx::mysql::MySqlPoolOptions::new()
-                .max_connections(1)
-                .connect_with(opts)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot connect to {}: {e}",
-                        outboxd::secrets::redact(&cfg.url)
-                    )
-                })?;
-            anyhow::Ok(pool)
-        }
+/// A pool on MariaDB / MySQL, connected now as the relay connects (the URL's TLS settings,
+/// sessions in UTC, matched rows reported, an older server refused): `outboxd::db`'s
+/// own connect, with the other `[database]` keys at their defaults.
+pub async fn connect_mysql(url: &str, max: u32) -> anyhow::Result<sqlx::MySqlPool> {
+    let cfg = outboxd::config::DatabaseConfig {
+        url: url.into(),
+        ..Default::default()
     };
-    let admin = connect(admin_url).await?;
+    outboxd::db::connect_mysql(&cfg, max).await
+}
+
+/// [`fresh_database`] on MariaDB / MySQL.
+async fn fresh_mysql_database(admin_url: &str, database: &str) -> anyhow::Result<String> {
+    let admin = connect_mysql(admin_url, 1).await?;
     let quoted = format!("`{}`", database.replace('`', "``"));
     for sql in [
         format!("DROP DATABASE IF EXISTS {quoted}"),
@@ -72,7 +62,7 @@ async fn fresh_mysql_database(admin_url: &str, database: &str) -> anyhow::Result
     }
     admin.close().await;
     let url = with_database(admin_url, database)?;
-    let pool = connect(&url).await?;
+    let pool = connect_mysql(&url, 1).await?;
     outboxd::MYSQL_MIGRATOR.run(&pool).await?;
     pool.close().await;
     Ok(url)

@@ -83,17 +83,7 @@ enum DemoDb {
 impl DemoDb {
     async fn connect(url: &str, max: u32) -> anyhow::Result<DemoDb> {
         Ok(if Backend::of(url) == Some(Backend::MySql) {
-            let cfg = outboxd::config::DatabaseConfig {
-                url: url.into(),
-                ..Default::default()
-            };
-            let opts = outboxd::db::mysql_connect_options(&cfg)?;
-            DemoDb::MySql(
-                sqlx::mysql::MySqlPoolOptions::new()
-                    .max_connections(max)
-                    .connect_with(opts)
-                    .await?,
-            )
+            DemoDb::MySql(crate::backlog::connect_mysql(url, max).await?)
         } else {
             DemoDb::Postgres(
                 sqlx::postgres::PgPoolOptions::new()

@@ -89,18 +89,7 @@ impl Pool {
                     .connect(url)
                     .await?,
             ),
-            Database::Mariadb => {
-                let cfg = outboxd::config::DatabaseConfig {
-                    url: url.into(),
-                    ..Default::default()
-                };
-                Pool::My(
-                    sqlx::mysql::MySqlPoolOptions::new()
-                        .max_connections(connections)
-                        .connect_with(outboxd::db::mysql_connect_options(&cfg)?)
-                        .await?,
-                )
-            }
+            Database::Mariadb => Pool::My(testkit::backlog::connect_mysql(url, connections).await?),
         })
     }
 
@@ -145,26 +134,9 @@ impl Pool {
     /// The server's version and durability settings, for the report.
     async fn describe(&self) -> String {
         match self {
-            Pool::Pg(p) => {
-                let v: String = sqlx::query_scalar("SELECT version()")
-                    .fetch_one(p)
-                    .await
-                    .unwrap_or_default();
-                let sc: String = sqlx::query_scalar("SHOW synchronous_commit")
-                    .fetch_one(p)
-                    .await
-                    .unwrap_or_default();
-                let fsync: String = sqlx::query_scalar("SHOW fsync")
-                    .fetch_one(p)
-                    .await
-                    .unwrap_or_default();
-                format!("{v}; fsync={fsync}; synchronous_commit={sc}")
-            }
+            Pool::Pg(p) => crate::world::describe_postgres(p).await,
             Pool::My(p) => {
-                let v: String = sqlx::query_scalar("SELECT VERSION()")
-                    .fetch_one(p)
-                    .await
-                    .unwrap_or_default();
+                let v = outboxd::db::mysql_version(p).await.unwrap_or_default();
                 let flush: String =
                     sqlx::query_scalar("SELECT CAST(@@innodb_flush_log_at_trx_commit AS CHAR)")
                         .fetch_one(p)

@@ -241,21 +241,7 @@ pub(crate) async fn machine() -> serde_json::Value {
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     let pg = match sqlx::PgPool::connect(&admin_url()).await {
-        Ok(p) => {
-            let v: String = sqlx::query_scalar("SELECT version()")
-                .fetch_one(&p)
-                .await
-                .unwrap_or_default();
-            let fsync: String = sqlx::query_scalar("SHOW fsync")
-                .fetch_one(&p)
-                .await
-                .unwrap_or_default();
-            let sc: String = sqlx::query_scalar("SHOW synchronous_commit")
-                .fetch_one(&p)
-                .await
-                .unwrap_or_default();
-            format!("{v}; fsync={fsync}; synchronous_commit={sc}")
-        }
+        Ok(p) => crate::world::describe_postgres(&p).await,
         Err(_) => String::new(),
     };
     serde_json::json!({

@@ -158,6 +158,23 @@ impl World {
     }
 }
 
+/// The PostgreSQL server's version and durability settings, for the report.
+pub(crate) async fn describe_postgres(p: &sqlx::PgPool) -> String {
+    let v: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(p)
+        .await
+        .unwrap_or_default();
+    let fsync: String = sqlx::query_scalar("SHOW fsync")
+        .fetch_one(p)
+        .await
+        .unwrap_or_default();
+    let sc: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(p)
+        .await
+        .unwrap_or_default();
+    format!("{v}; fsync={fsync}; synchronous_commit={sc}")
+}
+
 /// A private Tansu on a free port with the topic `bench` of `partitions` partitions: the
 /// broker, its address and the topic.
 pub(crate) async fn fresh_broker(partitions: i32) -> anyhow::Result<(LocalBroker, String, String)> {
