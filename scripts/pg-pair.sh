@@ -8,9 +8,11 @@
 #   scripts/pg-pair.sh kill-primary DIR   # pg_ctl stop -m immediate (a crash)
 #   scripts/pg-pair.sh stop-primary DIR   # pg_ctl stop -m fast (a planned switch-over)
 #   scripts/pg-pair.sh promote DIR        # the replica becomes the primary
+#   scripts/pg-pair.sh restart-primary DIR  # the old primary up again as it was (split brain)
+#   scripts/pg-pair.sh kill-replica DIR   # the replica (or promoted primary) crashes
 #   scripts/pg-pair.sh stop DIR           # both down, DIR removed
 set -euo pipefail
-cmd=${1:?usage: scripts/pg-pair.sh start|kill-primary|stop-primary|promote|stop DIR}
+cmd=${1:?usage: scripts/pg-pair.sh start|kill-primary|stop-primary|promote|restart-primary|kill-replica|stop DIR}
 dir=${2:?the directory of the pair}
 bin=/usr/lib/postgresql/$(ls /usr/lib/postgresql | sort -n | tail -1)/bin
 say() { echo "[pg-pair] $*" >&2; }
@@ -57,6 +59,8 @@ EOF
     ;;
 kill-primary) ctl primary stop -m immediate ;;
 stop-primary) ctl primary stop -m fast ;;
+restart-primary) ctl primary start ;;
+kill-replica) ctl replica stop -m immediate ;;
 promote)
     ctl replica promote
     # The new primary has no standby: it must not wait for one on every commit (the

@@ -19,6 +19,11 @@ pub enum LeaseState {
 #[derive(Debug)]
 pub struct Health {
     db_up: AtomicBool,
+    /// Why the database cannot be used although it may answer (no primary among the
+    /// hosts), until it can.
+    db_problem: Mutex<Option<String>>,
+    /// Whether `db_problem` has anything.
+    any_db_problem: AtomicBool,
     broker_up: AtomicBool,
     /// Why the broker cannot be used (a TLS or authentication failure), until it can:
     /// what kind of problem, and the last attempt's words.
@@ -35,6 +40,8 @@ impl Default for Health {
     fn default() -> Self {
         Self {
             db_up: AtomicBool::new(false),
+            db_problem: Mutex::new(None),
+            any_db_problem: AtomicBool::new(false),
             broker_up: AtomicBool::new(true),
             broker_problem: Mutex::new(None),
             destination_problems: Mutex::new(BTreeMap::new()),
@@ -57,6 +64,23 @@ impl Health {
                 tracing::info!("Database reachable.");
             }
         }
+    }
+    /// Records (or, with `None`, clears) why the database cannot be used now: no primary
+    /// among its hosts, with what each answered.
+    pub fn set_db_problem(&self, problem: Option<String>) {
+        let mut current = self.db_problem.lock().expect("db problem");
+        let changed = current.is_some() != problem.is_some();
+        self.any_db_problem
+            .store(problem.is_some(), Ordering::Release);
+        *current = problem;
+        drop(current);
+        if changed {
+            self.publish_gauges();
+        }
+    }
+    /// Why the database cannot be used now, if a search for its primary says so.
+    pub fn db_problem(&self) -> Option<String> {
+        self.db_problem.lock().expect("db problem").clone()
     }
     /// Whether the broker was reachable last time we heard.
     pub fn broker_up(&self) -> bool {
@@ -159,16 +183,18 @@ impl Health {
             0.0
         });
     }
-    /// Ready: the database and the broker are reachable.
+    /// Ready: the database (its primary) and the broker are reachable.
     pub fn ready(&self) -> bool {
-        self.db_up() && self.broker_up()
+        self.db_up() && !self.any_db_problem.load(Ordering::Acquire) && self.broker_up()
     }
     /// Sets the readiness gauges (`outboxd_database_up`, `outboxd_broker_up`,
     /// `outboxd_ready`) from the current state: on every change, and at start so that they
     /// exist before anything changes.
     pub fn publish_gauges(&self) {
         let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        metrics::gauge!("outboxd_database_up").set(flag(self.db_up()));
+        metrics::gauge!("outboxd_database_up").set(flag(
+            self.db_up() && !self.any_db_problem.load(Ordering::Acquire),
+        ));
         metrics::gauge!("outboxd_broker_up").set(flag(self.broker_up()));
         metrics::gauge!("outboxd_ready").set(flag(self.ready()));
     }

@@ -66,6 +66,7 @@ impl Relay {
     ) -> anyhow::Result<Relay> {
         let config = Arc::new(config);
         let health = Arc::new(Health::default());
+        store.report_to(health.clone());
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         // Stable across restarts: a restarted process reclaims its own lease at once.
         let owner = if config.relay.instance_id.is_empty() {

@@ -296,9 +296,12 @@ pub async fn serve(listen: SocketAddr, health: Arc<Health>) -> anyhow::Result<()
                         Some(problem) if !h.broker_up() => format!("down — {problem}"),
                         _ => up(h.broker_up()).to_string(),
                     };
+                    let database = match h.db_problem() {
+                        Some(problem) => format!("down — {problem}"),
+                        None => up(h.db_up()).to_string(),
+                    };
                     let mut body = format!(
-                        "database: {}\nbroker: {broker}\nlease: {:?}\n",
-                        up(h.db_up()),
+                        "database: {database}\nbroker: {broker}\nlease: {:?}\n",
                         h.lease()
                     );
                     // Not a readiness failure (other destinations flow), but the first

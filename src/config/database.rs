@@ -54,9 +54,13 @@ impl Default for DatabaseConfig {
 pub(super) fn check_database_url(url: &str) -> Result<(), String> {
     let shown = crate::secrets::redact(url);
     let parsed = match crate::db::Backend::of(url) {
-        Some(crate::db::Backend::Postgres) => {
-            url.parse::<sqlx::postgres::PgConnectOptions>().map(|_| ())
-        }
+        Some(crate::db::Backend::Postgres) => match crate::db::pg_hosts::split(url) {
+            Ok(one) => one
+                .single
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .map(|_| ()),
+            Err(why) => return Err(why),
+        },
         Some(crate::db::Backend::MySql) => url::Url::parse(url)
             .map(|_| ())
             .map_err(|e| sqlx::Error::Configuration(e.to_string().into())),
@@ -195,7 +199,14 @@ pub(super) fn check_database_tls(db: &DatabaseConfig) -> Vec<String> {
 /// value when set, else the URL query's (under any of libpq's or sqlx's names), each with
 /// the name to report it by.
 fn tls_settings(db: &DatabaseConfig) -> impl Fn(&str, &str, &[&str]) -> Option<(String, String)> {
-    let query: Vec<(String, String)> = url::Url::parse(&db.url)
+    // A multi-host URL is parsed as its first host's (the query is the same).
+    let one = match crate::db::Backend::of(&db.url) {
+        Some(crate::db::Backend::Postgres) => {
+            crate::db::pg_hosts::split(&db.url).map_or_else(|_| db.url.clone(), |u| u.single)
+        }
+        _ => db.url.clone(),
+    };
+    let query: Vec<(String, String)> = url::Url::parse(&one)
         .map(|u| u.query_pairs().into_owned().collect())
         .unwrap_or_default();
     move |key, value, names| {

@@ -314,4 +314,8 @@ pub trait Store: Send + Sync + 'static {
     /// every `poller.interval_ms`). The task ends when `wake` returns false, when `wanted`'s
     /// sender is gone, or when it is aborted.
     fn watch(&self, wake: WakeFn, wanted: RowWakeups) -> Option<tokio::task::JoinHandle<()>>;
+
+    /// Where to say why the database cannot be used while it looks for it (PostgreSQL:
+    /// no primary among the URL's hosts yet). Nothing by default.
+    fn report_to(&self, _health: Arc<crate::health::Health>) {}
 }

@@ -9,6 +9,7 @@
 //! - [`chaos`]: a TCP proxy that cuts, pauses and delays connections;
 //! - [`verify`]: reading a topic or stream back, and the ledger (lost, reordered,
 //!   duplicates);
+//! - [`pgpair`]: a private PostgreSQL primary and synchronous replica, for failovers;
 //! - [`cpu`]: CPU accounting from `/proc`;
 //! - [`demo`]: the whole flow on one machine.
 //!
@@ -23,6 +24,7 @@ pub mod cpu;
 pub mod db;
 pub mod demo;
 pub mod mysqldb;
+pub mod pgpair;
 pub mod process;
 pub mod servers;
 pub mod verify;

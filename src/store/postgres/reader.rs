@@ -12,12 +12,16 @@
 
 use futures::future::BoxFuture;
 
+use std::sync::Arc;
+
+use super::primary::Primary;
 use super::sql;
 use crate::store::gaps::GapSource;
 use crate::store::{OutboxRow, StoreError};
 
-/// PostgreSQL's rows and snapshot horizon.
-pub(super) struct PgGaps(pub(super) sqlx::PgPool);
+/// PostgreSQL's rows and snapshot horizon (a failure that may mean a failover starts the
+/// search for the primary).
+pub(super) struct PgGaps(pub(super) sqlx::PgPool, pub(super) Arc<Primary>);
 
 impl GapSource for PgGaps {
     /// The snapshot's `(xmin, xmax)`.
@@ -26,7 +30,12 @@ impl GapSource for PgGaps {
     type Horizon = i64;
 
     fn now(&self) -> BoxFuture<'_, Result<(i64, i64), StoreError>> {
-        Box::pin(async move { Ok(sql::snapshot_bounds(&self.0).await?) })
+        Box::pin(async move {
+            sql::snapshot_bounds(&self.0).await.map_err(|e| {
+                self.1.saw(&e);
+                StoreError::Db(e)
+            })
+        })
     }
 
     fn note(&(_, xmax): &(i64, i64)) -> i64 {
@@ -43,8 +52,12 @@ impl GapSource for PgGaps {
         ranges: &'a [(i64, i64)],
         limit: i64,
     ) -> BoxFuture<'a, Result<Vec<OutboxRow>, sqlx::Error>> {
-        Box::pin(sql::fetch_after_and_in_ranges(
-            &self.0, after, ranges, limit,
-        ))
+        Box::pin(async move {
+            let rows = sql::fetch_after_and_in_ranges(&self.0, after, ranges, limit).await;
+            if let Err(e) = &rows {
+                self.1.saw(e);
+            }
+            rows
+        })
     }
 }

@@ -111,6 +111,8 @@ pub struct Env {
     pub name: String,
     /// Database name.
     pub db_name: String,
+    /// Where it was created (PostgreSQL).
+    admin: String,
     /// Direct URL (generator, checks).
     pub db_url: String,
     /// The database the scenario runs on.
@@ -159,17 +161,34 @@ impl Env {
         brokers: Option<String>,
         database: Database,
     ) -> anyhow::Result<Env> {
+        Self::create(name, sink, brokers, database, None).await
+    }
+
+    /// As [`Env::new`] on PostgreSQL, with the database created through `admin` (another
+    /// server's `postgres` database, such as a private primary's) instead of
+    /// `DATABASE_URL`'s. The relay is not proxied there: the caller sets its URL.
+    pub async fn on_postgres(name: &str, sink: SinkKind, admin: String) -> anyhow::Result<Env> {
+        Self::create(name, sink, None, Database::Postgres, Some(admin)).await
+    }
+
+    async fn create(
+        name: &str,
+        sink: SinkKind,
+        brokers: Option<String>,
+        database: Database,
+        admin: Option<String>,
+    ) -> anyhow::Result<Env> {
         let name = match database {
             Database::Postgres => format!("{name}-{sink}"),
             Database::MariaDb => format!("{name}-{sink}-mariadb"),
         };
         let db_name = format!("outboxd_t_torture_{}", name.replace('-', "_"));
+        let admin = admin.unwrap_or_else(|| {
+            std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        });
         let db_url = match database {
-            Database::Postgres => {
-                let admin = std::env::var("DATABASE_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-                testkit::backlog::fresh_database(&admin, &db_name).await?
-            }
+            Database::Postgres => testkit::backlog::fresh_database(&admin, &db_name).await?,
             Database::MariaDb => testkit::mysqldb::fresh_mysql_database(&db_name).await,
         };
         let db = Db::connect(database, &db_url).await?;
@@ -247,6 +266,7 @@ impl Env {
         Ok(Env {
             name,
             db_name,
+            admin,
             db_url,
             database,
             db,
@@ -479,9 +499,7 @@ impl Env {
             testkit::mysqldb::drop_mysql_database(&self.db_name).await;
             return;
         }
-        let admin = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        if let Ok(p) = sqlx::PgPool::connect(&admin).await {
+        if let Ok(p) = sqlx::PgPool::connect(&self.admin).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.db_name

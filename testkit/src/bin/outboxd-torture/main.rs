@@ -28,7 +28,8 @@ struct Args {
     #[arg(long, default_value = "short")]
     profile: String,
     /// Scenarios to run (default: all): kill9, broker-restart, netcut, sink-pause, poison,
-    /// destination, sigterm, sigstop, db-restart, bloat, late, unknown-topic.
+    /// destination, sigterm, sigstop, db-restart, bloat, late, unknown-topic, pg-failover,
+    /// pg-switchover, kafka-leaders.
     #[arg(long)]
     scenario: Vec<String>,
     /// Sinks to run them against (default: kafka, redis and nats). A scenario that does

@@ -381,6 +381,9 @@ pub const ALL: &[&str] = &[
     "bloat",
     "late",
     "unknown-topic",
+    "pg-failover",
+    "pg-switchover",
+    "kafka-leaders",
 ];
 
 /// Whether scenario `name` runs for `sink`. The database-side scenarios (`db-restart`,
@@ -408,7 +411,8 @@ pub fn applies(name: &str, sink: SinkKind, database: Database) -> bool {
             );
     }
     match name {
-        "db-restart" | "bloat" | "late" | "unknown-topic" => sink == SinkKind::Kafka,
+        "db-restart" | "bloat" | "late" | "unknown-topic" | "pg-failover" | "pg-switchover"
+        | "kafka-leaders" => sink == SinkKind::Kafka,
         "destination" => sink != SinkKind::Kafka,
         _ => true,
     }
@@ -429,8 +433,110 @@ pub async fn run(name: &str, p: &Profile, sink: SinkKind) -> anyhow::Result<Repo
         "unknown-topic" => unknown_topic(p, sink).await,
         "sigterm" => sigterm(p, sink).await,
         "sigstop" => sigstop(p, sink).await,
+        "pg-failover" => pg_failover(p, sink, Stop::Crash).await,
+        "pg-switchover" => pg_failover(p, sink, Stop::Planned).await,
+        "kafka-leaders" => kafka_leaders(p, sink).await,
         other => anyhow::bail!("unknown scenario {other:?}; one of {ALL:?}"),
     }
+}
+
+/// How the primary goes in a failover scenario.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// `pg_ctl stop -m immediate`: a crash.
+    Crash,
+    /// `pg_ctl stop -m fast`: a planned switch-over.
+    Planned,
+}
+
+/// The PostgreSQL primary goes — crashed (`pg-failover`) or stopped for a switch-over
+/// (`pg-switchover`) — under the writers' load, and its synchronous replica is promoted a
+/// second later (an HA manager's decision, shortened). The relay runs on the multi-host
+/// URL (primary first) and must find the new primary on its own; the writers are pointed
+/// there by the harness, as an application's own failover would. Measured: promotion →
+/// the first record of an event committed on the new primary.
+async fn pg_failover(p: &Profile, sink: SinkKind, stop: Stop) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let name = match stop {
+        Stop::Crash => "pg-failover",
+        Stop::Planned => "pg-switchover",
+    };
+    let dir = std::env::temp_dir().join(format!("outboxd-torture-{name}-pair"));
+    let pair = tokio::task::spawn_blocking(move || testkit::pgpair::PgPair::start(&dir)).await??;
+    let pair = std::sync::Arc::new(pair);
+    let admin = testkit::pgpair::PgPair::url(pair.primary, "postgres");
+    let mut env = Env::on_postgres(name, sink, admin).await?;
+    env.relay_env
+        .push(("OUTBOXD__DATABASE__URL".into(), pair.both(&env.db_name)));
+    env.start_consumer();
+    let relay = start_relay(&mut env, name).await?;
+    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
+    let mut report = new_report(&env.name);
+    sleep(Duration::from_secs(5)).await;
+    let stopping = Instant::now();
+    let pair_now = pair.clone();
+    tokio::task::spawn_blocking(move || match stop {
+        Stop::Crash => pair_now.kill_primary(),
+        Stop::Planned => pair_now.stop_primary(),
+    })
+    .await??;
+    let stopped = stopping.elapsed();
+    sleep(Duration::from_secs(1)).await;
+    let pair_now = pair.clone();
+    tokio::task::spawn_blocking(move || pair_now.promote()).await??;
+    let promoted = Instant::now();
+    let new_primary = testkit::pgpair::PgPair::url(pair.replica, &env.db_name);
+    env.pg().set_connect_options(new_primary.parse()?);
+    env.faults += 1;
+    // The first sighting of an event committed after the promotion.
+    let resumed = loop {
+        let first = {
+            let b = env.book.lock().unwrap();
+            b.latencies
+                .iter()
+                .filter(|(seen, latency)| *seen - *latency >= promoted)
+                .map(|(seen, _)| *seen)
+                .min()
+        };
+        if let Some(seen) = first {
+            break Some(seen - promoted);
+        }
+        if promoted.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        sleep(Duration::from_millis(20)).await;
+    };
+    let how = match stop {
+        Stop::Crash => "crashed (immediate)",
+        Stop::Planned => "stopped (fast)",
+    };
+    report.notes.push(format!(
+        "primary {how} in {:.1} s, replica promoted 1 s later (synchronous replication)",
+        stopped.as_secs_f64()
+    ));
+    match resumed {
+        Some(d) => {
+            report.notes.push(format!(
+                "promotion → first record of an event committed on the new primary: {:.0} ms",
+                d.as_secs_f64() * 1000.0
+            ));
+            if d > Duration::from_secs(5) {
+                report.failures.push(format!(
+                    "publishing resumed {:.1} s after the promotion (goal: 5 s); see {}",
+                    d.as_secs_f64(),
+                    relay.log.display()
+                ));
+            }
+        }
+        None => report.failures.push(format!(
+            "nothing committed on the new primary was published within 60 s; see {}",
+            relay.log.display()
+        )),
+    }
+    sleep(Duration::from_secs(5)).await;
+    let report = finish(env, Some(generator), vec![relay], started, report).await;
+    drop(pair);
+    Ok(report)
 }
 
 /// `kill -9` of the relay at random moments, restarted each time.
@@ -1234,6 +1340,82 @@ async fn unknown_topic(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
             "the forbidden topic's row: {still} pending (want 1: held, not dead-lettered)"
         ));
     }
+    let r = finish(env, Some(generator), vec![relay], started, report).await;
+    drop(mock);
+    Ok(r)
+}
+
+/// A three-broker Kafka (librdkafka's mock cluster; replication factor 3) under load:
+/// partition leaders move to another broker, a broker goes down with its partitions'
+/// leadership moved away (as a controller would elect new leaders) and comes back, and
+/// then every broker is down for longer than `message.timeout.ms`. The idempotent
+/// producer keeps each partition's order through the re-sends; the relay's own retries
+/// carry the rows whose sends timed out, without dead-lettering any.
+async fn kafka_leaders(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
+    use rdkafka::mocking::MockCluster;
+    const BROKERS: i32 = 3;
+    let started = Instant::now();
+    let mock = MockCluster::new(BROKERS)?;
+    let mut env = Env::new(
+        "kafka-leaders",
+        sink,
+        Some(mock.bootstrap_servers()),
+        p.database,
+    )
+    .await?;
+    mock.create_topic(&env.topic, crate::env::PARTITIONS, BROKERS)?;
+    // Sends time out after 5 s, so that the whole-cluster outage below outlasts them.
+    let timeout = Duration::from_secs(5);
+    env.relay_env.push((
+        "OUTBOXD__KAFKA__PRODUCER__MESSAGE.TIMEOUT.MS".into(),
+        timeout.as_millis().to_string(),
+    ));
+    env.start_consumer();
+    let relay = start_relay(&mut env, "kafka-leaders").await?;
+    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
+    let mut report = new_report(&env.name);
+    let lead = |shift: i32| -> anyhow::Result<()> {
+        for partition in 0..crate::env::PARTITIONS {
+            let broker = (partition + shift).rem_euclid(BROKERS) + 1;
+            mock.partition_leader(&env.topic, partition, Some(broker))?;
+        }
+        Ok(())
+    };
+    let mut moves = 0;
+    for round in 0..p.broker_restarts.max(1) as i32 * 2 {
+        sleep(Duration::from_secs(3)).await;
+        lead(round + 1)?;
+        moves += 1;
+        env.faults += 1;
+        sleep(Duration::from_secs(3)).await;
+        // A broker goes; a controller moves its leaderships to the others.
+        let down = round.rem_euclid(BROKERS) + 1;
+        mock.broker_down(down)?;
+        for partition in 0..crate::env::PARTITIONS {
+            let broker = (down + partition % (BROKERS - 1)).rem_euclid(BROKERS) + 1;
+            mock.partition_leader(&env.topic, partition, Some(broker))?;
+        }
+        env.faults += 1;
+        sleep(Duration::from_secs(3)).await;
+        mock.broker_up(down)?;
+        report.notes.push(format!(
+            "round {}: leaders moved; broker {down} down 3 s, its leaderships moved away",
+            round + 1
+        ));
+    }
+    // Every broker down for longer than the send timeout.
+    sleep(Duration::from_secs(3)).await;
+    let outage = timeout * 2;
+    mock.broker_down(-1)?;
+    sleep(outage).await;
+    mock.broker_up(-1)?;
+    env.faults += 1;
+    report.notes.push(format!(
+        "{moves} leader moves; then all {BROKERS} brokers down {} s (message.timeout.ms {} s)",
+        outage.as_secs(),
+        timeout.as_secs()
+    ));
+    sleep(Duration::from_secs(5)).await;
     let r = finish(env, Some(generator), vec![relay], started, report).await;
     drop(mock);
     Ok(r)

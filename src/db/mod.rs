@@ -7,6 +7,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 use crate::config::DatabaseConfig;
 
+pub mod pg_hosts;
+
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -150,17 +152,26 @@ pub fn check_mysql_version(version: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Connection options from the configuration, with `application_name = outboxd`. The
-/// URL is read as libpq reads it (`sslmode`, `sslrootcert`, `sslcert`, `sslkey` in its
-/// query); each `[database]` TLS key that is set wins over the URL's, and
+/// Connection options from the configuration, with `application_name = outboxd`, for the
+/// first host the URL names (see [`pg_host_options`] for all of them). The URL is read as libpq
+/// reads it (`sslmode`, `sslrootcert`, `sslcert`, `sslkey` in its query, several
+/// comma-separated hosts); each `[database]` TLS key that is set wins over the URL's, and
 /// `database.password_file` wins over a password in the URL. A TLS set-up whose libpq
 /// meaning cannot be had is refused ([`crate::config::unsupported_tls`]).
 pub fn connect_options(cfg: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+    Ok(pg_host_options(cfg)?.swap_remove(0).1)
+}
+
+/// Each host of the URL (`postgres://u@h1:5432,h2:5432/db`, libpq's multi-host form) in
+/// its order, named `host:port`, with its connection options as [`connect_options`] makes
+/// them; one for a one-host URL.
+pub fn pg_host_options(cfg: &DatabaseConfig) -> anyhow::Result<Vec<(String, PgConnectOptions)>> {
     if let Some(why) = crate::config::unsupported_tls(cfg) {
         anyhow::bail!(why);
     }
-    let mut opts: PgConnectOptions = cfg
-        .url
+    let url = pg_hosts::split(&cfg.url).map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+    let mut opts: PgConnectOptions = url
+        .single
         .parse()
         .map_err(|e: sqlx::Error| anyhow::anyhow!("database.url: {}", redact(&e.to_string())))?;
     if !cfg.sslmode.is_empty() {
@@ -182,7 +193,23 @@ pub fn connect_options(cfg: &DatabaseConfig) -> anyhow::Result<PgConnectOptions>
     if let Some(password) = &keys.password {
         opts = opts.password(password);
     }
-    Ok(opts.application_name("outboxd"))
+    let opts = opts.application_name("outboxd");
+    if url.hosts.is_empty() {
+        let name = format!("{}:{}", opts.get_host(), opts.get_port());
+        return Ok(vec![(name, opts)]);
+    }
+    Ok(url
+        .hosts
+        .into_iter()
+        .map(|(host, port)| {
+            let name = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            (name, opts.clone().host(&host).port(port))
+        })
+        .collect())
 }
 
 /// The `[database]` keys that win over the URL's: TLS files and the password file's
@@ -213,24 +240,49 @@ impl<'a> Overrides<'a> {
     }
 }
 
-/// A pool that connects lazily: the relay starts (and says so) even while the database
-/// is down, and every operation reports and retries the outage.
-pub fn lazy_pool(cfg: &DatabaseConfig, max: u32) -> anyhow::Result<sqlx::PgPool> {
-    Ok(PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-        .connect_lazy_with(connect_options(cfg)?))
-}
-
-/// Connects now, failing with the reason if the database cannot be reached.
+/// Connects now, failing with the reason if the database cannot be reached. With several
+/// hosts in the URL, to the first that takes read-write sessions (as libpq's
+/// `target_session_attrs=read-write`), failing with what each answered when none does.
 pub async fn connect(cfg: &DatabaseConfig, max: u32) -> anyhow::Result<sqlx::PgPool> {
-    let opts = connect_options(cfg)?;
-    PgPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-        .connect_with(opts)
-        .await
-        .map_err(|e| unreachable(cfg, &e))
+    let hosts = pg_host_options(cfg)?;
+    let pool = |opts: PgConnectOptions| {
+        PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .connect_with(opts)
+    };
+    if hosts.len() == 1 {
+        let (_, opts) = hosts.into_iter().next().expect("one host");
+        return pool(opts).await.map_err(|e| unreachable(cfg, &e));
+    }
+    let mut answers = Vec::new();
+    let patience = Duration::from_millis(cfg.connect_timeout_ms);
+    for (name, opts) in hosts {
+        let Ok(answer) = tokio::time::timeout(patience, pg_hosts::probe(&opts)).await else {
+            answers.push(format!(
+                "{name}: no answer within {} ms",
+                patience.as_millis()
+            ));
+            continue;
+        };
+        match answer {
+            Ok(pg_hosts::Role::Primary(_)) => {
+                return pool(opts).await.map_err(|e| unreachable(cfg, &e));
+            }
+            Ok(pg_hosts::Role::Standby(why)) => answers.push(format!("{name} {why}")),
+            Err(e) => {
+                let hint = explain(&e.to_string())
+                    .map(|h| format!(" — {h}"))
+                    .unwrap_or_default();
+                answers.push(format!("{name}: {}{hint}", redact(&e.to_string())));
+            }
+        }
+    }
+    anyhow::bail!(
+        "no read-write primary among the hosts of {}: {}",
+        redact(&cfg.url),
+        answers.join("; ")
+    )
 }
 
 /// What an operator should do about a connection error, in words, when it is one of the
