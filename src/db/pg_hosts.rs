@@ -116,7 +116,8 @@ fn without_session_attrs(tail: &str) -> Result<String, String> {
 /// What a host is, as a probe finds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
-    /// Takes read-write sessions, on this timeline.
+    /// Takes read-write sessions, on this timeline (0: unknown, where the server does not
+    /// offer `pg_current_wal_lsn()` to this user, as some managed services do not).
     Primary(u32),
     /// In recovery, or every session read-only.
     Standby(&'static str),
@@ -124,13 +125,29 @@ pub enum Role {
 
 /// What the host of this session is.
 pub async fn role(conn: &mut sqlx::PgConnection) -> Result<Role, sqlx::Error> {
-    let (recovery, read_only, wal): (bool, String, Option<String>) = sqlx::query_as(
+    let answer: Result<(bool, String, Option<String>), sqlx::Error> = sqlx::query_as(
         "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), \
          CASE WHEN pg_is_in_recovery() THEN NULL \
          ELSE pg_walfile_name(pg_current_wal_lsn()) END",
     )
-    .fetch_one(conn)
-    .await?;
+    .fetch_one(&mut *conn)
+    .await;
+    let (recovery, read_only, wal) = match answer {
+        // No such function, not allowed, not supported: without the timeline.
+        Err(e)
+            if e.as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42883" || c == "42501" || c == "0A000") =>
+        {
+            let (recovery, read_only): (bool, String) = sqlx::query_as(
+                "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')",
+            )
+            .fetch_one(conn)
+            .await?;
+            (recovery, read_only, None)
+        }
+        other => other?,
+    };
     Ok(if recovery {
         Role::Standby("is a standby (in recovery)")
     } else if read_only == "on" {

@@ -4,7 +4,8 @@
 //! - `producer` — the shared producer and its delivery reports;
 //! - `record` — a row as a Kafka record (design.md §4);
 //! - `classify` — Kafka's failures, classified once for the whole relay;
-//! - `check` — `[kafka]` checked before anything connects, and `outboxd check`'s words.
+//! - `check` — `[kafka]` checked before anything connects, and `outboxd check`'s words;
+//! - `durability` — each topic's replication factor and `min.insync.replicas`, judged once.
 
 pub mod config;
 
@@ -12,6 +13,8 @@ pub mod config;
 mod check;
 #[cfg(feature = "kafka")]
 mod classify;
+#[cfg(feature = "kafka")]
+mod durability;
 #[cfg(feature = "kafka")]
 mod producer;
 #[cfg(feature = "kafka")]

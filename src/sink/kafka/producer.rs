@@ -18,6 +18,7 @@ use super::check::{
 };
 use super::classify::{classify, security_hint, without_timing};
 use super::config::KafkaConfig;
+use super::durability::Durability;
 use super::record::{DeliveryTarget, DeliveryToken, Record, build_record_with};
 use crate::health::Health;
 use crate::outbox::SinkKind;
@@ -187,6 +188,7 @@ pub fn create_producer(cfg: &KafkaConfig, health: Arc<Health>) -> anyhow::Result
 pub struct KafkaSink {
     producer: RelayProducer,
     config: KafkaConfig,
+    durability: Arc<Durability>,
 }
 
 impl KafkaSink {
@@ -195,6 +197,7 @@ impl KafkaSink {
         Ok(Self {
             producer: create_producer(cfg, health)?,
             config: cfg.clone(),
+            durability: Durability::new(&producer_config(cfg)?, Duration::from_secs(10)),
         })
     }
 
@@ -231,6 +234,9 @@ impl Sink for KafkaSink {
                     continue;
                 }
             };
+            if !topic_checked {
+                self.durability.sending_to(&row.topic);
+            }
             valid_topic = Some(row.topic.as_str());
             let token = Box::new(DeliveryToken {
                 target: target.clone(),

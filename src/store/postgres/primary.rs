@@ -13,6 +13,8 @@
 //!   [`SEARCH_EVERY`] until one is found; meanwhile `/readyz` says what each host answered.
 //! - **Split brain.** A primary whose timeline is behind the highest one seen is a former
 //!   primary that came back without being rejoined: it is not used, even if it comes first.
+//!   (Where the server does not tell this user its WAL position, as some managed services
+//!   do not, the timeline is unknown and this guard is off.)
 //! - **After a switch** the pools open their next connections on the new primary (the
 //!   LISTEN connection and the instance-name lock follow through the pool), and the
 //!   generation ([`Primary::generation`]) moves on, which asks the poller for a rescan.
@@ -194,8 +196,9 @@ impl Primary {
             let answer = tokio::time::timeout(self.probe_timeout, probe(opts)).await;
             let seen = self.timeline.load(Ordering::Acquire);
             match answer {
-                Ok(Ok(Role::Primary(timeline))) if timeline >= seen => {
-                    self.timeline.store(timeline, Ordering::Release);
+                // 0: the server does not say (see `Role`), and cannot be judged.
+                Ok(Ok(Role::Primary(timeline))) if timeline == 0 || timeline >= seen => {
+                    self.timeline.fetch_max(timeline, Ordering::AcqRel);
                     return Ok(i);
                 }
                 Ok(Ok(Role::Primary(timeline))) => answers.push(format!(
