@@ -46,6 +46,34 @@ async fn problem_says(health: &Health, words: &str) -> String {
     }
 }
 
+/// The README's recipe for a library user's own pool ("Depending on outboxd"), verbatim.
+async fn primary_pool(urls: &[&str]) -> Result<sqlx::PgPool, sqlx::Error> {
+    use sqlx::postgres::PgPoolOptions;
+    let mut last = sqlx::Error::Configuration("no host given".into());
+    for url in urls {
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_secs(3))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if standby {
+                        return Err(sqlx::Error::Configuration("a standby".into()));
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await;
+        match pool {
+            Ok(pool) => return Ok(pool),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_finds_the_primary_follows_a_failover_and_refuses_a_split_brain() {
     let dir = std::env::temp_dir().join(format!("outboxd-pg-failover-{}", std::process::id()));
@@ -70,6 +98,16 @@ async fn the_store_finds_the_primary_follows_a_failover_and_refuses_a_split_brai
         .unwrap();
     assert!(!in_recovery);
     oneshot.close().await;
+    // A library user's pool, by the README's recipe: the standby is passed by.
+    let app = primary_pool(&[&PgPair::url(r, "failover"), &PgPair::url(p, "failover")])
+        .await
+        .unwrap();
+    let on: i32 = sqlx::query_scalar("SELECT current_setting('port')::int")
+        .fetch_one(&app)
+        .await
+        .unwrap();
+    assert_eq!(on, i32::from(p));
+    app.close().await;
 
     let store = PgStore::connect_lazy(&config).unwrap();
     let health = Arc::new(Health::default());
