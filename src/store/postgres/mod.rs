@@ -44,8 +44,8 @@ fn synchronous_commit_off(opts: PgConnectOptions) -> PgConnectOptions {
 impl PgStore {
     /// Pools that connect lazily: the relay starts (and says so) while the database is
     /// down, and every operation reports and retries the outage.
-    /// With several hosts in the URL they follow the primary among them
-    /// ([`primary`]).
+    ///
+    /// With several hosts in the URL they follow the primary among them ([`primary`]).
     pub fn connect_lazy(config: &Config) -> anyhow::Result<Self> {
         let db = &config.database;
         let timeout = Duration::from_millis(db.connect_timeout_ms);

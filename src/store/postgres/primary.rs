@@ -82,12 +82,13 @@ impl Primary {
         &self.hosts[self.current.load(Ordering::Acquire)].0
     }
 
-    /// Options for a pool that connects only to a primary, and drops connections opened
-    /// before a switch; `max` connections, waiting `acquire` for one.
+    /// Options for a pool that connects only to a primary (one statement per new
+    /// connection) and, with several hosts, drops connections opened before a switch (a
+    /// check per acquire, without I/O; with one host nothing is added there); `max`
+    /// connections, waiting `acquire` for one.
     pub fn pool_options(self: &Arc<Self>, max: u32, acquire: Duration) -> PgPoolOptions {
         let checked = self.clone();
-        let fresh = self.clone();
-        PgPoolOptions::new()
+        let options = PgPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(acquire)
             .after_connect(move |conn, _| {
@@ -105,12 +106,16 @@ impl Primary {
                     }
                     Ok(())
                 })
-            })
-            .before_acquire(move |_, meta| {
-                let opened_before_switch =
-                    meta.age > fresh.switched.lock().expect("switched").elapsed();
-                Box::pin(async move { Ok(!opened_before_switch) })
-            })
+            });
+        if self.hosts.len() < 2 {
+            return options;
+        }
+        let fresh = self.clone();
+        options.before_acquire(move |_, meta| {
+            let opened_before_switch =
+                meta.age > fresh.switched.lock().expect("switched").elapsed();
+            Box::pin(async move { Ok(!opened_before_switch) })
+        })
     }
 
     /// A pool to point at the primary with the others; `adjust` adds its own options.
