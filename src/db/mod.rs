@@ -255,34 +255,53 @@ pub async fn connect(cfg: &DatabaseConfig, max: u32) -> anyhow::Result<sqlx::PgP
         let (_, opts) = hosts.into_iter().next().expect("one host");
         return pool(opts).await.map_err(|e| unreachable(cfg, &e));
     }
-    let mut answers = Vec::new();
     let patience = Duration::from_millis(cfg.connect_timeout_ms);
-    for (name, opts) in hosts {
-        let Ok(answer) = tokio::time::timeout(patience, pg_hosts::probe(&opts)).await else {
-            answers.push(format!(
-                "{name}: no answer within {} ms",
-                patience.as_millis()
-            ));
-            continue;
-        };
-        match answer {
-            Ok(pg_hosts::Role::Primary(_)) => {
-                return pool(opts).await.map_err(|e| unreachable(cfg, &e));
+    match find_primary(&hosts, 0..hosts.len(), patience, 0).await {
+        Ok((i, _)) => pool(hosts[i].1.clone())
+            .await
+            .map_err(|e| unreachable(cfg, &e)),
+        Err(answers) => anyhow::bail!(
+            "no read-write primary among the hosts of {}: {answers}",
+            redact(&cfg.url)
+        ),
+    }
+}
+
+/// The first of `hosts` (taken in `order`, each probe bounded by `patience`) that takes
+/// read-write sessions and is not on a timeline behind `seen` (a primary of an unknown
+/// timeline, 0, cannot be judged and is taken): its index and timeline. Else what each
+/// host answered, for an operator.
+pub async fn find_primary(
+    hosts: &[(String, PgConnectOptions)],
+    order: impl Iterator<Item = usize>,
+    patience: Duration,
+    seen: u32,
+) -> Result<(usize, u32), String> {
+    let mut answers = Vec::new();
+    for i in order {
+        let (name, opts) = &hosts[i];
+        match tokio::time::timeout(patience, pg_hosts::probe(opts)).await {
+            Ok(Ok(pg_hosts::Role::Primary(timeline))) if timeline == 0 || timeline >= seen => {
+                return Ok((i, timeline));
             }
-            Ok(pg_hosts::Role::Standby(why)) => answers.push(format!("{name} {why}")),
-            Err(e) => {
+            Ok(Ok(pg_hosts::Role::Primary(timeline))) => answers.push(format!(
+                "{name} is a primary on timeline {timeline}, behind timeline {seen} seen \
+                 before: a former primary that was not rejoined (split brain), not used"
+            )),
+            Ok(Ok(pg_hosts::Role::Standby(why))) => answers.push(format!("{name} {why}")),
+            Ok(Err(e)) => {
                 let hint = explain(&e.to_string())
                     .map(|h| format!(" — {h}"))
                     .unwrap_or_default();
                 answers.push(format!("{name}: {}{hint}", redact(&e.to_string())));
             }
+            Err(_) => answers.push(format!(
+                "{name}: no answer within {} ms",
+                patience.as_millis()
+            )),
         }
     }
-    anyhow::bail!(
-        "no read-write primary among the hosts of {}: {}",
-        redact(&cfg.url),
-        answers.join("; ")
-    )
+    Err(answers.join("; "))
 }
 
 /// What an operator should do about a connection error, in words, when it is one of the

@@ -27,9 +27,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
-use crate::db::pg_hosts::{Role, probe, role};
+use crate::db::pg_hosts::{Role, role};
 use crate::health::Health;
-use crate::secrets::redact;
 
 /// How often a search looks at every host again while none is the primary.
 pub const SEARCH_EVERY: Duration = Duration::from_millis(250);
@@ -191,34 +190,16 @@ impl Primary {
     }
 
     /// The host to use: the current one while it is still the primary, else the first
-    /// primary in the URL's order; or what each host answered.
+    /// primary in the URL's order (never one behind the highest timeline seen); or what
+    /// each host answered.
     async fn find(&self) -> Result<usize, String> {
         let current = self.current.load(Ordering::Acquire);
         let order = std::iter::once(current).chain((0..self.hosts.len()).filter(|&i| i != current));
-        let mut answers = Vec::new();
-        for i in order {
-            let (name, opts) = &self.hosts[i];
-            let answer = tokio::time::timeout(self.probe_timeout, probe(opts)).await;
-            let seen = self.timeline.load(Ordering::Acquire);
-            match answer {
-                // 0: the server does not say (see `Role`), and cannot be judged.
-                Ok(Ok(Role::Primary(timeline))) if timeline == 0 || timeline >= seen => {
-                    self.timeline.fetch_max(timeline, Ordering::AcqRel);
-                    return Ok(i);
-                }
-                Ok(Ok(Role::Primary(timeline))) => answers.push(format!(
-                    "{name} is a primary on timeline {timeline}, behind timeline {seen} seen \
-                     before: a former primary that was not rejoined (split brain), not used"
-                )),
-                Ok(Ok(Role::Standby(why))) => answers.push(format!("{name} {why}")),
-                Ok(Err(e)) => answers.push(format!("{name}: {}", redact(&e.to_string()))),
-                Err(_) => answers.push(format!(
-                    "{name}: no answer within {} ms",
-                    self.probe_timeout.as_millis()
-                )),
-            }
-        }
-        Err(answers.join("; "))
+        let seen = self.timeline.load(Ordering::Acquire);
+        let (i, timeline) =
+            crate::db::find_primary(&self.hosts, order, self.probe_timeout, seen).await?;
+        self.timeline.fetch_max(timeline, Ordering::AcqRel);
+        Ok(i)
     }
 
     fn point_at(&self, i: usize) {
