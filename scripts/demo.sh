@@ -3,6 +3,7 @@
 # with that one sink, and runs `outboxd-demo` (100,000 events over 1,000 aggregates,
 # verified). Extra arguments go to the demo, e.g. scripts/demo.sh --events 20000;
 # scripts/demo.sh --sink redis or --sink nats publishes to Redis Streams or NATS JetStream;
+# scripts/demo.sh --sink redis-cluster to a private six-node Redis Cluster it starts;
 # scripts/demo.sh --database mariadb writes the events to (and relays them from) the local
 # MariaDB instead of PostgreSQL.
 set -euo pipefail
@@ -18,6 +19,17 @@ for ((i = 0; i < ${#args[@]}; i++)); do
         --database=*) database=${args[$i]#--database=} ;;
     esac
 done
+# A Redis Cluster is the Redis sink on a cluster the demo starts (--redis-cluster).
+if [ "$sink" = redis-cluster ]; then
+    sink=redis
+    for ((i = 0; i < ${#args[@]}; i++)); do
+        case "${args[$i]}" in
+            redis-cluster) args[i]=redis ;;
+            --sink=redis-cluster) args[i]=--sink=redis ;;
+        esac
+    done
+    args+=(--redis-cluster)
+fi
 scripts/setup.sh demo "$sink" "$database"
 target=${CARGO_TARGET_DIR:-target}
 # The demo is the testkit's (testkit/src/demo.rs), with only the sink shown: a Redis or
@@ -25,4 +37,4 @@ target=${CARGO_TARGET_DIR:-target}
 # (Cargo.toml) trades a little speed for build time.
 cargo build --profile demo -p outboxd-testkit --no-default-features --features "$sink" --bin outboxd-demo
 # The configuration is checked before the demo reads --sink: name the sink there too.
-OUTBOXD__SINK__KIND=$sink exec "$target/demo/outboxd-demo" "$@"
+OUTBOXD__SINK__KIND=$sink exec "$target/demo/outboxd-demo" "${args[@]}"

@@ -7,13 +7,22 @@
 #                                             # and for every replica to be in sync
 #   scripts/redis-cluster.sh masters DIR      # the ports of the current masters
 #   scripts/redis-cluster.sh kill PORT DIR    # kill -9 the node on PORT (a master crash)
+#   scripts/redis-cluster.sh restart PORT DIR # start it again; waits until it is a
+#                                             # replica in sync (its slots failed over)
 #   scripts/redis-cluster.sh stop DIR         # all down, DIR removed
 set -euo pipefail
-cmd=${1:?usage: scripts/redis-cluster.sh start|masters|kill PORT|stop DIR}
+cmd=${1:?usage: scripts/redis-cluster.sh start|masters|kill PORT|restart PORT|stop DIR}
 say() { echo "[redis-cluster] $*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 ports() { cat "$dir/ports"; }
 cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
+node() { # port
+    mkdir -p "$dir/$1"
+    redis-server --port "$1" --bind 127.0.0.1 --cluster-enabled yes \
+        --cluster-config-file "$dir/$1/nodes.conf" --cluster-node-timeout 2000 \
+        --dir "$dir/$1" --appendonly yes --appendfsync always --save '' \
+        --daemonize yes --pidfile "$dir/$1/redis.pid" --logfile "$dir/$1/redis.log"
+}
 
 case $cmd in
 start)
@@ -27,11 +36,7 @@ start)
             p=$(free_port)
             [ "$p" -lt 55000 ] && break
         done
-        mkdir -p "$dir/$p"
-        redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
-            --cluster-config-file "$dir/$p/nodes.conf" --cluster-node-timeout 2000 \
-            --dir "$dir/$p" --appendonly yes --appendfsync always --save '' \
-            --daemonize yes --pidfile "$dir/$p/redis.pid" --logfile "$dir/$p/redis.log"
+        node "$p"
         list+=("$p")
     done
     echo "${list[*]}" >"$dir/ports"
@@ -75,6 +80,19 @@ kill)
     port=${2:?the port of the node}
     dir=${3:?the directory of the cluster}
     kill -9 "$(cat "$dir/$port/redis.pid")"
+    ;;
+restart)
+    port=${2:?the port of the node}
+    dir=${3:?the directory of the cluster}
+    node "$port"
+    # Until it is a replica in sync again (the sentinels take about 10 s to reconfigure
+    # a former master), so that the next failover has a replica to promote.
+    for _ in $(seq 1 600); do
+        cli "$port" info replication 2>/dev/null | grep -q 'master_link_status:up' && break
+        sleep 0.1
+    done
+    cli "$port" info replication 2>/dev/null | grep -q 'master_link_status:up' ||
+        { say "$port did not come back as a replica in sync; see $dir/$port/redis.log"; exit 1; }
     ;;
 stop)
     dir=${2:?the directory of the cluster}

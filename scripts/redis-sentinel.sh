@@ -6,9 +6,11 @@
 #   scripts/redis-sentinel.sh start DIR     # prints "MASTER REPLICA S1 S2 S3"; waits for sync
 #   scripts/redis-sentinel.sh master DIR    # the port the sentinels name as master now
 #   scripts/redis-sentinel.sh kill PORT DIR # kill -9 the server on PORT
+#   scripts/redis-sentinel.sh restart PORT DIR # start it again; waits until the
+#                                           # sentinels made it a replica, in sync
 #   scripts/redis-sentinel.sh stop DIR      # all down, DIR removed
 set -euo pipefail
-cmd=${1:?usage: scripts/redis-sentinel.sh start|master|kill PORT|stop DIR}
+cmd=${1:?usage: scripts/redis-sentinel.sh start|master|kill PORT|restart PORT|stop DIR}
 say() { echo "[redis-sentinel] $*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
@@ -69,6 +71,19 @@ kill)
     port=${2:?the port}
     dir=${3:?the directory}
     kill -9 "$(cat "$dir/$port/redis.pid")"
+    ;;
+restart)
+    port=${2:?the port}
+    dir=${3:?the directory}
+    server "$port"
+    # Until it is a replica in sync again (the sentinels take about 10 s to reconfigure
+    # a former master), so that the next failover has a replica to promote.
+    for _ in $(seq 1 600); do
+        cli "$port" info replication 2>/dev/null | grep -q 'master_link_status:up' && break
+        sleep 0.1
+    done
+    cli "$port" info replication 2>/dev/null | grep -q 'master_link_status:up' ||
+        { say "$port did not come back as a replica in sync; see $dir/$port/redis.log"; exit 1; }
     ;;
 stop)
     dir=${2:?the directory}

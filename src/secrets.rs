@@ -185,6 +185,13 @@ pub(crate) fn fmt_section<T: serde::Serialize>(
         for (k, v) in map.iter_mut() {
             match (k.as_str(), v) {
                 ("url", serde_json::Value::String(s)) => *s = redact(s),
+                ("sentinels", serde_json::Value::Array(urls)) => {
+                    for url in urls {
+                        if let serde_json::Value::String(s) = url {
+                            *s = redact(s);
+                        }
+                    }
+                }
                 ("producer", serde_json::Value::Object(options)) => {
                     for (option, value) in options.iter_mut() {
                         if is_secret_option(option) {

@@ -237,6 +237,24 @@ pub trait Sink: Send + Sync + 'static {
     fn flush(&self, timeout: Duration) -> BoxFuture<'static, ()>;
 }
 
+/// What a [`coalescing`] queue carries: rows to send, which can all fail at once.
+pub trait Rows: Send + 'static {
+    /// How many rows.
+    fn row_count(&self) -> usize;
+    /// Each of them not settled yet failed this way.
+    fn fail_all(&self, failure: &PublishFailure);
+}
+
+impl Rows for Arc<Batch> {
+    fn row_count(&self) -> usize {
+        self.rows().len()
+    }
+
+    fn fail_all(&self, failure: &PublishFailure) {
+        self.fail_rest(failure);
+    }
+}
+
 /// Where a sink's `send` hands batches: a task that passes them on to `send` in groups,
 /// at most `in_flight` groups outstanding; batches handed over while it waits for a free
 /// one go together (up to `max_rows` rows a group).
@@ -246,28 +264,29 @@ pub trait Sink: Send + Sync + 'static {
 /// small batches release small batches, and a drain settles into many tiny sends and as
 /// many statements marking them (Redis: 60–146 statements per 1,000 events before, 2.7
 /// after; docs/performance.md).
-pub fn coalescing<F, Fut>(
+pub fn coalescing<T, F, Fut>(
     in_flight: usize,
     max_rows: usize,
     send: F,
-) -> tokio::sync::mpsc::UnboundedSender<Arc<Batch>>
+) -> tokio::sync::mpsc::UnboundedSender<T>
 where
-    F: Fn(Vec<Arc<Batch>>) -> Fut + Send + 'static,
+    T: Rows,
+    F: Fn(Vec<T>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, mut queue) = tokio::sync::mpsc::unbounded_channel::<Arc<Batch>>();
+    let (tx, mut queue) = tokio::sync::mpsc::unbounded_channel::<T>();
     tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
         while let Some(first) = queue.recv().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let mut rows = first.rows().len();
+            let mut rows = first.row_count();
             let mut batches = vec![first];
             while rows < max_rows {
                 match queue.try_recv() {
                     Ok(b) => {
-                        rows += b.rows().len();
+                        rows += b.row_count();
                         batches.push(b);
                     }
                     Err(_) => break,
@@ -285,9 +304,9 @@ where
 
 /// Hands `batch` to a [`coalescing`] queue; if the queue is gone (the runtime is shutting
 /// down) its rows fail as transient and are sent again later.
-pub fn enqueue(queue: &tokio::sync::mpsc::UnboundedSender<Arc<Batch>>, batch: Arc<Batch>) {
+pub fn enqueue<T: Rows>(queue: &tokio::sync::mpsc::UnboundedSender<T>, batch: T) {
     if let Err(unsent) = queue.send(batch) {
-        unsent.0.fail_rest(&PublishFailure::new(
+        unsent.0.fail_all(&PublishFailure::new(
             FailureKind::Transient,
             "broker_unavailable",
             "the sink's sender has stopped",

@@ -29,7 +29,7 @@ pub mod registry;
 mod tls;
 
 pub use crate::outbox::{SinkKind, validate_subject};
-pub use api::{Batch, FailureKind, PublishFailure, Sink, SinkSpec, coalescing, enqueue};
+pub use api::{Batch, FailureKind, PublishFailure, Rows, Sink, SinkSpec, coalescing, enqueue};
 pub use message::{Message, user_headers};
 pub use registry::{SinkFactory, built_in, check_config, configured, create, location};
 pub use tls::{read_pem, tls_hint, unreadable_files};

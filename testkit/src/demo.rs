@@ -56,7 +56,16 @@ pub struct DemoArgs {
     /// sink.kind.
     #[arg(long, value_parser = parse_sink)]
     pub sink: Option<SinkKind>,
+    /// With the Redis sink: start a private six-node Redis Cluster
+    /// (scripts/redis-cluster.sh; three masters, a replica each) and publish to it with
+    /// `redis.cluster = true` and `redis.wait_replicas = 1`, the aggregates spread over
+    /// 16 streams (so over every master's slots). `scripts/demo.sh --sink redis-cluster`.
+    #[arg(long)]
+    pub redis_cluster: bool,
 }
+
+/// Streams the Redis Cluster demo spreads its aggregates over.
+const CLUSTER_STREAMS: u32 = 16;
 
 /// The local MariaDB as `scripts/setup.sh` prepares it (user `outboxd_test`).
 pub const LOCAL_MARIADB: &str = "mariadb://outboxd_test:outboxd_test@127.0.0.1:3306/mysql";
@@ -135,6 +144,13 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
     // A Tansu the demo started, stopped when dropped.
     let mut _broker: Option<Option<crate::broker::LocalBroker>> = None;
+    anyhow::ensure!(
+        !args.redis_cluster || kind == SinkKind::Redis,
+        "--redis-cluster goes with --sink redis"
+    );
+    // The Redis Cluster the demo started, stopped when dropped.
+    #[cfg(feature = "redis")]
+    let mut _cluster: Option<crate::redistopo::RedisCluster> = None;
     let (topic, destination) = match kind {
         #[cfg(feature = "kafka")]
         SinkKind::Kafka => {
@@ -144,6 +160,25 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             let topic = format!("outboxd-demo-{stamp}");
             verify::create_topic(&brokers, &topic, args.topic_partitions).await?;
             let d = format!("Kafka topic {topic} ({} partitions)", args.topic_partitions);
+            (topic, d)
+        }
+        #[cfg(feature = "redis")]
+        SinkKind::Redis if args.redis_cluster => {
+            let dir = std::env::temp_dir().join("outboxd-demo-redis-cluster");
+            let cluster =
+                tokio::task::spawn_blocking(move || crate::redistopo::RedisCluster::start(&dir))
+                    .await??;
+            config.redis.url = cluster.seeds();
+            config.redis.cluster = true;
+            config.redis.wait_replicas = 1;
+            let topic = format!("outboxd:demo:{stamp}");
+            let d = format!(
+                "{CLUSTER_STREAMS} Redis streams {topic}:0..{} on a Redis Cluster of 3 masters \
+                 and 3 replicas at {} (WAIT 1 after each pipeline)",
+                CLUSTER_STREAMS - 1,
+                config.redis.url
+            );
+            _cluster = Some(cluster);
             (topic, d)
         }
         #[cfg(feature = "redis")]
@@ -213,6 +248,14 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     .await?;
 
     let db = Arc::new(DemoDb::connect(&url, args.writers + 1).await?);
+    // The destinations: the topic, or on a Redis Cluster the topic's streams.
+    let streams: Vec<String> = if args.redis_cluster {
+        (0..CLUSTER_STREAMS)
+            .map(|i| format!("{topic}:{i}"))
+            .collect()
+    } else {
+        vec![topic.clone()]
+    };
     let written = Arc::new(AtomicU64::new(0));
     let commits: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -229,7 +272,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         writers.push(tokio::spawn(write_events(
             db.clone(),
-            topic.clone(),
+            streams.clone(),
             own,
             share,
             args.per_transaction.max(1) as usize,
@@ -289,10 +332,16 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
             .await??
         }
         #[cfg(feature = "redis")]
-        SinkKind::Redis => (
-            verify::read_redis(&config.redis.url, &[&topic], timeout, idle, done).await?,
-            (0, None),
-        ),
+        SinkKind::Redis => {
+            let names: Vec<&str> = streams.iter().map(String::as_str).collect();
+            let records = match &_cluster {
+                Some(c) => {
+                    verify::read_redis_cluster(&c.node_urls(), &names, timeout, idle, done).await?
+                }
+                None => verify::read_redis(&config.redis.url, &names, timeout, idle, done).await?,
+            };
+            (records, (0, None))
+        }
         #[cfg(feature = "nats")]
         SinkKind::Nats => (
             verify::read_nats(
@@ -378,7 +427,7 @@ pub async fn run(config: Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
 #[allow(clippy::too_many_arguments)]
 async fn write_events(
     db: Arc<DemoDb>,
-    topic: String,
+    topics: Vec<String>,
     aggregates: Vec<u32>,
     count: u64,
     per_tx: usize,
@@ -398,6 +447,7 @@ async fn write_events(
             next += 1;
             seqs[i] += 1;
             let agg = format!("demo-{}", aggregates[i]);
+            let topic = &topics[aggregates[i] as usize % topics.len()];
             events.push(
                 NewEvent::builder("demo", agg.clone())
                     .event_type("demo.happened")

@@ -10,6 +10,8 @@
 //! - [`verify`]: reading a topic or stream back, and the ledger (lost, reordered,
 //!   duplicates);
 //! - [`pgpair`]: a private PostgreSQL primary and synchronous replica, for failovers;
+//! - `redistopo` (feature `redis`): a private Redis Cluster, and a master with a replica
+//!   and sentinels, for failovers; reading streams wherever they are;
 //! - [`cpu`]: CPU accounting from `/proc`;
 //! - [`demo`]: the whole flow on one machine.
 //!
@@ -26,6 +28,8 @@ pub mod demo;
 pub mod mysqldb;
 pub mod pgpair;
 pub mod process;
+#[cfg(feature = "redis")]
+pub mod redistopo;
 pub mod servers;
 pub mod verify;
 

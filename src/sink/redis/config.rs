@@ -7,8 +7,26 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://[user[:password]@]host:port[/db]`, or `rediss://` for TLS. An ACL user
-    /// and password may be given here or as `username` / `password_file`.
+    /// and password may be given here or as `username` / `password_file`. With `cluster`,
+    /// one or more seed nodes, comma-separated (`redis://u:p@h1:7000,h2:7001`: the scheme
+    /// and credentials of the first apply to all). With `sentinels`, only the scheme,
+    /// credentials and database are used: the sentinels name the master.
     pub url: String,
+    /// A Redis Cluster: `XADD`s go to the node serving each stream key's slot, one
+    /// pipeline per slot, and redirects (`MOVED`, `ASK`) and failovers are followed.
+    pub cluster: bool,
+    /// Redis Sentinel: the sentinels' URLs (`redis://host:26379`, with the sentinels' own
+    /// user and password if they have them); the master is asked of them, and asked again
+    /// after a failover (`READONLY`, a lost connection). Empty = no Sentinel.
+    pub sentinels: Vec<String>,
+    /// The master's name in the sentinels' configuration (`sentinel monitor <name> …`).
+    pub master_name: String,
+    /// Replication is asynchronous: a master that crashes loses writes no replica has
+    /// yet. With N > 0 every pipeline ends with `WAIT N wait_timeout_ms`, and its rows
+    /// count as published only once N replicas have them (else they are sent again).
+    pub wait_replicas: u32,
+    /// How long `WAIT` waits for `wait_replicas` replicas, in milliseconds.
+    pub wait_timeout_ms: u64,
     /// ACL user name (wins over the URL's); empty = the URL's, or `default`.
     pub username: String,
     /// A file whose content is the password (one trailing newline ignored); wins over a
@@ -46,6 +64,11 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            sentinels: Vec::new(),
+            master_name: String::new(),
+            wait_replicas: 0,
+            wait_timeout_ms: 1_000,
             username: String::new(),
             password_file: String::new(),
             ca_file: String::new(),

@@ -20,7 +20,7 @@ pub use kafka::{Reader, create_topic};
 #[cfg(feature = "nats")]
 pub use nats::{create_nats_stream, create_nats_stream_on, read_nats, read_nats_on};
 #[cfg(feature = "redis")]
-pub use redis::read_redis;
+pub use redis::{read_redis, read_redis_cluster};
 
 impl Consumed {
     /// The first header of that name.

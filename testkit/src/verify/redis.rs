@@ -46,7 +46,7 @@ pub async fn read_redis(
     streams: &[&str],
     timeout: Duration,
     idle: Duration,
-    mut done: impl FnMut(&[Consumed]) -> bool,
+    done: impl FnMut(&[Consumed]) -> bool,
 ) -> anyhow::Result<Vec<Consumed>> {
     let client = redis::Client::open(url)?;
     // A large XRANGE on a busy machine takes longer than the client's default 500 ms.
@@ -54,6 +54,33 @@ pub async fn read_redis(
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
+    read_streams(&mut conn, streams, timeout, idle, done).await
+}
+
+/// As [`read_redis`], from a Redis Cluster (any of its `nodes`), each stream from the
+/// node serving its slot.
+pub async fn read_redis_cluster(
+    nodes: &[String],
+    streams: &[&str],
+    timeout: Duration,
+    idle: Duration,
+    done: impl FnMut(&[Consumed]) -> bool,
+) -> anyhow::Result<Vec<Consumed>> {
+    let mut conn = redis::cluster::ClusterClient::builder(nodes.to_vec())
+        .response_timeout(timeout)
+        .build()?
+        .get_async_connection()
+        .await?;
+    read_streams(&mut conn, streams, timeout, idle, done).await
+}
+
+async fn read_streams(
+    conn: &mut impl redis::aio::ConnectionLike,
+    streams: &[&str],
+    timeout: Duration,
+    idle: Duration,
+    mut done: impl FnMut(&[Consumed]) -> bool,
+) -> anyhow::Result<Vec<Consumed>> {
     let deadline = Instant::now() + timeout;
     let mut last_new = Instant::now();
     let mut cursors: Vec<String> = streams.iter().map(|_| "-".to_string()).collect();
@@ -67,7 +94,7 @@ pub async fn read_redis(
                 .arg("+")
                 .arg("COUNT")
                 .arg(2_000)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await?;
             for (id, fields) in entries {
                 cursors[s] = format!("({id}");

@@ -15,6 +15,7 @@ use outboxd::sink::SinkKind;
 use rand::RngExt;
 use testkit::broker::LocalBroker;
 use testkit::chaos::TcpProxy;
+use testkit::redistopo::Topology;
 use testkit::verify::{Consumed, Ledger, Reader, create_topic};
 
 use testkit::process::{free_port, outboxd_bin};
@@ -134,6 +135,10 @@ pub struct Env {
     pub brokers: String,
     /// The scenario topic.
     pub topic: String,
+    /// Streams the writers spread aggregates over (`<topic>:<n>`); 1 = the topic alone.
+    pub topics: u32,
+    /// Where the Redis streams are, when not on the private server (a cluster, sentinels).
+    pub redis_topology: Option<Topology>,
     /// Extra relay settings for this scenario.
     pub relay_env: Vec<(String, String)>,
     /// Where logs go.
@@ -278,6 +283,8 @@ impl Env {
             broker_port: bport,
             brokers,
             topic,
+            topics: 1,
+            redis_topology: None,
             relay_env: Vec::new(),
             dir,
             relay_count: 0,
@@ -374,6 +381,14 @@ impl Env {
         false
     }
 
+    /// The streams (topics) the writers write to.
+    pub fn streams(&self) -> Vec<String> {
+        match self.topics {
+            0 | 1 => vec![self.topic.clone()],
+            n => (0..n).map(|i| stream_of(&self.topic, n, i)).collect(),
+        }
+    }
+
     /// Starts the ledger consumer (continuous, from the beginning).
     pub fn start_consumer(&mut self) {
         let brokers = self.brokers.clone();
@@ -384,9 +399,14 @@ impl Env {
         let consumer_errors = self.consumer_errors.clone();
         let seen = move |records: Vec<Consumed>| note(&book, &consumed, records);
         let direct = self.server.as_ref().map(PrivateServer::url);
+        let topology = self
+            .redis_topology
+            .clone()
+            .or_else(|| direct.clone().map(Topology::Single));
+        let streams = self.streams();
         self.consumer = Some(match self.sink {
             SinkKind::Redis => std::thread::spawn(move || {
-                consume_redis(direct.unwrap(), topic, stop, consumer_errors, seen)
+                consume_redis(topology.unwrap(), streams, stop, consumer_errors, seen)
             }),
             SinkKind::Nats => std::thread::spawn(move || {
                 consume_nats(direct.unwrap(), stop, consumer_errors, seen)
@@ -512,6 +532,12 @@ impl Env {
 
 /// Writes events at a steady rate through the library API, one writer task per share of
 /// the aggregates (so an aggregate's events are written one transaction at a time).
+/// Stream `i` of `n` the writers spread aggregates over.
+fn stream_of(topic: &str, n: u32, i: u32) -> String {
+    debug_assert!(i < n);
+    format!("{topic}:{i}")
+}
+
 pub struct Generator {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -532,13 +558,18 @@ impl Generator {
         let period = Duration::from_secs_f64(batch as f64 / per_writer);
         let tasks = (0..writers)
             .map(|w| {
-                let own: Vec<String> = (0..aggregates)
+                let own: Vec<(String, String)> = (0..aggregates)
                     .filter(|a| a % writers == w)
-                    .map(|a| format!("agg-{a}"))
+                    .map(|a| {
+                        let topic = match env.topics {
+                            0 | 1 => env.topic.clone(),
+                            n => stream_of(&env.topic, n, a % n),
+                        };
+                        (format!("agg-{a}"), topic)
+                    })
                     .collect();
                 tokio::spawn(write_loop(
                     env.db.clone(),
-                    env.topic.clone(),
                     own,
                     batch,
                     period,
@@ -574,8 +605,7 @@ impl Generator {
 #[allow(clippy::too_many_arguments)]
 async fn write_loop(
     db: Db,
-    topic: String,
-    aggregates: Vec<String>,
+    aggregates: Vec<(String, String)>,
     batch: usize,
     period: Duration,
     pad: usize,
@@ -600,7 +630,7 @@ async fn write_loop(
             let i = next % aggregates.len();
             next += 1;
             seqs[i] += 1;
-            let agg = &aggregates[i];
+            let (agg, topic) = &aggregates[i];
             events.push(
                 NewEvent::builder("torture", agg.clone())
                     .event_type("torture.event")

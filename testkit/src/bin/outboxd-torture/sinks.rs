@@ -7,27 +7,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use testkit::redistopo::Topology;
 use testkit::verify::Consumed;
 
 /// The JetStream stream that captures a scenario's subject.
 pub const NATS_STREAM: &str = "TORTURE";
 
-/// Reads the Redis stream `stream` at `url` from its start until `stop`, handing each
-/// batch of entries to `seen`; reconnects (counting an error) whenever the server goes.
+/// Reads the Redis streams `streams` wherever `topology` keeps them, from their start
+/// until `stop`, handing each batch of entries to `seen`; reconnects (counting an error)
+/// whenever the server goes — on a cluster or behind sentinels, to wherever the stream is
+/// served now. One stream is read with a blocking `XREAD`; several (spread over a
+/// cluster's slots) one by one, in rounds.
 pub fn consume_redis(
-    url: String,
-    stream: String,
+    topology: Topology,
+    streams: Vec<String>,
     stop: Arc<AtomicBool>,
     errors: Arc<AtomicU64>,
     mut seen: impl FnMut(Vec<Consumed>),
 ) {
     type Reply = Option<Vec<(String, Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>)>>;
-    let mut cursor = "0-0".to_string();
-    let mut offset = 0i64;
+    let mut cursors = vec!["0-0".to_string(); streams.len()];
+    let mut offsets = vec![0i64; streams.len()];
+    let block = streams.len() == 1;
     while !stop.load(Ordering::Relaxed) {
-        let conn = redis::Client::open(url.as_str())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)));
-        let mut conn = match conn {
+        let mut conn = match testkit::redistopo::connect(&topology) {
             Ok(c) => c,
             Err(_) => {
                 errors.fetch_add(1, Ordering::Relaxed);
@@ -35,34 +38,37 @@ pub fn consume_redis(
                 continue;
             }
         };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        while !stop.load(Ordering::Relaxed) {
-            let reply: redis::RedisResult<Reply> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(5_000)
-                .arg("BLOCK")
-                .arg(100)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(&cursor)
-                .query(&mut conn);
-            match reply {
-                Ok(Some(streams)) => {
-                    let mut batch = Vec::new();
-                    for (_, entries) in streams {
-                        for (id, fields) in entries {
-                            cursor = id;
-                            batch.push(Consumed::from_redis(&stream, offset, fields));
-                            offset += 1;
+        'read: while !stop.load(Ordering::Relaxed) {
+            let mut got = 0;
+            for (s, stream) in streams.iter().enumerate() {
+                let mut cmd = redis::cmd("XREAD");
+                cmd.arg("COUNT").arg(5_000);
+                if block {
+                    cmd.arg("BLOCK").arg(100);
+                }
+                cmd.arg("STREAMS").arg(stream).arg(&cursors[s]);
+                match cmd.query::<Reply>(conn.as_mut()) {
+                    Ok(Some(replies)) => {
+                        let mut batch = Vec::new();
+                        for (_, entries) in replies {
+                            for (id, fields) in entries {
+                                cursors[s] = id;
+                                batch.push(Consumed::from_redis(stream, offsets[s], fields));
+                                offsets[s] += 1;
+                            }
                         }
+                        got += batch.len();
+                        seen(batch);
                     }
-                    seen(batch);
+                    Ok(None) => {}
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break 'read;
+                    }
                 }
-                Ok(None) => {}
-                Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
+            }
+            if got == 0 && !block {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
