@@ -10,6 +10,7 @@
 //! - [`verify`]: reading a topic or stream back, and the ledger (lost, reordered,
 //!   duplicates);
 //! - [`pgpair`]: a private PostgreSQL primary and synchronous replica, for failovers;
+//! - `natscluster` (feature `nats`): a private three-node JetStream cluster;
 //! - `redistopo` (feature `redis`): a private Redis Cluster, and a master with a replica
 //!   and sentinels, for failovers; reading streams wherever they are;
 //! - [`cpu`]: CPU accounting from `/proc`;
@@ -26,6 +27,8 @@ pub mod cpu;
 pub mod db;
 pub mod demo;
 pub mod mysqldb;
+#[cfg(feature = "nats")]
+pub mod natscluster;
 pub mod pgpair;
 pub mod process;
 #[cfg(feature = "redis")]

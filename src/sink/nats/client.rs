@@ -9,6 +9,7 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, Context};
 use futures::future::BoxFuture;
 
+use super::cluster::{NoResponders, warn_if_old};
 use super::config::NatsConfig;
 use crate::health::Health;
 use crate::outbox::SinkKind;
@@ -76,6 +77,7 @@ const GROUP_ROWS: usize = 5_000;
 /// settles its row.
 async fn publish(js: jetstream::Context, batches: Vec<Arc<Batch>>) {
     let mut acks = Vec::new();
+    let mut no_responders = NoResponders::default();
     for batch in &batches {
         for (i, row) in batch.rows().iter().enumerate() {
             if let Err(why) = SinkKind::Nats.validate_destination(&row.topic) {
@@ -99,7 +101,7 @@ async fn publish(js: jetstream::Context, batches: Vec<Arc<Batch>>) {
                 .headers(headers);
             match js.send_publish(row.topic.clone(), message).await {
                 Ok(ack) => acks.push((batch, i, ack)),
-                Err(e) => batch.failed(i, classify(&e)),
+                Err(e) => fail(&js, &mut no_responders, batch, i, &e).await,
             }
         }
     }
@@ -111,9 +113,26 @@ async fn publish(js: jetstream::Context, batches: Vec<Arc<Batch>>) {
     for (batch, i, result) in results {
         match result {
             Ok(_) => batch.acked(i),
-            Err(e) => batch.failed(i, classify(&e)),
+            Err(e) => fail(&js, &mut no_responders, batch, i, &e).await,
         }
     }
+}
+
+/// Row `i` of `batch` failed with `e`; "no responders" is told apart: a missing stream,
+/// or one without a leader for now.
+async fn fail(
+    js: &jetstream::Context,
+    no_responders: &mut NoResponders,
+    batch: &Batch,
+    i: usize,
+    e: &PublishError,
+) {
+    let failure = if e.kind() == PublishErrorKind::StreamNotFound {
+        no_responders.verdict(js, &batch.rows()[i].topic).await
+    } else {
+        classify(e)
+    };
+    batch.failed(i, failure);
 }
 
 /// The words for a refused connection, naming the keys to fix.
@@ -155,8 +174,19 @@ impl NatsSink {
             .retry_on_initial_connect()
             .max_reconnects(None);
         let events = health.clone();
+        // The client, once made: each (re)connection may reach another server, whose
+        // version is read then.
+        let connected: Arc<std::sync::OnceLock<async_nats::Client>> = Arc::default();
+        let said_old = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (on_connect, said) = (connected.clone(), said_old.clone());
         opts = opts.event_callback(move |event| {
             let health = events.clone();
+            if matches!(event, async_nats::Event::Connected)
+                && let Some(client) = on_connect.get()
+            {
+                let info = client.server_info();
+                warn_if_old(&info.version, &info.server_name, &said);
+            }
             async move { on_event(&health, event) }
         });
         let servers = servers(&cfg.url)?;
@@ -164,6 +194,16 @@ impl NatsSink {
             .connect(servers)
             .await
             .map_err(|e| anyhow::anyhow!("nats: {e}"))?;
+        let _ = connected.set(client.clone());
+        // The first connection may be up before the client was stored.
+        let first = client.clone();
+        tokio::spawn(async move {
+            while first.connection_state() != async_nats::connection::State::Connected {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let info = first.server_info();
+            warn_if_old(&info.version, &info.server_name, &said_old);
+        });
         let js = jetstream::context::ContextBuilder::new()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .max_ack_inflight(1 << 20)
@@ -396,8 +436,13 @@ impl Sink for NatsSink {
                 account.get("streams").and_then(|v| v.as_u64()).unwrap_or(0)
             );
             let tls = if info.tls_required { "TLS" } else { "no TLS" };
+            let old = if super::cluster::loses_on_leader_change(&info.version) {
+                " — older than 2.11: JetStream can lose a message on a leader change; upgrade"
+            } else {
+                ""
+            };
             Ok(format!(
-                "NATS {} ({}), {jetstream}, {tls}, max_payload {} bytes",
+                "NATS {} ({}), {jetstream}, {tls}, max_payload {} bytes{old}",
                 info.version, info.server_name, info.max_payload
             ))
         })

@@ -30,20 +30,32 @@
 //! | no PubAck in time | transient | `timeout` |
 //! | connection lost | transient | `broker_unavailable` |
 //! | storage or resource errors (10023, 10028, 10047, 10072, 10002, 10077 except "maximum … exceeded") | transient | `storage` |
-//! | no responders: no stream captures the subject (or JetStream is restarting) | destination: held | `no_stream` |
+//! | no responders, and JetStream says no stream captures the subject | destination: held | `no_stream` |
+//! | no responders from a stream that captures the subject (its leader election, its server restarting) | transient | `no_leader` |
+//! | no responders, and the JetStream API does not answer either (a meta-leader election, no quorum) | transient | `jetstream_unavailable` |
 //! | the stream is sealed (10109) | destination: held | `stream_sealed` |
 //! | the stream is full and discards new messages (10077 "maximum … exceeded") | destination: held | `stream_full` |
 //! | JetStream not enabled (10076, 10039) | destination: held | `jetstream_disabled` |
 //! | permissions violation for the subject | destination: held | `not_authorized` |
 //! | anything else | transient (counted) | `transient` |
 //!
-//! Layout: [`config`] (the `[nats]` section, in every build) and `client` (feature
-//! `nats`).
+//! Clusters. `nats.url` may list several servers; the client reconnects to any of them.
+//! A publish that meets "no responders" is told apart by asking JetStream which stream
+//! captures the subject (once per subject and group): a missing stream is held with its
+//! name (dead-lettered only with `sink.missing_destination = "dead_letter"`), a stream
+//! electing a leader is a transient failure, retried within `retry.max_attempts` (an
+//! outage that fails every row spends none). A server older than 2.11 is named once in
+//! the log and in `outboxd check`: its JetStream can lose a message on a leader change.
+//!
+//! Layout: [`config`] (the `[nats]` section, in every build), `client` and `cluster`
+//! (feature `nats`).
 
 pub mod config;
 
 #[cfg(feature = "nats")]
 mod client;
+#[cfg(feature = "nats")]
+mod cluster;
 
 #[cfg(feature = "nats")]
 pub use client::*;

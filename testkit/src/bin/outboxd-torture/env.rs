@@ -139,6 +139,8 @@ pub struct Env {
     pub topics: u32,
     /// Where the Redis streams are, when not on the private server (a cluster, sentinels).
     pub redis_topology: Option<Topology>,
+    /// The NATS servers (comma-separated URLs), when not the private server (a cluster).
+    pub nats_servers: Option<String>,
     /// Extra relay settings for this scenario.
     pub relay_env: Vec<(String, String)>,
     /// Where logs go.
@@ -285,6 +287,7 @@ impl Env {
             topic,
             topics: 1,
             redis_topology: None,
+            nats_servers: None,
             relay_env: Vec::new(),
             dir,
             relay_count: 0,
@@ -408,9 +411,10 @@ impl Env {
             SinkKind::Redis => std::thread::spawn(move || {
                 consume_redis(topology.unwrap(), streams, stop, consumer_errors, seen)
             }),
-            SinkKind::Nats => std::thread::spawn(move || {
-                consume_nats(direct.unwrap(), stop, consumer_errors, seen)
-            }),
+            SinkKind::Nats => {
+                let servers = self.nats_servers.clone().or(direct).unwrap();
+                std::thread::spawn(move || consume_nats(servers, stop, consumer_errors, seen))
+            }
             SinkKind::Kafka => std::thread::spawn(move || {
                 let reader = loop {
                     match Reader::new(&brokers, &[&topic]) {

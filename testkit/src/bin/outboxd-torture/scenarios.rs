@@ -387,6 +387,7 @@ pub const ALL: &[&str] = &[
     "kafka-leaders",
     "redis-cluster",
     "redis-sentinel",
+    "nats-cluster",
 ];
 
 /// Whether scenario `name` runs for `sink`. The database-side scenarios (`db-restart`,
@@ -417,6 +418,7 @@ pub fn applies(name: &str, sink: SinkKind, database: Database) -> bool {
         "db-restart" | "bloat" | "late" | "unknown-topic" | "pg-failover" | "pg-switchover"
         | "kafka-leaders" => sink == SinkKind::Kafka,
         "redis-cluster" | "redis-sentinel" => sink == SinkKind::Redis,
+        "nats-cluster" => sink == SinkKind::Nats,
         "destination" => sink != SinkKind::Kafka,
         _ => true,
     }
@@ -442,6 +444,7 @@ pub async fn run(name: &str, p: &Profile, sink: SinkKind) -> anyhow::Result<Repo
         "kafka-leaders" => kafka_leaders(p, sink).await,
         "redis-cluster" => redis_failover(p, sink, RedisTopology::Cluster).await,
         "redis-sentinel" => redis_failover(p, sink, RedisTopology::Sentinel).await,
+        "nats-cluster" => nats_cluster(p, sink).await,
         other => anyhow::bail!("unknown scenario {other:?}; one of {ALL:?}"),
     }
 }
@@ -1541,6 +1544,85 @@ async fn redis_failover(
         sleep(Duration::from_secs(2)).await;
     }
     sleep(Duration::from_secs(5)).await;
+    failover_latencies(&env, &kills, &relay, &mut report);
+    let r = finish(env, Some(generator), vec![relay], started, report).await;
+    drop((cluster, sentinel));
+    Ok(r)
+}
+
+/// A three-node JetStream cluster (current nats-server) with the scenario's stream
+/// replicated three times: under load, the stream's leader is killed (`kill -9`) and
+/// started again 5 s later, twice. The relay is given all three servers, and
+/// `sink.missing_destination = "dead_letter"`, so that a leader election mistaken for a
+/// missing stream would dead-letter rows. NATS drops resends inside the duplicate window,
+/// so this one asks for 0 duplicates too. Measured:
+/// commit → consumer of the events committed in the 10 s after each kill.
+async fn nats_cluster(p: &Profile, sink: SinkKind) -> anyhow::Result<Report> {
+    use testkit::natscluster::NatsCluster;
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join("outboxd-torture-nats-cluster-servers");
+    let cluster = Arc::new(tokio::task::spawn_blocking(move || NatsCluster::start(&dir)).await??);
+    let nodes: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let mut env = Env::new("nats-cluster", sink, Some(nodes.join(",")), p.database).await?;
+    cluster
+        .create_stream(crate::sinks::NATS_STREAM, &[&env.topic])
+        .await?;
+    env.nats_servers = Some(cluster.url());
+    // A missing stream dead-letters its rows: a leader election taken for one would
+    // show as dead letters (and fail the scenario).
+    env.relay_env.push((
+        "OUTBOXD__SINK__MISSING_DESTINATION".into(),
+        "dead_letter".into(),
+    ));
+    env.start_consumer();
+    let relay = start_relay(&mut env, "nats-cluster").await?;
+    let generator = Generator::start(&env, p.aggregates, p.rate, 4, 100);
+    let mut report = new_report(&env.name);
+    let mut kills = Vec::new();
+    for round in 0..2 {
+        sleep(Duration::from_secs(5)).await;
+        let leader = cluster.stream_leader(crate::sinks::NATS_STREAM).await?;
+        let port = cluster
+            .port_of(&leader)
+            .ok_or_else(|| anyhow::anyhow!("stream leader {leader:?} is not n1..n3"))?;
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.kill(port)).await??;
+        let killed = Instant::now();
+        kills.push(killed);
+        env.faults += 1;
+        sleep(Duration::from_secs(5)).await;
+        let c = cluster.clone();
+        tokio::task::spawn_blocking(move || c.restart(port)).await??;
+        let new_leader = cluster
+            .stream_leader(crate::sinks::NATS_STREAM)
+            .await
+            .unwrap_or_else(|e| e.to_string());
+        report.notes.push(format!(
+            "round {}: stream leader {leader} (port {port}) killed (-9), started again 5 s later; leader now {new_leader}",
+            round + 1
+        ));
+        sleep(Duration::from_secs(3)).await;
+    }
+    sleep(Duration::from_secs(5)).await;
+    failover_latencies(&env, &kills, &relay, &mut report);
+    let mut r = finish(env, Some(generator), vec![relay], started, report).await;
+    if r.duplicates > 0 {
+        r.failures.push(format!(
+            "{} duplicates: JetStream should have dropped every resend inside its duplicate window",
+            r.duplicates
+        ));
+    }
+    drop(cluster);
+    Ok(r)
+}
+
+/// Notes commit → consumer of the events committed before the first kill and in the 10 s
+/// after each; fails a kill after which nothing committed was published.
+fn failover_latencies(env: &Env, kills: &[Instant], relay: &RelayProc, report: &mut Report) {
     if let Some(first) = kills.first() {
         let before: Vec<Duration> = {
             let b = env.book.lock().unwrap();
@@ -1584,9 +1666,6 @@ async fn redis_failover(
             window.iter().max().map_or(0.0, Duration::as_secs_f64)
         ));
     }
-    let r = finish(env, Some(generator), vec![relay], started, report).await;
-    drop((cluster, sentinel));
-    Ok(r)
 }
 
 /// SIGTERM under load: exit 0 within `relay.shutdown_timeout_ms`, then a new relay carries on.

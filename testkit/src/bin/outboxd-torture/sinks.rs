@@ -74,7 +74,8 @@ pub fn consume_redis(
     }
 }
 
-/// Reads the JetStream stream [`NATS_STREAM`] at `url` from its first message until
+/// Reads the JetStream stream [`NATS_STREAM`] at `url` (one server or several,
+/// comma-separated) from its first message until
 /// `stop`, handing each message to `seen`; after an error it reconnects and goes on from
 /// the next stream sequence.
 pub fn consume_nats(
@@ -93,9 +94,12 @@ pub fn consume_nats(
         let mut next = 1u64;
         while !stop.load(Ordering::Relaxed) {
             let attempt = async {
+                // One server or several (a cluster), comma-separated.
+                let servers: Vec<async_nats::ServerAddr> =
+                    url.split(',').map(str::parse).collect::<Result<_, _>>()?;
                 let client = async_nats::ConnectOptions::new()
                     .connection_timeout(Duration::from_secs(1))
-                    .connect(url.as_str())
+                    .connect(servers)
                     .await?;
                 let js = async_nats::jetstream::new(client);
                 let stream = js.get_stream(NATS_STREAM).await?;
