@@ -43,3 +43,20 @@ pub fn repository() -> &'static std::path::Path {
         .parent()
         .expect("the testkit is a directory of the repository")
 }
+
+/// Runs `scripts/<name> ARGS… DIR` and returns what it printed; an error with its stderr
+/// when it fails (the private clusters' scripts all take their directory last).
+pub(crate) fn script(name: &str, args: &[&str], dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = repository().join("scripts").join(name);
+    let out = std::process::Command::new(&path)
+        .args(args)
+        .arg(dir)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scripts/{name} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

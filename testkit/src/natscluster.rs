@@ -96,16 +96,5 @@ impl Drop for NatsCluster {
 }
 
 fn script(args: &[&str], dir: &Path) -> anyhow::Result<String> {
-    let path = crate::repository().join("scripts/nats-cluster.sh");
-    let out = std::process::Command::new(&path)
-        .args(args)
-        .arg(dir)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "scripts/nats-cluster.sh {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::script("nats-cluster.sh", args, dir)
 }

@@ -75,15 +75,5 @@ impl Drop for PgPair {
 }
 
 fn script(command: &str, dir: &Path) -> anyhow::Result<String> {
-    let path = crate::repository().join("scripts/pg-pair.sh");
-    let out = std::process::Command::new(&path)
-        .arg(command)
-        .arg(dir)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "scripts/pg-pair.sh {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::script("pg-pair.sh", &[command], dir)
 }

@@ -15,7 +15,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts it in `dir` (emptied first) and waits until every replica is in sync.
     pub fn start(dir: &Path) -> anyhow::Result<RedisCluster> {
-        let out = script("redis-cluster.sh", &["start"], dir)?;
+        let out = crate::script("redis-cluster.sh", &["start"], dir)?;
         let ports = ports(&out, 6, "redis-cluster.sh start")?;
         Ok(RedisCluster {
             dir: dir.to_path_buf(),
@@ -25,7 +25,7 @@ impl RedisCluster {
 
     /// The current masters' ports.
     pub fn masters(&self) -> anyhow::Result<Vec<u16>> {
-        let out = script("redis-cluster.sh", &["masters"], &self.dir)?;
+        let out = crate::script("redis-cluster.sh", &["masters"], &self.dir)?;
         out.split_whitespace()
             .map(|p| Ok(p.parse::<u16>()?))
             .collect()
@@ -33,13 +33,13 @@ impl RedisCluster {
 
     /// `kill -9` of the node on `port`.
     pub fn kill(&self, port: u16) -> anyhow::Result<()> {
-        script("redis-cluster.sh", &["kill", &port.to_string()], &self.dir).map(drop)
+        crate::script("redis-cluster.sh", &["kill", &port.to_string()], &self.dir).map(drop)
     }
 
     /// Starts the node on `port` again and waits until it is a replica in sync (its
     /// slots were failed over).
     pub fn restart(&self, port: u16) -> anyhow::Result<()> {
-        script(
+        crate::script(
             "redis-cluster.sh",
             &["restart", &port.to_string()],
             &self.dir,
@@ -68,7 +68,7 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        let _ = script("redis-cluster.sh", &["stop"], &self.dir);
+        let _ = crate::script("redis-cluster.sh", &["stop"], &self.dir);
     }
 }
 
@@ -90,7 +90,7 @@ impl RedisSentinel {
     /// Starts it in `dir` (emptied first); waits for the replica's sync and for the
     /// sentinels to know each other.
     pub fn start(dir: &Path) -> anyhow::Result<RedisSentinel> {
-        let out = script("redis-sentinel.sh", &["start"], dir)?;
+        let out = crate::script("redis-sentinel.sh", &["start"], dir)?;
         let p = ports(&out, 5, "redis-sentinel.sh start")?;
         Ok(RedisSentinel {
             dir: dir.to_path_buf(),
@@ -102,19 +102,19 @@ impl RedisSentinel {
 
     /// The port the sentinels name as master now.
     pub fn current_master(&self) -> anyhow::Result<u16> {
-        let out = script("redis-sentinel.sh", &["master"], &self.dir)?;
+        let out = crate::script("redis-sentinel.sh", &["master"], &self.dir)?;
         Ok(out.trim().parse()?)
     }
 
     /// `kill -9` of the server on `port`.
     pub fn kill(&self, port: u16) -> anyhow::Result<()> {
-        script("redis-sentinel.sh", &["kill", &port.to_string()], &self.dir).map(drop)
+        crate::script("redis-sentinel.sh", &["kill", &port.to_string()], &self.dir).map(drop)
     }
 
     /// Starts the server on `port` again and waits until the sentinels made it a
     /// replica, in sync.
     pub fn restart(&self, port: u16) -> anyhow::Result<()> {
-        script(
+        crate::script(
             "redis-sentinel.sh",
             &["restart", &port.to_string()],
             &self.dir,
@@ -133,7 +133,7 @@ impl RedisSentinel {
 
 impl Drop for RedisSentinel {
     fn drop(&mut self) {
-        let _ = script("redis-sentinel.sh", &["stop"], &self.dir);
+        let _ = crate::script("redis-sentinel.sh", &["stop"], &self.dir);
     }
 }
 
@@ -144,21 +144,6 @@ fn ports(out: &str, n: usize, what: &str) -> anyhow::Result<Vec<u16>> {
         .collect();
     anyhow::ensure!(ports.len() == n, "{what} printed {out:?}, not {n} ports");
     Ok(ports)
-}
-
-fn script(name: &str, args: &[&str], dir: &Path) -> anyhow::Result<String> {
-    let path = crate::repository().join("scripts").join(name);
-    let out = std::process::Command::new(&path)
-        .args(args)
-        .arg(dir)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "scripts/{name} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Where a reader finds the streams.
